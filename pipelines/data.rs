@@ -1,0 +1,200 @@
+//! The data that flows through a pipeline: one OTLP export request of one signal.
+//!
+//! A request travels as the `opentelemetry-proto` type behind an `Arc` (fan-out clones are cheap) and, when it is
+//! still exactly what a client sent, with the protobuf bytes it arrived in, so that an exporter forwarding OTLP
+//! sends those bytes instead of encoding again.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data as MetricData;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+/// The three OTLP signals a pipeline can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
+    /// What one item of this signal is called in the collector's own telemetry (as the Collector names them).
+    pub fn item_name(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "metric_points",
+            Signal::Logs => "log_records",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(s: &str) -> Option<Signal> {
+        match s {
+            "traces" => Some(Signal::Traces),
+            "metrics" => Some(Signal::Metrics),
+            "logs" => Some(Signal::Logs),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One export request, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    Traces(Arc<ExportTraceServiceRequest>),
+    Metrics(Arc<ExportMetricsServiceRequest>),
+    Logs(Arc<ExportLogsServiceRequest>),
+}
+
+/// One export request travelling through a pipeline.
+#[derive(Clone, Debug)]
+pub struct Data {
+    payload: Payload,
+    /// The protobuf encoding of `payload`, kept when it is known (as received, or encoded once already).
+    encoded: Option<Bytes>,
+    items: usize,
+}
+
+impl Data {
+    pub fn traces(request: ExportTraceServiceRequest) -> Data {
+        Data::new(Payload::Traces(Arc::new(request)), None)
+    }
+
+    pub fn metrics(request: ExportMetricsServiceRequest) -> Data {
+        Data::new(Payload::Metrics(Arc::new(request)), None)
+    }
+
+    pub fn logs(request: ExportLogsServiceRequest) -> Data {
+        Data::new(Payload::Logs(Arc::new(request)), None)
+    }
+
+    /// Decodes a protobuf export request of `signal`, keeping its bytes for exporters that forward OTLP.
+    pub fn decode(signal: Signal, bytes: Bytes) -> Result<Data, prost::DecodeError> {
+        let payload = match signal {
+            Signal::Traces => Payload::Traces(Arc::new(ExportTraceServiceRequest::decode(bytes.clone())?)),
+            Signal::Metrics => Payload::Metrics(Arc::new(ExportMetricsServiceRequest::decode(bytes.clone())?)),
+            Signal::Logs => Payload::Logs(Arc::new(ExportLogsServiceRequest::decode(bytes.clone())?)),
+        };
+        Ok(Data::new(payload, Some(bytes)))
+    }
+
+    /// Parses an OTLP/JSON export request of `signal` (lowerCamelCase, hex ids, 64-bit integers as strings).
+    pub fn from_json(signal: Signal, json: &[u8]) -> Result<Data, serde_json::Error> {
+        let payload = match signal {
+            Signal::Traces => Payload::Traces(Arc::new(serde_json::from_slice(json)?)),
+            Signal::Metrics => Payload::Metrics(Arc::new(serde_json::from_slice(json)?)),
+            Signal::Logs => Payload::Logs(Arc::new(serde_json::from_slice(json)?)),
+        };
+        Ok(Data::new(payload, None))
+    }
+
+    pub fn new(payload: Payload, encoded: Option<Bytes>) -> Data {
+        let items = count_items(&payload);
+        Data {
+            payload,
+            encoded,
+            items,
+        }
+    }
+
+    pub fn signal(&self) -> Signal {
+        match self.payload {
+            Payload::Traces(_) => Signal::Traces,
+            Payload::Metrics(_) => Signal::Metrics,
+            Payload::Logs(_) => Signal::Logs,
+        }
+    }
+
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    pub fn into_payload(self) -> Payload {
+        self.payload
+    }
+
+    /// Spans, metric data points or log records in this request.
+    pub fn items(&self) -> usize {
+        self.items
+    }
+
+    /// The protobuf encoding: the bytes as received when nothing changed them, else encoded now.
+    pub fn to_protobuf(&self) -> Bytes {
+        if let Some(bytes) = &self.encoded {
+            return bytes.clone();
+        }
+        match &self.payload {
+            Payload::Traces(r) => Bytes::from(r.encode_to_vec()),
+            Payload::Metrics(r) => Bytes::from(r.encode_to_vec()),
+            Payload::Logs(r) => Bytes::from(r.encode_to_vec()),
+        }
+    }
+
+    /// The OTLP/JSON encoding, one line, as the OpenTelemetry Collector's file exporter writes it.
+    pub fn to_json(&self) -> String {
+        let result = match &self.payload {
+            Payload::Traces(r) => serde_json::to_string(r.as_ref()),
+            Payload::Metrics(r) => serde_json::to_string(r.as_ref()),
+            Payload::Logs(r) => serde_json::to_string(r.as_ref()),
+        };
+        // The proto types serialise plain data (strings, numbers, maps); serde_json cannot fail on them.
+        result.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+fn count_items(payload: &Payload) -> usize {
+    match payload {
+        Payload::Traces(r) => r
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum(),
+        Payload::Metrics(r) => r
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| match &m.data {
+                Some(MetricData::Gauge(g)) => g.data_points.len(),
+                Some(MetricData::Sum(s)) => s.data_points.len(),
+                Some(MetricData::Histogram(h)) => h.data_points.len(),
+                Some(MetricData::ExponentialHistogram(h)) => h.data_points.len(),
+                Some(MetricData::Summary(s)) => s.data_points.len(),
+                None => 0,
+            })
+            .sum(),
+        Payload::Logs(r) => r
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum(),
+    }
+}

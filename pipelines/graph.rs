@@ -1,0 +1,500 @@
+//! The running service: pipelines wired from the configuration, started and shut down in order.
+//!
+//! receivers -> (fan-in) bounded channel per pipeline -> pipeline task running the processor chain -> fan-out ->
+//! one bounded queue per exporter -> export workers. Backpressure travels upstream through the bounded channels;
+//! a receiver that cannot enqueue in time answers the client with a retryable refusal.
+//!
+//! Shutdown: receivers stop accepting and finish what is in flight; every channel then closes because its last
+//! sender is dropped, so each pipeline drains, flushes its processors (which may emit into metrics pipelines) and
+//! drops its exporter queues; exporters drain their queues and flush. Nothing acknowledged is lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::component::{
+    ComponentError, ComponentId, ConsumeError, Consumer, Consumers, Exporter, ExporterContext, Kind, Processor,
+    ProcessorContext, Receiver, ReceiverContext, Registry,
+};
+use crate::config::{Config, MetricsLevel};
+use crate::data::Data;
+use crate::telemetry::{ExporterCounters, Telemetry};
+
+/// Requests a pipeline's entry channel holds before receivers wait.
+pub const PIPELINE_CHANNEL_CAPACITY: usize = 64;
+/// Requests an exporter's queue holds before its pipelines wait.
+pub const EXPORTER_QUEUE_CAPACITY: usize = 1000;
+/// How long a receiver waits for room in a full pipeline before refusing with a retryable answer.
+pub const ENQUEUE_WAIT: Duration = Duration::from_secs(5);
+/// The delay suggested to clients that were refused because a pipeline was full.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The entry of one pipeline: receivers and metric-emitting processors push here.
+struct PipelineInput {
+    pipeline: String,
+    tx: mpsc::Sender<Data>,
+}
+
+#[async_trait]
+impl Consumer for PipelineInput {
+    async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+        use mpsc::error::SendTimeoutError;
+        match self.tx.send_timeout(data, ENQUEUE_WAIT).await {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(ConsumeError::Retryable {
+                reason: format!("pipeline {} is full", self.pipeline),
+                retry_after: RETRY_AFTER,
+            }),
+            Err(SendTimeoutError::Closed(_)) => Err(ConsumeError::Retryable {
+                reason: "the collector is shutting down".to_string(),
+                retry_after: RETRY_AFTER,
+            }),
+        }
+    }
+}
+
+/// Hands the same data to several consumers: clones (an `Arc` clone) for all but the last.
+pub struct FanOut {
+    consumers: Vec<Arc<dyn Consumer>>,
+}
+
+impl FanOut {
+    /// A consumer for `consumers`: the one itself when there is only one.
+    pub fn of(mut consumers: Vec<Arc<dyn Consumer>>) -> Arc<dyn Consumer> {
+        if consumers.len() == 1 {
+            return consumers.remove(0);
+        }
+        Arc::new(FanOut { consumers })
+    }
+}
+
+#[async_trait]
+impl Consumer for FanOut {
+    async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+        let Some((last, rest)) = self.consumers.split_last() else {
+            return Ok(());
+        };
+        for c in rest {
+            c.consume(data.clone()).await?;
+        }
+        last.consume(data).await
+    }
+}
+
+/// The entry of an exporter's queue.
+struct ExporterQueue {
+    tx: mpsc::Sender<Data>,
+    counters: ExporterCounters,
+}
+
+#[async_trait]
+impl Consumer for ExporterQueue {
+    async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+        self.counters.queue_size.inc();
+        self.tx.send(data).await.map_err(|_| {
+            self.counters.queue_size.dec();
+            ConsumeError::Retryable {
+                reason: "exporter queue closed".into(),
+                retry_after: RETRY_AFTER,
+            }
+        })
+    }
+}
+
+/// Retry of failed exports (the Collector's `retry_on_failure` defaults).
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub initial_interval: Duration,
+    pub max_interval: Duration,
+    pub max_elapsed_time: Duration,
+    pub multiplier: f64,
+    pub randomization_factor: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_interval: Duration::from_secs(5),
+            max_interval: Duration::from_secs(30),
+            max_elapsed_time: Duration::from_secs(300),
+            multiplier: 1.5,
+            randomization_factor: 0.5,
+        }
+    }
+}
+
+/// A pseudo-random number in [0, 1) for jitter; a clock-seeded hash is enough to spread retries.
+fn jitter_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn export_with_retry(
+    id: &ComponentId,
+    exporter: &dyn Exporter,
+    data: Data,
+    counters: &ExporterCounters,
+    policy: &RetryPolicy,
+) {
+    let started = Instant::now();
+    let mut interval = policy.initial_interval;
+    let signal = data.signal();
+    let items = data.items();
+    loop {
+        match exporter.export(data.clone()).await {
+            Ok(()) => {
+                counters.sent(signal, items);
+                return;
+            }
+            Err(e) if !e.retryable => {
+                counters.failed(signal, items);
+                tracing::error!(exporter = %id, items, "export failed, not retryable, dropping data: {}", e.message);
+                return;
+            }
+            Err(e) => {
+                let jitter = 1.0 + policy.randomization_factor * (2.0 * jitter_unit() - 1.0);
+                let backoff = interval.mul_f64(jitter.max(0.0));
+                let wait = e.retry_after.unwrap_or(backoff);
+                if !policy.max_elapsed_time.is_zero() && started.elapsed() + wait > policy.max_elapsed_time {
+                    counters.failed(signal, items);
+                    tracing::error!(exporter = %id, items, "export failed, giving up after {:?}, dropping data: {}", started.elapsed(), e.message);
+                    return;
+                }
+                tracing::warn!(exporter = %id, "export failed, retrying in {wait:?}: {}", e.message);
+                tokio::time::sleep(wait).await;
+                interval = interval.mul_f64(policy.multiplier).min(policy.max_interval);
+            }
+        }
+    }
+}
+
+struct RunningExporter {
+    id: ComponentId,
+    exporter: Arc<dyn Exporter>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// A running collector.
+pub struct Service {
+    receivers: Vec<(ComponentId, Box<dyn Receiver>)>,
+    pipelines: Vec<(String, JoinHandle<()>)>,
+    exporters: Vec<RunningExporter>,
+    telemetry_server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    telemetry: Telemetry,
+}
+
+impl Service {
+    /// Builds every component of every pipeline and starts them: exporters first, receivers last. On any error
+    /// what was started is stopped again, and the error names the component.
+    pub async fn start(config: Config, registry: &Registry) -> Result<Service, ComponentError> {
+        config
+            .check_listen_addresses(registry)
+            .map_err(|e| ComponentError::new(e.to_string()))?;
+        let telemetry = Telemetry::new();
+
+        // One entry channel per pipeline.
+        let mut inputs: BTreeMap<String, Arc<dyn Consumer>> = BTreeMap::new();
+        let mut outputs: BTreeMap<String, mpsc::Receiver<Data>> = BTreeMap::new();
+        for p in &config.pipelines {
+            let (tx, rx) = mpsc::channel(PIPELINE_CHANNEL_CAPACITY);
+            inputs.insert(
+                p.id.clone(),
+                Arc::new(PipelineInput {
+                    pipeline: p.id.clone(),
+                    tx,
+                }),
+            );
+            outputs.insert(p.id.clone(), rx);
+        }
+
+        // Exporters, each with its queue and workers, shared by the pipelines that name them.
+        let mut exporters = Vec::new();
+        let mut queues: BTreeMap<ComponentId, Arc<dyn Consumer>> = BTreeMap::new();
+        for declared in &config.exporters {
+            if !config.is_used(Kind::Exporter, &declared.id) {
+                continue;
+            }
+            let id = declared.id.clone();
+            let Some(factory) = registry.exporters.get(id.type_name()) else {
+                continue;
+            };
+            let exporter = factory.create(
+                &declared.config,
+                ExporterContext {
+                    id: id.clone(),
+                    telemetry: telemetry.clone(),
+                },
+            );
+            let exporter = match exporter {
+                Ok(e) => e,
+                Err(e) => {
+                    stop_exporters(exporters).await;
+                    return Err(ComponentError::new(format!("exporters.{id}: {e}")));
+                }
+            };
+            if let Err(e) = exporter.start().await {
+                stop_exporters(exporters).await;
+                return Err(ComponentError::new(format!("exporters.{id}: {e}")));
+            }
+            let counters = telemetry.exporter(&id);
+            counters.queue_capacity.set(EXPORTER_QUEUE_CAPACITY as i64);
+            let (tx, rx) = mpsc::channel::<Data>(EXPORTER_QUEUE_CAPACITY);
+            let rx = Arc::new(Mutex::new(rx));
+            let workers = (0..factory.default_consumers().max(1))
+                .map(|_| {
+                    let rx = rx.clone();
+                    let exporter = exporter.clone();
+                    let counters = counters.clone();
+                    let id = id.clone();
+                    let policy = RetryPolicy::default();
+                    tokio::spawn(async move {
+                        loop {
+                            let next = rx.lock().await.recv().await;
+                            let Some(data) = next else { break };
+                            counters.queue_size.dec();
+                            export_with_retry(&id, exporter.as_ref(), data, &counters, &policy).await;
+                        }
+                    })
+                })
+                .collect();
+            queues.insert(id.clone(), Arc::new(ExporterQueue { tx, counters }));
+            exporters.push(RunningExporter { id, exporter, workers });
+        }
+
+        // Pipelines: the processor chain, built from the exporters' end.
+        let mut pipelines = Vec::new();
+        let mut started_processors: Vec<Arc<dyn Processor>> = Vec::new();
+        let mut failure: Option<ComponentError> = None;
+        'pipelines: for p in &config.pipelines {
+            let mut next = FanOut::of(p.exporters.iter().map(|(id, _)| queues[id].clone()).collect());
+            let mut chain: Vec<Arc<dyn Processor>> = Vec::new();
+            for (id, _) in p.processors.iter().rev() {
+                let Some(declared) = config.find(Kind::Processor, id) else {
+                    continue;
+                };
+                let Some(factory) = registry.processors.get(id.type_name()) else {
+                    continue;
+                };
+                let feeds: Vec<Arc<dyn Consumer>> = config
+                    .pipelines
+                    .iter()
+                    .filter(|q| q.receivers.iter().any(|(r, _)| r == id))
+                    .map(|q| inputs[&q.id].clone())
+                    .collect();
+                let ctx = ProcessorContext {
+                    id: id.clone(),
+                    pipeline: p.id.clone(),
+                    signal: p.signal,
+                    next: next.clone(),
+                    metrics_output: (!feeds.is_empty()).then(|| FanOut::of(feeds)),
+                    telemetry: telemetry.clone(),
+                };
+                let processor = match factory.create(&declared.config, ctx) {
+                    Ok(proc_) => proc_,
+                    Err(e) => {
+                        failure = Some(ComponentError::new(format!(
+                            "processors.{id} in pipeline {}: {e}",
+                            p.id
+                        )));
+                        break 'pipelines;
+                    }
+                };
+                if let Err(e) = processor.start().await {
+                    failure = Some(ComponentError::new(format!(
+                        "processors.{id} in pipeline {}: {e}",
+                        p.id
+                    )));
+                    break 'pipelines;
+                }
+                started_processors.push(processor.clone());
+                next = processor.clone() as Arc<dyn Consumer>;
+                chain.push(processor);
+            }
+            chain.reverse();
+            let head = next;
+            let Some(mut rx) = outputs.remove(&p.id) else { continue };
+            let name = p.id.clone();
+            let task = tokio::spawn(async move {
+                while let Some(data) = rx.recv().await {
+                    if let Err(e) = head.consume(data).await {
+                        tracing::warn!(pipeline = %name, "data not delivered: {e}");
+                    }
+                }
+                for processor in &chain {
+                    if let Err(e) = processor.shutdown().await {
+                        tracing::warn!(pipeline = %name, "processor shutdown: {e}");
+                    }
+                }
+                tracing::debug!(pipeline = %name, "pipeline drained");
+            });
+            pipelines.push((p.id.clone(), task));
+        }
+        if let Some(e) = failure {
+            for processor in started_processors {
+                let _ = processor.shutdown().await;
+            }
+            drop(inputs);
+            drop(queues);
+            stop_exporters(exporters).await;
+            return Err(e);
+        }
+        drop(queues);
+
+        // The collector's own metrics.
+        let telemetry_server = if config.telemetry.metrics.level != MetricsLevel::None {
+            match serve_telemetry(&config.telemetry.metrics.address.address, telemetry.clone()).await {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    drop(inputs);
+                    let service = Service {
+                        receivers: Vec::new(),
+                        pipelines,
+                        exporters,
+                        telemetry_server: None,
+                        telemetry,
+                    };
+                    service.shutdown().await;
+                    return Err(ComponentError::new(format!(
+                        "service.telemetry.metrics: address {}: {e}",
+                        config.telemetry.metrics.address.describe()
+                    )));
+                }
+            }
+        } else {
+            None
+        };
+
+        // Receivers last, so that nothing is accepted before the whole graph is ready.
+        let mut service = Service {
+            receivers: Vec::new(),
+            pipelines,
+            exporters,
+            telemetry_server,
+            telemetry: telemetry.clone(),
+        };
+        for declared in &config.receivers {
+            let id = &declared.id;
+            let mut consumers = Consumers::default();
+            for p in config
+                .pipelines
+                .iter()
+                .filter(|p| p.receivers.iter().any(|(r, _)| r == id))
+            {
+                let existing = consumers.get(p.signal).cloned();
+                let input = inputs[&p.id].clone();
+                consumers.set(
+                    p.signal,
+                    match existing {
+                        Some(e) => FanOut::of(vec![e, input]),
+                        None => input,
+                    },
+                );
+            }
+            if consumers.signals().is_empty() {
+                continue;
+            }
+            let Some(factory) = registry.receivers.get(id.type_name()) else {
+                continue;
+            };
+            let ctx = ReceiverContext {
+                id: id.clone(),
+                consumers,
+                telemetry: telemetry.clone(),
+            };
+            let started = match factory.create(&declared.config, ctx) {
+                Ok(mut r) => r.start().await.map(|()| r),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(r) => service.receivers.push((id.clone(), r)),
+                Err(e) => {
+                    drop(inputs);
+                    service.shutdown().await;
+                    return Err(ComponentError::new(format!("receivers.{id}: {e}")));
+                }
+            }
+        }
+        // From here on only receivers and emitting processors hold pipeline entries, so that the channels close
+        // when they are gone.
+        drop(inputs);
+        Ok(service)
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Stops receivers, drains every pipeline and exporter queue, and flushes the exporters.
+    pub async fn shutdown(mut self) {
+        for (id, receiver) in &mut self.receivers {
+            if let Err(e) = receiver.shutdown().await {
+                tracing::warn!(receiver = %id, "shutdown: {e}");
+            }
+        }
+        self.receivers.clear();
+        for (name, task) in self.pipelines.drain(..) {
+            if let Err(e) = task.await {
+                tracing::error!(pipeline = %name, "pipeline task failed: {e}");
+            }
+        }
+        stop_exporters(std::mem::take(&mut self.exporters)).await;
+        if let Some((stop, task)) = self.telemetry_server.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+async fn stop_exporters(exporters: Vec<RunningExporter>) {
+    for running in exporters {
+        for worker in running.workers {
+            let _ = worker.await;
+        }
+        if let Err(e) = running.exporter.shutdown().await {
+            tracing::warn!(exporter = %running.id, "shutdown: {e}");
+        }
+    }
+}
+
+async fn serve_telemetry(
+    address: &str,
+    telemetry: Telemetry,
+) -> std::io::Result<(oneshot::Sender<()>, JoinHandle<()>)> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let telemetry = telemetry.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    telemetry.render(),
+                )
+            }
+        }),
+    );
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    tracing::info!("own metrics on http://{}/metrics", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("own metrics server: {e}");
+        }
+    });
+    Ok((stop_tx, task))
+}

@@ -1,0 +1,21 @@
+//! infercol's spine: the signal data, the component traits and factories, the YAML configuration model with its
+//! validation, and the graph that wires, starts and stops pipelines. It depends on no component.
+
+pub mod component;
+pub mod config;
+pub mod data;
+pub mod graph;
+pub mod telemetry;
+
+pub use component::{
+    AnyConfig, ComponentConfig, ComponentError, ComponentId, ConsumeError, Consumer, Consumers, ExportError, Exporter,
+    ExporterContext, ExporterFactory, Factory, Kind, Processor, ProcessorContext, ProcessorFactory, Receiver,
+    ReceiverContext, ReceiverFactory, Registry, config_as, parse_config,
+};
+pub use config::{Config, ConfigError, Endpoint};
+pub use data::{Data, Payload, Signal};
+pub use graph::{FanOut, Service};
+pub use telemetry::Telemetry;
+
+#[doc(hidden)]
+pub use erased_serde;
