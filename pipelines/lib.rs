@@ -5,6 +5,7 @@ pub mod component;
 pub mod config;
 pub mod data;
 pub mod graph;
+pub mod raw_codec;
 pub mod telemetry;
 
 pub use component::{
@@ -15,6 +16,7 @@ pub use component::{
 pub use config::{Config, ConfigError, Endpoint};
 pub use data::{Data, Payload, Signal};
 pub use graph::{FanOut, Service};
+pub use raw_codec::RawCodec;
 pub use telemetry::Telemetry;
 
 #[doc(hidden)]

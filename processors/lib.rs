@@ -1,1 +1,3 @@
+//! infercol's processors. Each is one folder: its configuration beside the code that does the work.
 
+pub mod batch;

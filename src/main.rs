@@ -1,1 +1,185 @@
-fn main() {}
+//! The `infercol` binary: the command line and the registry of every component.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use infercol_pipelines::config::parse_log_level;
+use infercol_pipelines::{Config, Kind, Registry, Service};
+use tracing_subscriber::EnvFilter;
+
+/// The configuration `infercol` runs when no --config is given.
+const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
+
+/// How long shutdown may take to flush what was accepted before the process gives up.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(
+    name = "infercol",
+    version,
+    about = "An OpenTelemetry collector that turns the spans of model services into inference metrics",
+    long_about = "An OpenTelemetry collector that turns the spans of model services into inference metrics.\n\n\
+                  Without --config it runs its embedded default configuration: OTLP on 127.0.0.1:4317 (gRPC) and \
+                  127.0.0.1:4318 (HTTP), a summary of what arrives on stderr, spans written to spans.jsonl, and its \
+                  own metrics on http://127.0.0.1:8888/metrics. SIGINT or SIGTERM stop it after flushing everything \
+                  it accepted."
+)]
+struct Cli {
+    /// The YAML configuration to run (the OpenTelemetry Collector's shape).
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks a configuration (including that its ports are free) and exits: 0 when valid.
+    Validate,
+    /// Lists the component types this build knows.
+    Components,
+    /// Prints the embedded default configuration.
+    DefaultConfig,
+}
+
+fn registry() -> Registry {
+    Registry::default()
+        .receiver(infercol_receivers::otlp::OtlpReceiverFactory)
+        .processor(infercol_processors::batch::BatchProcessorFactory)
+        .exporter(infercol_exporters::debug::DebugExporterFactory)
+        .exporter(infercol_exporters::file::FileExporterFactory)
+        .exporter(infercol_exporters::otlp::OtlpExporterFactory)
+        .exporter(infercol_exporters::otlp::OtlpHttpExporterFactory)
+}
+
+/// Reads and parses the configuration; the error names the file, the line and what is wrong.
+fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, String> {
+    let (name, text) = match path {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        ),
+        None => ("the default configuration".to_string(), DEFAULT_CONFIG.to_string()),
+    };
+    Config::parse(&text, registry).map_err(|e| format!("invalid configuration {name}: {e}"))
+}
+
+fn init_logs(config: Option<&Config>) {
+    let configured = config
+        .and_then(|c| c.telemetry.logs.level.as_deref())
+        .and_then(|l| parse_log_level(l).ok())
+        .unwrap_or("info");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(configured));
+    let json = config.and_then(|c| c.telemetry.logs.encoding.as_deref()) == Some("json");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let registry = registry();
+    match cli.command {
+        Some(Command::Components) => {
+            for kind in [Kind::Receiver, Kind::Processor, Kind::Exporter, Kind::Extension] {
+                println!("{}:", kind.section());
+                for name in registry.type_names(kind) {
+                    let signals = registry
+                        .factory(kind, name)
+                        .map(|f| f.signals().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default();
+                    println!("  - {name:<16} {signals}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Command::DefaultConfig) => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Some(Command::Validate) => {
+            let checked = load(cli.config.as_deref(), &registry).and_then(|c| {
+                c.check_listen_addresses(&registry)
+                    .map_err(|e| format!("invalid configuration: {e}"))
+            });
+            match checked {
+                Ok(()) => {
+                    println!("configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            let config = match load(cli.config.as_deref(), &registry) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logs(Some(&config));
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(config, registry))
+        }
+    }
+}
+
+async fn run(config: Config, registry: Registry) -> ExitCode {
+    let service = match Service::start(config, &registry).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "infercol is running; SIGINT or SIGTERM stops it"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down: receivers stop, then everything accepted is flushed");
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, service.shutdown()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => {
+            tracing::error!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}; exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); only SIGINT stops the collector");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

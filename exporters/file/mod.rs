@@ -1,0 +1,93 @@
+//! Exporter `file`: one OTLP/JSON export request per line, as the OpenTelemetry Collector's file exporter writes,
+//! each line written and flushed before the export is acknowledged so that a reader sees it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use infercol_pipelines::{
+    AnyConfig, ComponentConfig, ComponentError, Data, ExportError, Exporter, ExporterContext, ExporterFactory, Signal,
+    config_as,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileExporterConfig {
+    /// The file to append to; created when missing.
+    pub path: PathBuf,
+}
+
+impl ComponentConfig for FileExporterConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("path: required, the file to write to".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct FileExporterFactory;
+
+infercol_pipelines::factory!(
+    FileExporterFactory,
+    "file",
+    FileExporterConfig,
+    &[Signal::Traces, Signal::Metrics, Signal::Logs]
+);
+
+impl ExporterFactory for FileExporterFactory {
+    fn create(&self, config: &AnyConfig, _ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
+        Ok(Arc::new(FileExporter {
+            path: config_as::<FileExporterConfig>(config)?.path.clone(),
+            file: Mutex::new(None),
+        }))
+    }
+}
+
+pub struct FileExporter {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+#[async_trait]
+impl Exporter for FileExporter {
+    async fn start(&self) -> Result<(), ComponentError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| ComponentError::new(format!("path: cannot open {}: {e}", self.path.display())))?;
+        *self.file.lock().map_err(|_| ComponentError::new("poisoned lock"))? = Some(file);
+        Ok(())
+    }
+
+    async fn export(&self, data: Data) -> Result<(), ExportError> {
+        let mut line = data.to_json();
+        line.push('\n');
+        let mut guard = self
+            .file
+            .lock()
+            .map_err(|_| ExportError::permanent("file exporter lock poisoned"))?;
+        let file = guard
+            .as_mut()
+            .ok_or_else(|| ExportError::permanent("file exporter is not started"))?;
+        // One write call per line: with O_APPEND a reader never sees half of another line. A failed write
+        // (disk full) may succeed later.
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.flush())
+            .map_err(|e| ExportError::retryable(format!("writing {}: {e}", self.path.display()), None))
+    }
+
+    async fn shutdown(&self) -> Result<(), ComponentError> {
+        if let Ok(mut guard) = self.file.lock()
+            && let Some(file) = guard.take()
+        {
+            file.sync_all()
+                .map_err(|e| ComponentError::new(format!("syncing {}: {e}", self.path.display())))?;
+        }
+        Ok(())
+    }
+}

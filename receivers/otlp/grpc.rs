@@ -1,0 +1,162 @@
+//! OTLP/gRPC: the trace, metrics and logs `Export` methods, served over the raw request bytes.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use infercol_pipelines::telemetry::ReceiverCounters;
+use infercol_pipelines::{ConsumeError, Consumer, Data, RawCodec, Signal};
+use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// What the three OTLP services have in common, and what differs.
+pub trait OtlpService: Send + Sync + 'static {
+    const NAME: &'static str;
+    const SIGNAL: Signal;
+}
+
+pub struct TraceService;
+impl OtlpService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const SIGNAL: Signal = Signal::Traces;
+}
+
+pub struct MetricsService;
+impl OtlpService for MetricsService {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const SIGNAL: Signal = Signal::Metrics;
+}
+
+pub struct LogsService;
+impl OtlpService for LogsService {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const SIGNAL: Signal = Signal::Logs;
+}
+
+pub struct Shared {
+    pub consumer: Arc<dyn Consumer>,
+    pub counters: ReceiverCounters,
+    pub max_recv_msg_size: usize,
+}
+
+/// One OTLP gRPC service; `S` says which.
+pub struct GrpcService<S> {
+    shared: Arc<Shared>,
+    _service: PhantomData<fn() -> S>,
+}
+
+impl<S> GrpcService<S> {
+    pub fn new(shared: Shared) -> Self {
+        GrpcService {
+            shared: Arc::new(shared),
+            _service: PhantomData,
+        }
+    }
+}
+
+impl<S> Clone for GrpcService<S> {
+    fn clone(&self) -> Self {
+        GrpcService {
+            shared: self.shared.clone(),
+            _service: PhantomData,
+        }
+    }
+}
+
+impl<S: OtlpService> NamedService for GrpcService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for GrpcService<S>
+where
+    S: OtlpService,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let is_export = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(S::NAME))
+            .is_some_and(|m| m == "/Export");
+        if !is_export {
+            return Box::pin(async move {
+                Ok(Status::unimplemented("unknown method; OTLP services have only Export").into_http())
+            });
+        }
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let max = shared.max_recv_msg_size;
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(max);
+            Ok(grpc
+                .unary(
+                    Export::<S> {
+                        shared,
+                        _s: PhantomData,
+                    },
+                    req,
+                )
+                .await)
+        })
+    }
+}
+
+struct Export<S> {
+    shared: Arc<Shared>,
+    _s: PhantomData<fn() -> S>,
+}
+
+impl<S: OtlpService> tonic::server::UnaryService<Bytes> for Export<S> {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let data = Data::decode(S::SIGNAL, request.into_inner())
+                .map_err(|e| Status::invalid_argument(format!("malformed OTLP {} export request: {e}", S::SIGNAL)))?;
+            let items = data.items();
+            match shared.consumer.consume(data).await {
+                Ok(()) => {
+                    shared.counters.accepted(S::SIGNAL, items);
+                    // Every Export*ServiceResponse without partial success encodes to zero bytes.
+                    Ok(tonic::Response::new(Bytes::new()))
+                }
+                Err(e) => {
+                    shared.counters.refused(S::SIGNAL, items);
+                    Err(refusal_status(&e))
+                }
+            }
+        })
+    }
+}
+
+/// A refusal as the OTLP specification wants it: UNAVAILABLE with RetryInfo when the client should retry.
+pub fn refusal_status(e: &ConsumeError) -> Status {
+    match e {
+        ConsumeError::Retryable { reason, retry_after } => Status::with_error_details(
+            Code::Unavailable,
+            reason.clone(),
+            ErrorDetails::with_retry_info(Some(*retry_after)),
+        ),
+        ConsumeError::Permanent(reason) => Status::invalid_argument(reason.clone()),
+    }
+}

@@ -1,0 +1,187 @@
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with protobuf or JSON bodies, plain or gzip.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use infercol_pipelines::telemetry::ReceiverCounters;
+use infercol_pipelines::{ConsumeError, Consumer, Data, Signal};
+use prost::Message;
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+pub struct Route {
+    pub signal: Signal,
+    pub consumer: Arc<dyn Consumer>,
+    pub counters: ReceiverCounters,
+    pub max_body: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => PROTOBUF,
+            Encoding::Json => JSON,
+        }
+    }
+}
+
+/// An answer in the encoding of the request: an empty Export*ServiceResponse, or a `google.rpc.Status`.
+fn answer(encoding: Encoding, status: StatusCode, message: Option<String>) -> Response {
+    let body = match (message, encoding) {
+        (None, Encoding::Protobuf) => Bytes::new(),
+        (None, Encoding::Json) => Bytes::from_static(b"{}"),
+        (Some(m), Encoding::Protobuf) => Bytes::from(
+            tonic_types::Status {
+                code: grpc_code_for(status),
+                message: m,
+                details: Vec::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (Some(m), Encoding::Json) => {
+            Bytes::from(serde_json::json!({ "code": grpc_code_for(status), "message": m }).to_string())
+        }
+    };
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    response
+}
+
+/// The gRPC code a `google.rpc.Status` body carries for an HTTP status.
+fn grpc_code_for(status: StatusCode) -> i32 {
+    match status.as_u16() {
+        400 => 3,        // INVALID_ARGUMENT
+        413 => 8,        // RESOURCE_EXHAUSTED
+        415 => 3,        // INVALID_ARGUMENT
+        429 | 503 => 14, // UNAVAILABLE
+        _ => 13,         // INTERNAL
+    }
+}
+
+pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: Body) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let encoding = match content_type.as_str() {
+        PROTOBUF => Encoding::Protobuf,
+        JSON => Encoding::Json,
+        other => {
+            let shown = if other.is_empty() { "none" } else { other };
+            return answer(
+                Encoding::Protobuf,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some(format!(
+                    "unsupported Content-Type `{shown}`; OTLP/HTTP accepts {PROTOBUF} and {JSON}"
+                )),
+            );
+        }
+    };
+    let compression = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+
+    let max = route.max_body;
+    let too_large = || {
+        answer(
+            encoding,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(format!("request body larger than max_request_body_size ({max} bytes)")),
+        )
+    };
+    let raw = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            return answer(
+                encoding,
+                StatusCode::BAD_REQUEST,
+                Some(format!("cannot read request body: {e}")),
+            );
+        }
+    };
+    let bytes = match compression.as_str() {
+        "" | "identity" => raw,
+        "gzip" => {
+            // Read at most one byte past the limit, so that a small compressed bomb cannot grow memory.
+            let mut out = Vec::new();
+            let decoder = flate2::read::MultiGzDecoder::new(raw.as_ref());
+            match decoder.take(max as u64 + 1).read_to_end(&mut out) {
+                Ok(n) if n > max => return too_large(),
+                Ok(_) => Bytes::from(out),
+                Err(e) => {
+                    return answer(
+                        encoding,
+                        StatusCode::BAD_REQUEST,
+                        Some(format!("invalid gzip body: {e}")),
+                    );
+                }
+            }
+        }
+        other => {
+            return answer(
+                encoding,
+                StatusCode::BAD_REQUEST,
+                Some(format!("unsupported Content-Encoding `{other}`; use gzip or none")),
+            );
+        }
+    };
+
+    let signal = route.signal;
+    let parsed = match encoding {
+        Encoding::Protobuf => Data::decode(signal, bytes).map_err(|e| e.to_string()),
+        Encoding::Json => Data::from_json(signal, &bytes).map_err(|e| e.to_string()),
+    };
+    let data = match parsed {
+        Ok(d) => d,
+        Err(e) => {
+            let kind = if encoding == Encoding::Json {
+                "OTLP/JSON"
+            } else {
+                "protobuf"
+            };
+            return answer(
+                encoding,
+                StatusCode::BAD_REQUEST,
+                Some(format!("malformed {kind} {signal} export request: {e}")),
+            );
+        }
+    };
+    let items = data.items();
+    match route.consumer.consume(data).await {
+        Ok(()) => {
+            route.counters.accepted(signal, items);
+            answer(encoding, StatusCode::OK, None)
+        }
+        Err(e) => {
+            route.counters.refused(signal, items);
+            match e {
+                ConsumeError::Retryable { reason, retry_after } => {
+                    let mut r = answer(encoding, StatusCode::SERVICE_UNAVAILABLE, Some(reason));
+                    let secs = retry_after.as_secs().max(1);
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    r
+                }
+                ConsumeError::Permanent(reason) => answer(encoding, StatusCode::BAD_REQUEST, Some(reason)),
+            }
+        }
+    }
+}
