@@ -256,7 +256,16 @@ pub trait ComponentConfig: DeserializeOwned + Default + Send + Sync + 'static {
 pub fn parse_config<C: ComponentConfig>(
     deserializer: &mut dyn erased_serde::Deserializer<'_>,
 ) -> Result<AnyConfig, erased_serde::Error> {
-    let config: C = erased_serde::deserialize(deserializer)?;
+    // serde_path_to_error names the key inside the component (`protocols.grpc.endpoint`) that was wrong.
+    let config: C = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            inner
+        } else {
+            <erased_serde::Error as serde::de::Error>::custom(format!("{path}: {inner}"))
+        }
+    })?;
     config
         .validate()
         .map_err(<erased_serde::Error as serde::de::Error>::custom)?;

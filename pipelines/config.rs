@@ -265,7 +265,9 @@ impl Config {
     pub fn check_listen_addresses(&self, registry: &Registry) -> Result<(), ConfigError> {
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         let mut check = |who: String, endpoint: &Endpoint| -> Result<(), ConfigError> {
-            if let Some(other) = seen.insert(endpoint.address.clone(), who.clone()) {
+            // Port 0 asks the system for any free port: never a clash.
+            let any_port = endpoint.address.ends_with(":0");
+            if !any_port && let Some(other) = seen.insert(endpoint.address.clone(), who.clone()) {
                 return Err(ConfigError::at(
                     endpoint.line,
                     format!("{who}: address {} is also used by {other}", endpoint.address),
@@ -349,7 +351,8 @@ impl ErrorSlot {
 
 /// Splits serde-saphyr's ` at line N, column M` suffixes (and `line N column M: ` prefix) off a message.
 fn split_location(message: &str) -> (String, Option<u64>) {
-    let mut msg = message.lines().next().unwrap_or(message).trim().to_string();
+    let first = message.lines().next().unwrap_or(message).trim();
+    let mut msg = first.strip_prefix("error: ").unwrap_or(first).to_string();
     let mut line = None;
     while let Some(pos) = msg.rfind(" at line ") {
         let tail = &msg[pos + " at line ".len()..];

@@ -1,0 +1,203 @@
+//! Helpers for the end-to-end tests: run the real `infercol` binary on a configuration in a temporary
+//! directory, with every listener on port 0, and learn the addresses it bound from its log.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_infercol");
+
+/// A running collector process.
+pub struct Collector {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    /// Writes `yaml` (with `{dir}` replaced by the temporary directory) to a file and runs it.
+    pub fn start(yaml: &str) -> Collector {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let yaml = yaml.replace("{dir}", dir.path().to_str().expect("utf-8 temp path"));
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn infercol");
+        Collector::watch(child, dir)
+    }
+
+    /// Wraps a spawned child whose stderr is piped; waits until it says it is running.
+    pub fn watch(mut child: Child, dir: tempfile::TempDir) -> Collector {
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let c = Collector { child, dir, log };
+        c.wait_for_log("infercol is running", Duration::from_secs(20));
+        c
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no `{needle}` in the collector's log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address a server announced in the log, e.g. `OTLP/gRPC` or `OTLP/HTTP`.
+    pub fn address(&self, what: &str) -> String {
+        let line = self.wait_for_log(&format!("{what} on "), Duration::from_secs(5));
+        let rest = &line[line.find(&format!("{what} on ")).unwrap() + what.len() + 4..];
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    pub fn grpc(&self) -> String {
+        format!("http://{}", self.address("OTLP/gRPC"))
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.address("OTLP/HTTP"))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = wait_exit(&mut self.child, Duration::from_secs(40));
+        // Give the log reader a moment to drain.
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.log())
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the collector did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every line of a file exporter's output, parsed; waits until `done` says the content is complete.
+pub fn read_jsonl_until(path: &Path, timeout: Duration, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines = read_jsonl(path);
+        if done(&lines) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not reach the expected content in time; it holds {} lines",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line is not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Every span in OTLP/JSON export requests, each with its resource's attributes.
+pub fn spans_of(requests: &[serde_json::Value]) -> Vec<(serde_json::Value, serde_json::Value)> {
+    let mut out = Vec::new();
+    for r in requests {
+        for rs in r["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    out.push((rs["resource"].clone(), s.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The value of an OTLP/JSON attribute list entry, as written (`{"stringValue": ...}` and so on).
+pub fn attr<'a>(attributes: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    attributes
+        .as_array()?
+        .iter()
+        .find(|kv| kv["key"] == key)
+        .map(|kv| &kv["value"])
+}
+
+/// A configuration: otlp (gRPC + HTTP on free ports) into a file exporter in the temp dir.
+pub fn otlp_to_file(extra_exporters: &str) -> String {
+    format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:0" }}
+      http: {{ endpoint: "127.0.0.1:0" }}
+exporters:
+  file:
+    path: "{{dir}}/out.jsonl"
+{extra_exporters}
+service:
+  telemetry:
+    metrics: {{ address: "127.0.0.1:0" }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [file] }}
+    metrics: {{ receivers: [otlp], exporters: [file] }}
+    logs: {{ receivers: [otlp], exporters: [file] }}
+"#
+    )
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
