@@ -12,8 +12,17 @@ fn validate(yaml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(BIN).arg("validate").arg("--config").arg(&path).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -70,16 +79,30 @@ fn unknown_component_type() {
     let yaml = VALID.replace("  batch: { send_batch_size: 100, timeout: 1s }", "  sampler: {}");
     let (ok, text) = validate(&yaml);
     assert!(!ok);
-    assert_names(&text, &["processors.sampler", "unknown processor type `sampler`", "line 6"]);
+    assert_names(
+        &text,
+        &["processors.sampler", "unknown processor type `sampler`", "line 6"],
+    );
     assert_names(&start_fails(&yaml), &["processors.sampler", "line 6"]);
 }
 
 #[test]
 fn pipeline_naming_an_undeclared_component() {
-    let yaml = VALID.replace("exporters: [file/spans, debug]", "exporters: [file/spans, otlp/upstream]");
+    let yaml = VALID.replace(
+        "exporters: [file/spans, debug]",
+        "exporters: [file/spans, otlp/upstream]",
+    );
     let (ok, text) = validate(&yaml);
     assert!(!ok);
-    assert_names(&text, &["service.pipelines.traces.exporters", "`otlp/upstream`", "not declared", "line 15"]);
+    assert_names(
+        &text,
+        &[
+            "service.pipelines.traces.exporters",
+            "`otlp/upstream`",
+            "not declared",
+            "line 15",
+        ],
+    );
     assert_names(&start_fails(&yaml), &["otlp/upstream", "line 15"]);
 }
 
@@ -97,7 +120,10 @@ fn wrong_value_type() {
 
 #[test]
 fn unknown_key() {
-    let yaml = VALID.replace("grpc: { endpoint: \"127.0.0.1:0\" }", "grpc: { endpoint: \"127.0.0.1:0\", max_conns: 3 }");
+    let yaml = VALID.replace(
+        "grpc: { endpoint: \"127.0.0.1:0\" }",
+        "grpc: { endpoint: \"127.0.0.1:0\", max_conns: 3 }",
+    );
     let (ok, text) = validate(&yaml);
     assert!(!ok);
     assert_names(&text, &["receivers.otlp", "max_conns", "line 4"]);
@@ -108,10 +134,21 @@ fn unknown_key() {
 fn port_already_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let yaml = VALID.replace("grpc: { endpoint: \"127.0.0.1:0\" }", &format!("grpc: {{ endpoint: \"127.0.0.1:{port}\" }}"));
+    let yaml = VALID.replace(
+        "grpc: { endpoint: \"127.0.0.1:0\" }",
+        &format!("grpc: {{ endpoint: \"127.0.0.1:{port}\" }}"),
+    );
     let (ok, text) = validate(&yaml);
     assert!(!ok);
-    assert_names(&text, &["receivers.otlp", "protocols.grpc.endpoint", &format!("127.0.0.1:{port}"), "line 4"]);
+    assert_names(
+        &text,
+        &[
+            "receivers.otlp",
+            "protocols.grpc.endpoint",
+            &format!("127.0.0.1:{port}"),
+            "line 4",
+        ],
+    );
     let text = start_fails(&yaml);
     assert_names(&text, &["receivers.otlp", "protocols.grpc.endpoint", "line 4"]);
     // Nothing started half-way: the own-metrics listener of the failed start is closed again (the process is gone).
@@ -120,7 +157,10 @@ fn port_already_in_use() {
 
 #[test]
 fn env_substitution_and_defaults() {
-    let yaml = VALID.replace("path: spans.jsonl", "path: ${env:INFERCOL_TEST_UNSET_VAR:-fallback.jsonl}");
+    let yaml = VALID.replace(
+        "path: spans.jsonl",
+        "path: ${env:INFERCOL_TEST_UNSET_VAR:-fallback.jsonl}",
+    );
     let (ok, text) = validate(&yaml);
     assert!(ok, "{text}");
     let yaml = VALID.replace("path: spans.jsonl", "path: ${vault:secret}");

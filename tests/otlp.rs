@@ -95,16 +95,29 @@ fn assert_arrived_whole(c: &Collector, sent: &[Sent]) {
     });
     let got = spans_of(&lines);
     assert_eq!(got.len(), sent.len(), "every span once, no more");
-    let by_id: BTreeMap<String, (Value, Value)> =
-        got.into_iter().map(|(r, s)| (s["spanId"].as_str().unwrap().to_string(), (r, s))).collect();
+    let by_id: BTreeMap<String, (Value, Value)> = got
+        .into_iter()
+        .map(|(r, s)| (s["spanId"].as_str().unwrap().to_string(), (r, s)))
+        .collect();
     for s in sent {
-        let (resource, span) = by_id.get(&s.span_id).unwrap_or_else(|| panic!("span {} missing", s.span_id));
+        let (resource, span) = by_id
+            .get(&s.span_id)
+            .unwrap_or_else(|| panic!("span {} missing", s.span_id));
         assert_eq!(span["traceId"], s.trace_id.as_str());
         assert_eq!(span["parentSpanId"].as_str().unwrap_or(""), s.parent_id);
         assert_eq!(span["name"], s.name.as_str());
-        assert_eq!(attr(&span["attributes"], "request.n"), Some(&json!({"intValue": s.n.to_string()})));
-        assert_eq!(attr(&resource["attributes"], "service.name"), Some(&json!({"stringValue": "llama-7b"})));
-        assert_eq!(attr(&resource["attributes"], "deployment.environment.name"), Some(&json!({"stringValue": "prod"})));
+        assert_eq!(
+            attr(&span["attributes"], "request.n"),
+            Some(&json!({"intValue": s.n.to_string()}))
+        );
+        assert_eq!(
+            attr(&resource["attributes"], "service.name"),
+            Some(&json!({"stringValue": "llama-7b"}))
+        );
+        assert_eq!(
+            attr(&resource["attributes"], "deployment.environment.name"),
+            Some(&json!({"stringValue": "prod"}))
+        );
         if s.name == "predict" {
             if s.n % 10 == 0 {
                 assert_eq!(span["status"]["code"], 2, "ERROR status kept");
@@ -114,15 +127,33 @@ fn assert_arrived_whole(c: &Collector, sent: &[Sent]) {
         }
         assert_eq!(span["kind"], 2, "SERVER kind");
         let code = if s.n % 10 == 0 { "503" } else { "200" };
-        assert_eq!(attr(&span["attributes"], "http.response.status_code"), Some(&json!({"intValue": code})));
-        assert_eq!(attr(&span["attributes"], "http.request.body.size"), Some(&json!({"intValue": (1000 + s.n).to_string()})));
-        assert_eq!(attr(&span["attributes"], "sample.ratio"), Some(&json!({"doubleValue": 0.25})));
-        assert_eq!(attr(&span["attributes"], "streaming"), Some(&json!({"boolValue": s.n % 2 == 0})));
-        assert_eq!(attr(&span["attributes"], "http.request.method"), Some(&json!({"stringValue": "POST"})));
+        assert_eq!(
+            attr(&span["attributes"], "http.response.status_code"),
+            Some(&json!({"intValue": code}))
+        );
+        assert_eq!(
+            attr(&span["attributes"], "http.request.body.size"),
+            Some(&json!({"intValue": (1000 + s.n).to_string()}))
+        );
+        assert_eq!(
+            attr(&span["attributes"], "sample.ratio"),
+            Some(&json!({"doubleValue": 0.25}))
+        );
+        assert_eq!(
+            attr(&span["attributes"], "streaming"),
+            Some(&json!({"boolValue": s.n % 2 == 0}))
+        );
+        assert_eq!(
+            attr(&span["attributes"], "http.request.method"),
+            Some(&json!({"stringValue": "POST"}))
+        );
         assert_eq!(span["events"][0]["name"], "first_token");
         let start: u64 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
         let end: u64 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
-        assert!(start > 1_600_000_000_000_000_000 && end >= start, "times are kept as 64-bit strings");
+        assert!(
+            start > 1_600_000_000_000_000_000 && end >= start,
+            "times are kept as 64-bit strings"
+        );
     }
 }
 
@@ -197,7 +228,9 @@ async fn raw_otlp_json_over_http_arrives_whole() {
         }
         r.body(body).send()
     };
-    let r = post("/v1/traces", JSON_TRACES.as_bytes().to_vec(), false).await.unwrap();
+    let r = post("/v1/traces", JSON_TRACES.as_bytes().to_vec(), false)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     assert_eq!(r.text().await.unwrap(), "{}");
@@ -208,32 +241,58 @@ async fn raw_otlp_json_over_http_arrives_whole() {
 
     let lines = read_jsonl_until(&c.path("out.jsonl"), Duration::from_secs(20), |l| l.len() >= 3);
     let sent: Value = serde_json::from_str(JSON_TRACES).unwrap();
-    let traces = lines.iter().find(|l| l.get("resourceSpans").is_some()).expect("traces line");
+    let traces = lines
+        .iter()
+        .find(|l| l.get("resourceSpans").is_some())
+        .expect("traces line");
     let got = spans_of(std::slice::from_ref(traces));
     let want = spans_of(std::slice::from_ref(&sent));
     assert_eq!(got.len(), 2);
     for ((_, g), (_, w)) in got.iter().zip(&want) {
-        for key in ["traceId", "spanId", "name", "kind", "startTimeUnixNano", "endTimeUnixNano"] {
+        for key in [
+            "traceId",
+            "spanId",
+            "name",
+            "kind",
+            "startTimeUnixNano",
+            "endTimeUnixNano",
+        ] {
             assert_eq!(g[key], w[key], "{key}");
         }
-        assert_eq!(g["parentSpanId"].as_str().unwrap_or(""), w["parentSpanId"].as_str().unwrap_or(""));
+        assert_eq!(
+            g["parentSpanId"].as_str().unwrap_or(""),
+            w["parentSpanId"].as_str().unwrap_or("")
+        );
     }
     let request = &got[0].1;
-    assert_eq!(attr(&request["attributes"], "big"), Some(&json!({"intValue": "9007199254740993"})), "64-bit ints exact");
+    assert_eq!(
+        attr(&request["attributes"], "big"),
+        Some(&json!({"intValue": "9007199254740993"})),
+        "64-bit ints exact"
+    );
     assert_eq!(
         attr(&request["attributes"], "tags"),
         Some(&json!({"arrayValue": {"values": [{"stringValue": "a"}, {"intValue": "2"}]}}))
     );
     assert_eq!(request["events"][0]["name"], "first_byte");
     assert_eq!(request["status"]["code"], 1);
-    assert_eq!(attr(&got[0].0["attributes"], "deployment.id"), Some(&json!({"stringValue": "dep-42"})));
+    assert_eq!(
+        attr(&got[0].0["attributes"], "deployment.id"),
+        Some(&json!({"stringValue": "dep-42"}))
+    );
     assert_eq!(traces["resourceSpans"][0]["scopeSpans"][0]["scope"]["name"], "fastapi");
 
-    let metrics = lines.iter().find(|l| l.get("resourceMetrics").is_some()).expect("metrics line");
+    let metrics = lines
+        .iter()
+        .find(|l| l.get("resourceMetrics").is_some())
+        .expect("metrics line");
     let point = &metrics["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0];
     assert_eq!(point["name"], "queue.depth");
     assert_eq!(point["gauge"]["dataPoints"][0]["asInt"], "7");
-    let logs = lines.iter().find(|l| l.get("resourceLogs").is_some()).expect("logs line");
+    let logs = lines
+        .iter()
+        .find(|l| l.get("resourceLogs").is_some())
+        .expect("logs line");
     let record = &logs["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
     assert_eq!(record["body"]["stringValue"], "prediction failed");
     assert_eq!(record["traceId"], "5b8efff798038103d269b633813fc60c");
@@ -274,11 +333,23 @@ async fn bad_input_gets_the_protocol_answer_and_the_process_keeps_serving() {
 
     // A JSON span id that is not hex.
     let bad_id = JSON_TRACES.replace("eee19b7ec3c1b174", "not-hex-at-all!!");
-    let r = http.post(&url).header("content-type", "application/json").body(bad_id).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(bad_id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // Wrong content type: 415. Wrong method: 405. Bad gzip: 400.
-    let r = http.post(&url).header("content-type", "text/plain").body("hi").send().await.unwrap();
+    let r = http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 405);
@@ -293,7 +364,11 @@ async fn bad_input_gets_the_protocol_answer_and_the_process_keeps_serving() {
     assert_eq!(r.status(), 400);
 
     // Malformed protobuf over gRPC: INVALID_ARGUMENT.
-    let channel = tonic::transport::Endpoint::from_shared(c.grpc()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(c.grpc())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
@@ -313,7 +388,47 @@ async fn bad_input_gets_the_protocol_answer_and_the_process_keeps_serving() {
     let request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
         serde_json::from_str(JSON_TRACES).unwrap();
     client.export(request).await.expect("valid gRPC export accepted");
-    let r = http.post(&url).header("content-type", "application/json").body(JSON_TRACES).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(JSON_TRACES)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    read_jsonl_until(&c.path("out.jsonl"), Duration::from_secs(20), |l| spans_of(l).len() >= 4);
+    read_jsonl_until(&c.path("out.jsonl"), Duration::from_secs(20), |l| {
+        spans_of(l).len() >= 4
+    });
+}
+
+#[tokio::test]
+async fn the_default_configuration_receives_spans_and_writes_spans_jsonl() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(common::BIN)
+        .current_dir(dir.path())
+        .env("INFERCOL_OTLP_GRPC_ENDPOINT", "127.0.0.1:0")
+        .env("INFERCOL_OTLP_HTTP_ENDPOINT", "127.0.0.1:0")
+        .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = Collector::watch(child, dir);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/traces", c.http()))
+        .header("content-type", "application/json")
+        .body(JSON_TRACES)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lines = read_jsonl_until(&c.path("spans.jsonl"), Duration::from_secs(20), |l| {
+        spans_of(l).len() >= 2
+    });
+    assert_eq!(spans_of(&lines).len(), 2);
+    c.wait_for_log("debug: traces: 2 spans in 1 resources", Duration::from_secs(10));
+    let (status, log) = c.stop();
+    assert!(status.success(), "{log}");
 }

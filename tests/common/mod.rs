@@ -63,7 +63,11 @@ impl Collector {
             if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
                 return line.clone();
             }
-            assert!(Instant::now() < deadline, "no `{needle}` in the collector's log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no `{needle}` in the collector's log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -125,7 +129,11 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
 }
 
 /// Every line of a file exporter's output, parsed; waits until `done` says the content is complete.
-pub fn read_jsonl_until(path: &Path, timeout: Duration, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+pub fn read_jsonl_until(
+    path: &Path,
+    timeout: Duration,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let lines = read_jsonl(path);
