@@ -10,7 +10,7 @@ use infercol_pipelines::{Config, Kind, Registry, Service};
 use tracing_subscriber::EnvFilter;
 
 /// The configuration `infercol` runs when no --config is given.
-const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
+const DEFAULT_CONFIG: &str = include_str!("../examples/configs/standalone.yaml");
 
 /// How long shutdown may take to flush what was accepted before the process gives up.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);

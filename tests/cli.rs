@@ -195,3 +195,26 @@ fn the_embedded_default_configuration_is_valid() {
     );
     assert!(ok, "{text}");
 }
+
+#[test]
+fn every_example_configuration_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            // Move every listener to a free port so the check does not depend on what else runs here.
+            let out = Command::new(BIN)
+                .args(["validate", "--config"])
+                .arg(&path)
+                .env("INFERCOL_OTLP_GRPC_ENDPOINT", "127.0.0.1:0")
+                .env("INFERCOL_OTLP_HTTP_ENDPOINT", "127.0.0.1:0")
+                .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "examples/configs holds the ready configurations");
+}
