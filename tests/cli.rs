@@ -212,7 +212,12 @@ fn every_example_configuration_validates() {
                 .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             checked += 1;
         }
     }
