@@ -498,3 +498,211 @@ async fn serve_telemetry(
     });
     Ok((stop_tx, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::component::*;
+    use crate::config::Config;
+    use crate::data::{Payload, Signal};
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use serde::Deserialize;
+    use std::sync::Mutex as StdMutex;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Empty {}
+    impl ComponentConfig for Empty {}
+
+    /// A receiver that pushes three requests of `spans` spans when started.
+    struct Burst;
+    crate::factory!(Burst, "burst", Empty, &[Signal::Traces]);
+    struct BurstReceiver(Option<Consumers>);
+    #[async_trait]
+    impl Receiver for BurstReceiver {
+        async fn start(&mut self) -> Result<(), ComponentError> {
+            let consumers = self.0.take().unwrap();
+            let traces = consumers.get(Signal::Traces).unwrap();
+            for _ in 0..3 {
+                let spans = (0..5).map(|_| Span::default()).collect();
+                let request = ExportTraceServiceRequest {
+                    resource_spans: vec![ResourceSpans {
+                        scope_spans: vec![ScopeSpans {
+                            spans,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                };
+                traces.consume(Data::traces(request)).await.unwrap();
+            }
+            Ok(())
+        }
+        async fn shutdown(&mut self) -> Result<(), ComponentError> {
+            Ok(())
+        }
+    }
+    impl ReceiverFactory for Burst {
+        fn create(&self, _: &AnyConfig, ctx: ReceiverContext) -> Result<Box<dyn Receiver>, ComponentError> {
+            Ok(Box::new(BurstReceiver(Some(ctx.consumers))))
+        }
+    }
+
+    /// A processor that passes spans on and, at shutdown only, emits one gauge point with the spans it saw.
+    struct Counting;
+    crate::factory!(Counting, "counting", Empty, &[Signal::Traces, Signal::Metrics]);
+    struct CountingProcessor {
+        seen: StdMutex<i64>,
+        next: Arc<dyn Consumer>,
+        out: Option<Arc<dyn Consumer>>,
+    }
+    #[async_trait]
+    impl Consumer for CountingProcessor {
+        async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+            *self.seen.lock().unwrap() += data.items() as i64;
+            self.next.consume(data).await
+        }
+    }
+    #[async_trait]
+    impl Processor for CountingProcessor {
+        async fn shutdown(&self) -> Result<(), ComponentError> {
+            let seen = *self.seen.lock().unwrap();
+            let point = NumberDataPoint {
+                value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(seen)),
+                ..Default::default()
+            };
+            let request = ExportMetricsServiceRequest {
+                resource_metrics: vec![ResourceMetrics {
+                    scope_metrics: vec![ScopeMetrics {
+                        metrics: vec![Metric {
+                            name: "spans.seen".into(),
+                            data: Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Gauge(Gauge {
+                                data_points: vec![point],
+                            })),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            if let Some(out) = &self.out {
+                out.consume(Data::metrics(request))
+                    .await
+                    .map_err(|e| ComponentError::new(e.to_string()))?;
+            }
+            Ok(())
+        }
+    }
+    impl ProcessorFactory for Counting {
+        fn emits_metrics(&self) -> bool {
+            true
+        }
+        fn create(&self, _: &AnyConfig, ctx: ProcessorContext) -> Result<Arc<dyn Processor>, ComponentError> {
+            Ok(Arc::new(CountingProcessor {
+                seen: StdMutex::new(0),
+                next: ctx.next,
+                out: ctx.metrics_output,
+            }))
+        }
+    }
+
+    /// An exporter that keeps what it gets, in a list shared by every instance.
+    #[derive(Clone, Default)]
+    struct Keep(Arc<StdMutex<Vec<(String, Data)>>>);
+    impl Factory for Keep {
+        fn type_name(&self) -> &'static str {
+            "keep"
+        }
+        fn signals(&self) -> &'static [Signal] {
+            &[Signal::Traces, Signal::Metrics]
+        }
+        fn default_config(&self) -> AnyConfig {
+            Box::new(Empty {})
+        }
+        fn parse_config(&self, d: &mut dyn erased_serde::Deserializer<'_>) -> Result<AnyConfig, erased_serde::Error> {
+            parse_config::<Empty>(d)
+        }
+    }
+    struct KeepExporter(String, Keep);
+    #[async_trait]
+    impl Exporter for KeepExporter {
+        async fn export(&self, data: Data) -> Result<(), ExportError> {
+            self.1.0.lock().unwrap().push((self.0.clone(), data));
+            Ok(())
+        }
+    }
+    impl ExporterFactory for Keep {
+        fn create(&self, _: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
+            Ok(Arc::new(KeepExporter(ctx.id.to_string(), self.clone())))
+        }
+    }
+
+    #[tokio::test]
+    async fn fan_in_fan_out_and_a_processor_feeding_a_metrics_pipeline_at_shutdown() {
+        let kept = Keep::default();
+        let registry = Registry::default()
+            .receiver(Burst)
+            .processor(Counting)
+            .exporter(kept.clone());
+        let config = Config::parse(
+            r#"
+receivers:
+  burst:
+  burst/2:
+processors:
+  counting:
+exporters:
+  keep/a:
+  keep/b:
+  keep/m:
+service:
+  telemetry: { metrics: { level: none } }
+  pipelines:
+    traces: { receivers: [burst, burst/2], processors: [counting], exporters: [keep/a, keep/b] }
+    metrics: { receivers: [counting], exporters: [keep/m] }
+"#,
+            &registry,
+        )
+        .unwrap();
+        let service = Service::start(config, &registry).await.unwrap();
+        service.shutdown().await;
+        let kept = kept.0.lock().unwrap();
+        for exporter in ["keep/a", "keep/b"] {
+            let spans: usize = kept
+                .iter()
+                .filter(|(id, _)| id == exporter)
+                .map(|(_, d)| d.items())
+                .sum();
+            assert_eq!(spans, 30, "both receivers' spans reach {exporter}");
+        }
+        let metrics: Vec<&Data> = kept.iter().filter(|(id, _)| id == "keep/m").map(|(_, d)| d).collect();
+        assert_eq!(
+            metrics.len(),
+            1,
+            "what the processor emits at shutdown still reaches the metrics exporter"
+        );
+        let Payload::Metrics(m) = metrics[0].payload() else {
+            panic!("metrics expected")
+        };
+        let point = &m.resource_metrics[0].scope_metrics[0].metrics[0];
+        assert_eq!(point.name, "spans.seen");
+    }
+
+    #[test]
+    fn a_processor_cannot_feed_the_pipeline_it_sits_in() {
+        let registry = Registry::default()
+            .receiver(Burst)
+            .processor(Counting)
+            .exporter(Keep::default());
+        let err = Config::parse(
+            "receivers:\n  burst:\nprocessors:\n  counting:\nexporters:\n  keep:\nservice:\n  pipelines:\n    traces: { receivers: [burst], processors: [counting], exporters: [keep] }\n    metrics: { receivers: [counting], exporters: [keep] }\n    metrics/loop: { receivers: [counting], processors: [counting], exporters: [keep] }\n",
+            &registry,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("loop"), "{err}");
+    }
+}
