@@ -2,7 +2,8 @@
 //! or failed by exporters, exposed for Prometheus as the OpenTelemetry Collector names them (`otelcol_...`), so
 //! dashboards made for the Collector work unchanged.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -13,7 +14,8 @@ use prometheus_client::registry::Registry;
 use crate::component::ComponentId;
 use crate::data::Signal;
 
-type Labels = Vec<(String, String)>;
+/// Label pairs of one series.
+pub type Labels = Vec<(String, String)>;
 
 struct Families {
     receiver_accepted: [Family<Labels, Counter>; 3],
@@ -29,8 +31,10 @@ struct Families {
 /// A handle on the collector's own metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Telemetry {
-    registry: Arc<Registry>,
+    registry: Arc<Mutex<Registry>>,
     families: Arc<Families>,
+    /// Counter families that components register by name (registered once, shared by every instance).
+    extra: Arc<Mutex<BTreeMap<String, Family<Labels, Counter>>>>,
 }
 
 impl Default for Telemetry {
@@ -100,7 +104,8 @@ impl Telemetry {
             exporter_queue_capacity.clone(),
         );
         Telemetry {
-            registry: Arc::new(r),
+            registry: Arc::new(Mutex::new(r)),
+            extra: Arc::default(),
             families: Arc::new(Families {
                 receiver_accepted,
                 receiver_refused,
@@ -150,11 +155,28 @@ impl Telemetry {
         }
     }
 
+    /// A counter family of a component's own (`name` without the `_total` suffix, which is added), registered on
+    /// first use; later calls with the same name share it.
+    pub fn counter_family(&self, name: &str, help: &str) -> Family<Labels, Counter> {
+        let mut extra = self.extra.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = extra.get(name) {
+            return f.clone();
+        }
+        let family = Family::<Labels, Counter>::default();
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register(name, help, family.clone());
+        extra.insert(name.to_string(), family.clone());
+        family
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut out, &registry);
         out
     }
 }

@@ -1,3 +1,4 @@
 //! infercol's processors. Each is one folder: its configuration beside the code that does the work.
 
 pub mod batch;
+pub mod model_metrics;

@@ -49,6 +49,7 @@ fn registry() -> Registry {
     Registry::default()
         .receiver(infercol_receivers::otlp::OtlpReceiverFactory)
         .processor(infercol_processors::batch::BatchProcessorFactory)
+        .processor(infercol_processors::model_metrics::ModelMetricsFactory)
         .exporter(infercol_exporters::debug::DebugExporterFactory)
         .exporter(infercol_exporters::file::FileExporterFactory)
         .exporter(infercol_exporters::otlp::OtlpExporterFactory)

@@ -88,7 +88,7 @@ async fn chain_through_otlp_and_otlphttp_exporters_loses_nothing() {
     let downstream = Collector::start(&otlp_to_file(""));
     let grpc_target = downstream.address("OTLP/gRPC");
     let http_target = downstream.http();
-    let upstream = Collector::start(&format!(
+    let mut upstream = Collector::start(&format!(
         r#"
 receivers:
   otlp:

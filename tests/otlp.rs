@@ -415,7 +415,7 @@ async fn the_default_configuration_receives_spans_and_writes_spans_jsonl() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let c = Collector::watch(child, dir);
+    let mut c = Collector::watch(child, dir);
     let r = reqwest::Client::new()
         .post(format!("{}/v1/traces", c.http()))
         .header("content-type", "application/json")

@@ -100,8 +100,8 @@ impl Collector {
         assert!(status.success());
     }
 
-    /// Sends SIGTERM and waits for the process to exit.
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    /// Sends SIGTERM and waits for the process to exit; its directory stays until the `Collector` is dropped.
+    pub fn stop(&mut self) -> (ExitStatus, String) {
         self.signal("TERM");
         let status = wait_exit(&mut self.child, Duration::from_secs(40));
         // Give the log reader a moment to drain.

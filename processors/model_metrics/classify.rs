@@ -1,0 +1,637 @@
+//! What a span means (contract section 2): request or not, protocol, status code and class, durations, sizes,
+//! tokens, and its sampling weight. Pure functions over the OTLP span, so every rule is tested on its own.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatus;
+
+use super::config::SpanRules;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Http,
+    Grpc,
+    Websocket,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+            Protocol::Websocket => "websocket",
+        }
+    }
+}
+
+/// `1xx` .. `5xx`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatusClass(u8);
+
+impl StatusClass {
+    pub const OK: StatusClass = StatusClass(2);
+    pub const CLIENT_ERROR: StatusClass = StatusClass(4);
+    pub const SERVER_ERROR: StatusClass = StatusClass(5);
+
+    /// The class of an HTTP status code, when it is one (100..=599).
+    pub fn of_http(code: i64) -> Option<StatusClass> {
+        (100..=599).contains(&code).then_some(StatusClass((code / 100) as u8))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"][self.0 as usize]
+    }
+}
+
+/// A request's status: protocol, the code as a label value, and its class.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Status {
+    pub protocol: Protocol,
+    pub code: String,
+    pub class: StatusClass,
+}
+
+/// Why a value from a span was not used; counted in the collector's own telemetry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    EndBeforeStart,
+    InvalidStatusCode,
+    InvalidSize,
+    InvalidTokens,
+    InvalidTimeToFirstByte,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::EndBeforeStart => "end_before_start",
+            Rejection::InvalidStatusCode => "invalid_status_code",
+            Rejection::InvalidSize => "invalid_size",
+            Rejection::InvalidTokens => "invalid_tokens",
+            Rejection::InvalidTimeToFirstByte => "invalid_time_to_first_byte",
+        }
+    }
+}
+
+/// What a request span contributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub status: Status,
+    /// End-to-end seconds; `None` when the span's times are invalid.
+    pub duration: Option<f64>,
+    pub time_to_first_byte: Option<f64>,
+    pub request_size: Option<f64>,
+    pub response_size: Option<f64>,
+    pub input_tokens: Option<f64>,
+    pub output_tokens: Option<f64>,
+}
+
+const GRPC_CODES: [(&str, i64); 17] = [
+    ("OK", 200),
+    ("CANCELLED", 499),
+    ("UNKNOWN", 500),
+    ("INVALID_ARGUMENT", 400),
+    ("DEADLINE_EXCEEDED", 504),
+    ("NOT_FOUND", 404),
+    ("ALREADY_EXISTS", 409),
+    ("PERMISSION_DENIED", 403),
+    ("RESOURCE_EXHAUSTED", 429),
+    ("FAILED_PRECONDITION", 400),
+    ("ABORTED", 409),
+    ("OUT_OF_RANGE", 400),
+    ("UNIMPLEMENTED", 501),
+    ("INTERNAL", 500),
+    ("UNAVAILABLE", 503),
+    ("DATA_LOSS", 500),
+    ("UNAUTHENTICATED", 401),
+];
+
+/// A gRPC status (integer, integer as text, or name such as `UNAVAILABLE` / `StatusCode.UNAVAILABLE`) as
+/// (name, HTTP equivalent).
+pub fn grpc_status(value: &AnyValue) -> Option<(&'static str, i64)> {
+    let code = match value.value.as_ref()? {
+        Value::IntValue(i) => *i,
+        Value::StringValue(s) => {
+            let s = s.trim();
+            match s.parse::<i64>() {
+                Ok(i) => i,
+                Err(_) => {
+                    let name = s.rsplit('.').next().unwrap_or(s).to_ascii_uppercase();
+                    return GRPC_CODES.iter().find(|(n, _)| *n == name).copied();
+                }
+            }
+        }
+        _ => return None,
+    };
+    usize::try_from(code).ok().and_then(|i| GRPC_CODES.get(i)).copied()
+}
+
+/// The class of a WebSocket close code, for the codes the contract names.
+pub fn websocket_class(code: i64) -> Option<StatusClass> {
+    match code {
+        1000 | 1001 => Some(StatusClass::OK),
+        1002 | 1003 | 1007 | 1008 | 1009 | 1010 => Some(StatusClass::CLIENT_ERROR),
+        1006 | 1011..=1014 => Some(StatusClass::SERVER_ERROR),
+        _ => None,
+    }
+}
+
+/// The first attribute of `keys` (in that order) that the span carries.
+pub fn find<'a>(attributes: &'a [KeyValue], keys: &[String]) -> Option<&'a AnyValue> {
+    keys.iter()
+        .find_map(|k| attributes.iter().find(|kv| &kv.key == k))
+        .and_then(|kv| kv.value.as_ref())
+}
+
+/// A number from an int, a double, or a numeric string.
+pub fn number(value: &AnyValue) -> Option<f64> {
+    match value.value.as_ref()? {
+        Value::IntValue(i) => Some(*i as f64),
+        Value::DoubleValue(d) => Some(*d),
+        Value::StringValue(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+}
+
+/// An integer from an int, an integral double, or an integer string.
+fn integer(value: &AnyValue) -> Option<i64> {
+    match value.value.as_ref()? {
+        Value::IntValue(i) => Some(*i),
+        Value::DoubleValue(d) if d.fract() == 0.0 && d.is_finite() => Some(*d as i64),
+        Value::StringValue(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &AnyValue) -> Option<&str> {
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A non-negative finite quantity (size, tokens, seconds), or the rejection.
+fn quantity(attributes: &[KeyValue], keys: &[String], why: Rejection, rejected: &mut Vec<Rejection>) -> Option<f64> {
+    let value = find(attributes, keys)?;
+    match number(value) {
+        Some(v) if v.is_finite() && v >= 0.0 => Some(v),
+        _ => {
+            rejected.push(why);
+            None
+        }
+    }
+}
+
+pub struct Classifier {
+    rules: SpanRules,
+    request_kinds: Vec<i32>,
+}
+
+impl Classifier {
+    pub fn new(rules: SpanRules) -> Classifier {
+        let request_kinds = rules.request_span_kinds.iter().map(|k| k.otlp()).collect();
+        Classifier { rules, request_kinds }
+    }
+
+    pub fn is_request(&self, span: &Span) -> bool {
+        self.request_kinds.contains(&span.kind)
+    }
+
+    /// Whether the span's duration is inference time.
+    pub fn is_inference(&self, span: &Span) -> bool {
+        self.rules.inference_span_names.iter().any(|n| n == &span.name)
+            || find(&span.attributes, &self.rules.inference_span_attributes).is_some()
+    }
+
+    /// The span's duration in seconds, or the rejection when it ends before it starts (or has no times).
+    pub fn duration(span: &Span, rejected: &mut Vec<Rejection>) -> Option<f64> {
+        if span.start_time_unix_nano == 0 || span.end_time_unix_nano < span.start_time_unix_nano {
+            rejected.push(Rejection::EndBeforeStart);
+            return None;
+        }
+        Some((span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9)
+    }
+
+    pub fn status(&self, span: &Span, rejected: &mut Vec<Rejection>) -> Status {
+        let rules = &self.rules;
+        let attrs = &span.attributes;
+        let grpc_code = find(attrs, &rules.grpc_status_code_attributes);
+        let is_grpc = grpc_code.is_some()
+            || find(attrs, &rules.rpc_system_attributes)
+                .and_then(text)
+                .is_some_and(|s| s.eq_ignore_ascii_case("grpc"));
+        let websocket = find(attrs, &rules.websocket_close_code_attributes);
+        let (protocol, coded) = if is_grpc {
+            let coded =
+                grpc_code.map(|v| grpc_status(v).map(|(name, http)| (name.to_string(), StatusClass::of_http(http))));
+            (Protocol::Grpc, coded)
+        } else if let Some(v) = websocket {
+            let coded = Some(integer(v).map(|c| (c.to_string(), websocket_class(c))));
+            (Protocol::Websocket, coded)
+        } else {
+            let coded = find(attrs, &rules.http_status_code_attributes)
+                .map(|v| integer(v).and_then(|c| StatusClass::of_http(c).map(|k| (c.to_string(), Some(k)))));
+            (Protocol::Http, coded)
+        };
+        match coded {
+            Some(Some((code, Some(class)))) => Status { protocol, code, class },
+            // A close code the contract does not classify: the code is kept, the class follows the span.
+            Some(Some((code, None))) => Status {
+                protocol,
+                code,
+                class: self.class_without_code(span),
+            },
+            Some(None) => {
+                rejected.push(Rejection::InvalidStatusCode);
+                Status {
+                    protocol,
+                    code: "unset".into(),
+                    class: self.class_without_code(span),
+                }
+            }
+            None => Status {
+                protocol,
+                code: "unset".into(),
+                class: self.class_without_code(span),
+            },
+        }
+    }
+
+    /// Without a status code: an ERROR status or an exception event is a server error (a prediction exception).
+    fn class_without_code(&self, span: &Span) -> StatusClass {
+        let error = span.status.as_ref().is_some_and(|s| s.code == OtlpStatus::Error as i32)
+            || span
+                .events
+                .iter()
+                .any(|e| self.rules.exception_event_names.iter().any(|n| n == &e.name));
+        if error {
+            StatusClass::SERVER_ERROR
+        } else {
+            StatusClass::OK
+        }
+    }
+
+    pub fn request(&self, span: &Span, rejected: &mut Vec<Rejection>) -> Request {
+        let rules = &self.rules;
+        let status = self.status(span, rejected);
+        let duration = Self::duration(span, rejected);
+        let attrs = &span.attributes;
+        let from_event = span
+            .events
+            .iter()
+            .filter(|e| rules.first_byte_event_names.iter().any(|n| n == &e.name))
+            .map(|e| e.time_unix_nano)
+            .min();
+        let time_to_first_byte = match from_event {
+            Some(t) if duration.is_some() && t >= span.start_time_unix_nano => {
+                Some((t - span.start_time_unix_nano) as f64 / 1e9)
+            }
+            Some(_) => {
+                rejected.push(Rejection::InvalidTimeToFirstByte);
+                None
+            }
+            None => {
+                let from_attribute = quantity(
+                    attrs,
+                    &rules.time_to_first_token_attributes,
+                    Rejection::InvalidTimeToFirstByte,
+                    rejected,
+                );
+                let present = find(attrs, &rules.time_to_first_token_attributes).is_some();
+                match from_attribute {
+                    Some(v) => Some(v),
+                    None if !present && rules.time_to_first_byte_falls_back_to_duration => duration,
+                    None => None,
+                }
+            }
+        };
+        Request {
+            status,
+            duration,
+            time_to_first_byte,
+            request_size: quantity(attrs, &rules.request_size_attributes, Rejection::InvalidSize, rejected),
+            response_size: quantity(attrs, &rules.response_size_attributes, Rejection::InvalidSize, rejected),
+            input_tokens: quantity(attrs, &rules.input_token_attributes, Rejection::InvalidTokens, rejected),
+            output_tokens: quantity(
+                attrs,
+                &rules.output_token_attributes,
+                Rejection::InvalidTokens,
+                rejected,
+            ),
+        }
+    }
+}
+
+/// The adjusted count of a sampled span: 1 / (sampling probability) from the OpenTelemetry threshold in its W3C
+/// tracestate (`ot=th:HEX`, the rejection threshold in 56 bits); 1 when there is none or it cannot be read.
+pub fn adjusted_count(trace_state: &str) -> f64 {
+    let Some(ot) = trace_state
+        .split(',')
+        .map(str::trim)
+        .find_map(|member| member.strip_prefix("ot="))
+    else {
+        return 1.0;
+    };
+    let Some(th) = ot.split(';').find_map(|kv| kv.strip_prefix("th:")) else {
+        return 1.0;
+    };
+    if th.is_empty() || th.len() > 14 || !th.chars().all(|c| c.is_ascii_hexdigit()) {
+        return 1.0;
+    }
+    // Trailing zeros are omitted: pad to 14 hex digits (56 bits).
+    let Ok(threshold) = u64::from_str_radix(&format!("{th:0<14}"), 16) else {
+        return 1.0;
+    };
+    let probability = ((1u64 << 56) - threshold) as f64 / (1u64 << 56) as f64;
+    if probability <= 0.0 { 1.0 } else { 1.0 / probability }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::Status as SpanStatus;
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+    fn int(key: &str, v: i64) -> KeyValue {
+        kv(key, Value::IntValue(v))
+    }
+    fn string(key: &str, v: &str) -> KeyValue {
+        kv(key, Value::StringValue(v.into()))
+    }
+    fn double(key: &str, v: f64) -> KeyValue {
+        kv(key, Value::DoubleValue(v))
+    }
+
+    fn span(attributes: Vec<KeyValue>) -> Span {
+        Span {
+            name: "POST /predict".into(),
+            kind: 2,
+            start_time_unix_nano: 1_000_000_000,
+            end_time_unix_nano: 1_250_000_000,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn classify(s: &Span) -> (Request, Vec<Rejection>) {
+        let mut rejected = Vec::new();
+        let r = Classifier::new(SpanRules::default()).request(s, &mut rejected);
+        (r, rejected)
+    }
+
+    fn status(attributes: Vec<KeyValue>) -> (String, String, String) {
+        let (r, _) = classify(&span(attributes));
+        (
+            r.status.protocol.as_str().into(),
+            r.status.code,
+            r.status.class.as_str().into(),
+        )
+    }
+
+    fn st(p: &str, c: &str, k: &str) -> (String, String, String) {
+        (p.into(), c.into(), k.into())
+    }
+
+    #[test]
+    fn http_status_stable_then_legacy_attribute() {
+        assert_eq!(
+            status(vec![int("http.response.status_code", 200)]),
+            st("http", "200", "2xx")
+        );
+        assert_eq!(status(vec![int("http.status_code", 404)]), st("http", "404", "4xx"));
+        assert_eq!(
+            status(vec![
+                int("http.status_code", 200),
+                int("http.response.status_code", 503)
+            ]),
+            st("http", "503", "5xx"),
+            "the stable attribute wins"
+        );
+        assert_eq!(
+            status(vec![string("http.response.status_code", "302")]),
+            st("http", "302", "3xx")
+        );
+        assert_eq!(
+            status(vec![int("http.response.status_code", 101)]),
+            st("http", "101", "1xx")
+        );
+    }
+
+    #[test]
+    fn grpc_status_int_and_name_forms() {
+        assert_eq!(status(vec![int("rpc.grpc.status_code", 0)]), st("grpc", "OK", "2xx"));
+        assert_eq!(
+            status(vec![int("rpc.grpc.status_code", 14)]),
+            st("grpc", "UNAVAILABLE", "5xx")
+        );
+        assert_eq!(
+            status(vec![string("rpc.status_code", "DEADLINE_EXCEEDED")]),
+            st("grpc", "DEADLINE_EXCEEDED", "5xx")
+        );
+        assert_eq!(
+            status(vec![string("rpc.status_code", "StatusCode.NOT_FOUND")]),
+            st("grpc", "NOT_FOUND", "4xx")
+        );
+        assert_eq!(
+            status(vec![string("rpc.status_code", "8")]),
+            st("grpc", "RESOURCE_EXHAUSTED", "4xx")
+        );
+        assert_eq!(
+            status(vec![int("rpc.grpc.status_code", 1)]),
+            st("grpc", "CANCELLED", "4xx")
+        );
+        assert_eq!(
+            status(vec![int("rpc.grpc.status_code", 12)]),
+            st("grpc", "UNIMPLEMENTED", "5xx")
+        );
+        assert_eq!(
+            status(vec![int("rpc.grpc.status_code", 16)]),
+            st("grpc", "UNAUTHENTICATED", "4xx")
+        );
+        // rpc.system alone makes it gRPC; without a code the span status decides.
+        assert_eq!(status(vec![string("rpc.system", "grpc")]), st("grpc", "unset", "2xx"));
+        assert_eq!(
+            status(vec![string("rpc.system.name", "grpc")]),
+            st("grpc", "unset", "2xx")
+        );
+    }
+
+    #[test]
+    fn every_grpc_code_maps_as_the_contract_says() {
+        let want = [
+            200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401,
+        ];
+        for (code, http) in want.iter().enumerate() {
+            let v = AnyValue {
+                value: Some(Value::IntValue(code as i64)),
+            };
+            assert_eq!(grpc_status(&v).unwrap().1, *http, "code {code}");
+        }
+    }
+
+    #[test]
+    fn websocket_close_codes() {
+        for (code, class) in [
+            (1000, "2xx"),
+            (1001, "2xx"),
+            (1002, "4xx"),
+            (1003, "4xx"),
+            (1007, "4xx"),
+            (1008, "4xx"),
+            (1009, "4xx"),
+            (1010, "4xx"),
+            (1006, "5xx"),
+            (1011, "5xx"),
+            (1012, "5xx"),
+            (1013, "5xx"),
+            (1014, "5xx"),
+        ] {
+            assert_eq!(
+                status(vec![int("websocket.close_code", code)]),
+                st("websocket", &code.to_string(), class)
+            );
+        }
+    }
+
+    #[test]
+    fn prediction_exceptions_without_a_code_are_5xx() {
+        let mut s = span(vec![]);
+        s.status = Some(SpanStatus {
+            code: 2,
+            message: "boom".into(),
+        });
+        assert_eq!(classify(&s).0.status.class.as_str(), "5xx");
+        assert_eq!(classify(&s).0.status.code, "unset");
+        let mut s = span(vec![]);
+        s.events.push(Event {
+            name: "exception".into(),
+            time_unix_nano: 1_100_000_000,
+            ..Default::default()
+        });
+        assert_eq!(classify(&s).0.status.class.as_str(), "5xx");
+        assert_eq!(
+            classify(&span(vec![])).0.status.class.as_str(),
+            "2xx",
+            "no code, no error: success"
+        );
+        // With a code, the code decides.
+        let mut s = span(vec![int("http.response.status_code", 200)]);
+        s.status = Some(SpanStatus {
+            code: 2,
+            message: String::new(),
+        });
+        assert_eq!(classify(&s).0.status.class.as_str(), "2xx");
+    }
+
+    #[test]
+    fn non_numeric_or_impossible_status_codes_are_rejected_and_counted() {
+        let (r, rejected) = classify(&span(vec![string("http.response.status_code", "teapot")]));
+        assert_eq!((r.status.code.as_str(), r.status.class.as_str()), ("unset", "2xx"));
+        assert_eq!(rejected, vec![Rejection::InvalidStatusCode]);
+        let (_, rejected) = classify(&span(vec![int("http.response.status_code", 999)]));
+        assert_eq!(rejected, vec![Rejection::InvalidStatusCode]);
+        let (_, rejected) = classify(&span(vec![int("rpc.grpc.status_code", 42)]));
+        assert_eq!(rejected, vec![Rejection::InvalidStatusCode]);
+    }
+
+    #[test]
+    fn times_and_time_to_first_byte_fallbacks() {
+        let (r, _) = classify(&span(vec![]));
+        assert_eq!(r.duration, Some(0.25));
+        assert_eq!(r.time_to_first_byte, Some(0.25), "falls back to the end-to-end time");
+        let mut s = span(vec![double("gen_ai.latency.time_to_first_token", 0.04)]);
+        assert_eq!(
+            classify(&s).0.time_to_first_byte,
+            Some(0.04),
+            "vLLM's attribute, seconds"
+        );
+        s.events.push(Event {
+            name: "first_token".into(),
+            time_unix_nano: 1_030_000_000,
+            ..Default::default()
+        });
+        s.events.push(Event {
+            name: "gen_ai.first_token".into(),
+            time_unix_nano: 1_020_000_000,
+            ..Default::default()
+        });
+        assert_eq!(
+            classify(&s).0.time_to_first_byte,
+            Some(0.02),
+            "the first event wins over the attribute"
+        );
+        let (r, rejected) = classify(&span(vec![string("gen_ai.latency.time_to_first_token", "soon")]));
+        assert_eq!(r.time_to_first_byte, None);
+        assert_eq!(rejected, vec![Rejection::InvalidTimeToFirstByte]);
+    }
+
+    #[test]
+    fn end_before_start_is_rejected() {
+        let mut s = span(vec![int("http.response.status_code", 200)]);
+        s.end_time_unix_nano = 500;
+        let (r, rejected) = classify(&s);
+        assert_eq!(r.duration, None);
+        assert_eq!(r.time_to_first_byte, None);
+        assert_eq!(r.status.class.as_str(), "2xx", "still a request");
+        assert_eq!(rejected, vec![Rejection::EndBeforeStart]);
+    }
+
+    #[test]
+    fn sizes_and_tokens_with_fallbacks_and_bad_values() {
+        let (r, rejected) = classify(&span(vec![
+            int("http.request_content_length", 100),
+            int("http.request.body.size", 2048),
+            string("http.response_content_length", "77"),
+            int("gen_ai.usage.prompt_tokens", 12),
+            int("gen_ai.usage.completion_tokens", 40),
+            int("gen_ai.usage.output_tokens", 41),
+        ]));
+        assert!(rejected.is_empty());
+        assert_eq!(r.request_size, Some(2048.0), "stable attribute first");
+        assert_eq!(r.response_size, Some(77.0));
+        assert_eq!(r.input_tokens, Some(12.0), "deprecated name as fallback");
+        assert_eq!(r.output_tokens, Some(41.0));
+        let (r, rejected) = classify(&span(vec![
+            double("http.request.body.size", f64::NAN),
+            int("http.response.body.size", -5),
+            string("gen_ai.usage.input_tokens", "many"),
+        ]));
+        assert_eq!((r.request_size, r.response_size, r.input_tokens), (None, None, None));
+        assert_eq!(
+            rejected,
+            vec![Rejection::InvalidSize, Rejection::InvalidSize, Rejection::InvalidTokens]
+        );
+    }
+
+    #[test]
+    fn request_and_inference_spans() {
+        let c = Classifier::new(SpanRules::default());
+        let mut s = span(vec![]);
+        assert!(c.is_request(&s));
+        s.kind = 1;
+        assert!(!c.is_request(&s));
+        s.name = "predict".into();
+        assert!(c.is_inference(&s));
+        s.name = "chat".into();
+        assert!(!c.is_inference(&s));
+        s.attributes.push(string("gen_ai.operation.name", "chat"));
+        assert!(c.is_inference(&s));
+    }
+
+    #[test]
+    fn sampling_threshold_gives_the_adjusted_count() {
+        assert_eq!(adjusted_count(""), 1.0);
+        assert_eq!(adjusted_count("ot=th:0"), 1.0);
+        assert_eq!(adjusted_count("vendor=x,ot=th:8"), 2.0, "th:8 rejects half");
+        assert_eq!(adjusted_count("ot=rv:abcdef12345678;th:c"), 4.0, "th:c keeps a quarter");
+        assert!((adjusted_count("ot=th:fd70a4") - 100.0).abs() < 0.01, "1% sampling");
+        assert_eq!(adjusted_count("ot=th:zz"), 1.0, "unreadable: counted once");
+    }
+}

@@ -1,0 +1,364 @@
+//! Base-2 exponential histograms, the one structure behind both the exported OTLP ExponentialHistogram and the
+//! sliding-window quantile sketch.
+//!
+//! A bucket `i` at scale `s` holds the values in `(2^(i/2^s), 2^((i+1)/2^s)]`. Reporting a bucket by the point
+//! `2·l·u/(l+u)` is off by at most `(b-1)/(b+1)` of the true value, `b = 2^(2^-s)`: 0.54% at scale 6. Buckets are
+//! dense between the lowest and highest index seen; when that range would exceed `max_size`, the histogram halves
+//! its resolution (scale - 1), exactly as the OpenTelemetry SDKs do, so memory is bounded by `max_size`.
+//! Merging two histograms is exact at the lower of their scales: histograms from many agents merge losslessly.
+//!
+//! Written here rather than taken from a crate: the OpenTelemetry Rust SDK keeps its aggregator private, and the
+//! sketch crates (DDSketch ports) do not produce OTLP's bucket layout, which exporting and merging need.
+
+/// The finest scale OTLP allows.
+pub const MAX_SCALE: i32 = 20;
+/// The coarsest useful scale (each bucket spans 2^(2^10) at -10).
+pub const MIN_SCALE: i32 = -10;
+
+/// A bucket count: `u64` for exported histograms, `u32` for the window's slices (a slice never sees 4 billion
+/// values in one bucket, and half the width halves the window's memory).
+pub trait Count: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static {
+    fn add(&mut self, weight: u64);
+    fn get(self) -> u64;
+}
+
+impl Count for u64 {
+    fn add(&mut self, weight: u64) {
+        *self = self.saturating_add(weight);
+    }
+    fn get(self) -> u64 {
+        self
+    }
+}
+
+impl Count for u32 {
+    fn add(&mut self, weight: u64) {
+        *self = self.saturating_add(u32::try_from(weight).unwrap_or(u32::MAX));
+    }
+    fn get(self) -> u64 {
+        u64::from(self)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpoHistogram<C: Count = u64> {
+    max_size: usize,
+    scale: i32,
+    /// Index of `counts[0]`.
+    offset: i32,
+    counts: Vec<C>,
+    zero_count: u64,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+/// The bucket index of a positive value at a scale.
+pub fn bucket_index(value: f64, scale: i32) -> i32 {
+    debug_assert!(value > 0.0);
+    if scale > 0 {
+        let scaled = value.log2() * f64::from(1u32 << scale);
+        (scaled.ceil() as i64 - 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    } else {
+        let at_zero = value.log2().ceil() as i64 - 1;
+        (at_zero >> (-scale)).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+}
+
+/// The lower boundary of bucket `index` at `scale` (exclusive).
+pub fn bucket_lower(index: i32, scale: i32) -> f64 {
+    (f64::from(index) / 2f64.powi(scale)).exp2()
+}
+
+impl<C: Count> ExpoHistogram<C> {
+    /// An empty histogram that starts at `scale` and keeps at most `max_size` buckets.
+    pub fn new(max_size: usize, scale: i32) -> ExpoHistogram<C> {
+        ExpoHistogram {
+            max_size: max_size.max(2),
+            scale: scale.clamp(MIN_SCALE, MAX_SCALE),
+            offset: 0,
+            counts: Vec::new(),
+            zero_count: 0,
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    pub fn scale(&self) -> i32 {
+        self.scale
+    }
+    pub fn offset(&self) -> i32 {
+        self.offset
+    }
+    pub fn bucket_counts(&self) -> &[C] {
+        &self.counts
+    }
+    pub fn zero_count(&self) -> u64 {
+        self.zero_count
+    }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
+    pub fn min(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.min)
+    }
+    pub fn max(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.max)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Heap bytes held by the buckets.
+    pub fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * std::mem::size_of::<C>()
+    }
+
+    /// Records `value` (finite, >= 0) `weight` times.
+    pub fn record(&mut self, value: f64, weight: u64) {
+        debug_assert!(value.is_finite() && value >= 0.0);
+        self.count += weight;
+        self.sum += value * weight as f64;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        if value == 0.0 {
+            self.zero_count += weight;
+            return;
+        }
+        let index = bucket_index(value, self.scale);
+        let index = self.make_room(index, index);
+        let at = (index - self.offset) as usize;
+        self.counts[at].add(weight);
+    }
+
+    /// Makes the dense range cover `[lo, hi]` (indices at the current scale), downscaling when it would exceed
+    /// `max_size`; returns `lo` at the resulting scale (the caller's single index when lo == hi).
+    fn make_room(&mut self, lo: i32, hi: i32) -> i32 {
+        let (cur_lo, cur_hi) = if self.counts.is_empty() {
+            (lo, hi)
+        } else {
+            (
+                self.offset.min(lo),
+                (self.offset + self.counts.len() as i32 - 1).max(hi),
+            )
+        };
+        let mut shift = 0;
+        while (((cur_hi >> shift) as i64) - ((cur_lo >> shift) as i64) + 1) as usize > self.max_size
+            && self.scale - shift > MIN_SCALE
+        {
+            shift += 1;
+        }
+        if shift > 0 {
+            self.downscale(shift);
+        }
+        let (lo, hi) = (lo >> shift, hi >> shift);
+        if self.counts.is_empty() {
+            self.offset = lo;
+            self.counts = vec![C::default(); (hi - lo + 1) as usize];
+            return lo;
+        }
+        if lo < self.offset {
+            let grow = (self.offset - lo) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(C::default(), grow));
+            self.offset = lo;
+        }
+        let end = self.offset + self.counts.len() as i32 - 1;
+        if hi > end {
+            self.counts
+                .resize(self.counts.len() + (hi - end) as usize, C::default());
+        }
+        lo
+    }
+
+    /// Halves the resolution `by` times: bucket i becomes i >> by.
+    pub fn downscale(&mut self, by: i32) {
+        if by <= 0 {
+            return;
+        }
+        self.scale -= by;
+        if self.counts.is_empty() {
+            return;
+        }
+        let new_offset = self.offset >> by;
+        let new_end = (self.offset + self.counts.len() as i32 - 1) >> by;
+        let mut merged = vec![C::default(); (new_end - new_offset + 1) as usize];
+        for (i, c) in self.counts.iter().enumerate() {
+            merged[(((self.offset + i as i32) >> by) - new_offset) as usize].add(c.get());
+        }
+        self.offset = new_offset;
+        self.counts = merged;
+    }
+
+    /// Adds `other` into `self`, at the lower of the two scales.
+    pub fn merge<D: Count>(&mut self, other: &ExpoHistogram<D>) {
+        if other.count == 0 {
+            return;
+        }
+        if other.scale < self.scale {
+            self.downscale(self.scale - other.scale);
+        }
+        let shift = other.scale - self.scale;
+        if !other.counts.is_empty() {
+            let lo = other.offset >> shift;
+            let hi = (other.offset + other.counts.len() as i32 - 1) >> shift;
+            self.make_room(lo, hi);
+            // make_room may have downscaled further.
+            let shift = other.scale - self.scale;
+            for (i, c) in other.counts.iter().enumerate() {
+                if c.get() > 0 {
+                    let index = (other.offset + i as i32) >> shift;
+                    self.counts[(index - self.offset) as usize].add(c.get());
+                }
+            }
+        }
+        self.zero_count += other.zero_count;
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    /// The value at quantile `q` (0..=1): the element of rank `floor(q·(n-1))` (0-based) of the sorted values,
+    /// within the bucket's relative error, and never outside the exact min and max.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * (self.count - 1) as f64).floor() as u64;
+        // The extremes are known exactly.
+        if rank == 0 {
+            return Some(self.min);
+        }
+        if rank == self.count - 1 {
+            return Some(self.max);
+        }
+        if rank < self.zero_count {
+            return Some(0.0);
+        }
+        let mut seen = self.zero_count;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c.get();
+            if rank < seen {
+                let index = self.offset + i as i32;
+                let lower = bucket_lower(index, self.scale);
+                let upper = bucket_lower(index + 1, self.scale);
+                let point = 2.0 * lower * upper / (lower + upper);
+                return Some(point.clamp(self.min, self.max));
+            }
+        }
+        Some(self.max)
+    }
+}
+
+/// A histogram with explicit bucket bounds: counts of `(bounds[i-1], bounds[i]]`, the last bucket unbounded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExplicitHistogram {
+    pub bounds: std::sync::Arc<[f64]>,
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl ExplicitHistogram {
+    pub fn new(bounds: std::sync::Arc<[f64]>) -> ExplicitHistogram {
+        let n = bounds.len() + 1;
+        ExplicitHistogram {
+            bounds,
+            counts: vec![0; n],
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    pub fn record(&mut self, value: f64, weight: u64) {
+        let at = self.bounds.partition_point(|b| *b < value);
+        self.counts[at] += weight;
+        self.count += weight;
+        self.sum += value * weight as f64;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_boundaries_are_upper_inclusive() {
+        for scale in [-2, 0, 3, 6] {
+            for k in -5..5 {
+                let v = 2f64.powi(k);
+                let i = bucket_index(v, scale);
+                assert!(
+                    bucket_lower(i, scale) < v && v <= bucket_lower(i + 1, scale) * (1.0 + 1e-12),
+                    "{v} {scale}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn downscales_to_stay_within_max_size_and_merges_exactly() {
+        let mut h: ExpoHistogram = ExpoHistogram::new(160, MAX_SCALE);
+        for v in [1e-3, 1.0, 100.0, 1e4] {
+            h.record(v, 1);
+        }
+        assert!(h.bucket_counts().len() <= 160);
+        assert!(
+            h.scale() <= 3,
+            "1 ms .. 10^4 s needs a coarse scale in 160 buckets, got {}",
+            h.scale()
+        );
+        assert_eq!(h.count(), 4);
+        let mut a: ExpoHistogram = ExpoHistogram::new(160, MAX_SCALE);
+        let mut b: ExpoHistogram = ExpoHistogram::new(160, MAX_SCALE);
+        let mut all: ExpoHistogram = ExpoHistogram::new(160, MAX_SCALE);
+        for i in 1..1000 {
+            let v = (i as f64) * 0.37;
+            if i % 2 == 0 {
+                a.record(v, 1)
+            } else {
+                b.record(v, 1)
+            }
+            all.record(v, 1);
+        }
+        a.merge(&b);
+        all.downscale(all.scale() - a.scale());
+        assert_eq!(a.scale(), all.scale());
+        assert_eq!(a.bucket_counts().iter().sum::<u64>(), 999);
+        assert_eq!(a.bucket_counts(), all.bucket_counts());
+        assert_eq!(a.offset(), all.offset());
+    }
+
+    #[test]
+    fn zero_values_and_single_values() {
+        let mut h: ExpoHistogram = ExpoHistogram::new(2048, 6);
+        h.record(0.0, 3);
+        h.record(5.0, 1);
+        assert_eq!(h.quantile(0.5), Some(0.0));
+        assert_eq!(h.quantile(1.0), Some(5.0));
+        let mut one: ExpoHistogram<u32> = ExpoHistogram::new(2048, 6);
+        one.record(0.123, 1);
+        assert_eq!(one.quantile(0.99), Some(0.123), "clamped to the exact min/max");
+    }
+
+    #[test]
+    fn explicit_buckets_are_upper_inclusive() {
+        let mut h = ExplicitHistogram::new(vec![1.0, 2.0, 5.0].into());
+        for v in [0.5, 1.0, 1.5, 2.0, 9.0] {
+            h.record(v, 1);
+        }
+        assert_eq!(h.counts, vec![2, 2, 0, 1]);
+    }
+}

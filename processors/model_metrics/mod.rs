@@ -1,0 +1,267 @@
+//! Processor `model_metrics`: derives the metrics of the contract (section 3) from the spans of model services.
+//!
+//! It sits in a traces pipeline, passes the spans on unchanged, and every `flush_interval` emits its metrics into
+//! the metrics pipelines that list it under `receivers`: request volume by protocol, status code and status class;
+//! histograms of end-to-end time, inference time, time to first byte, request and response size, input and
+//! output tokens (OTLP exponential histograms, mergeable); and each histogram's quantiles over a sliding window of
+//! span end time, as OTLP summaries.
+
+pub mod classify;
+pub mod config;
+pub mod histogram;
+mod state;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use infercol_pipelines::telemetry::Labels;
+use infercol_pipelines::{
+    AnyConfig, ComponentError, ConsumeError, Consumer, Data, Payload, Processor, ProcessorContext, ProcessorFactory,
+    Signal, config_as,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::task::JoinHandle;
+
+use classify::{Classifier, Rejection, adjusted_count};
+use config::{ModelMetricsConfig, Source};
+pub use state::HistogramMetric;
+use state::{Dims, Observation, State};
+
+pub struct ModelMetricsFactory;
+
+infercol_pipelines::factory!(
+    ModelMetricsFactory,
+    "model_metrics",
+    ModelMetricsConfig,
+    &[Signal::Traces]
+);
+
+impl ProcessorFactory for ModelMetricsFactory {
+    fn emits_metrics(&self) -> bool {
+        true
+    }
+
+    fn create(&self, config: &AnyConfig, ctx: ProcessorContext) -> Result<Arc<dyn Processor>, ComponentError> {
+        let config = Arc::new(config_as::<ModelMetricsConfig>(config)?.clone());
+        if ctx.metrics_output.is_none() {
+            tracing::warn!(
+                processor = %ctx.id,
+                "no metrics pipeline lists this processor under `receivers`: its metrics go nowhere"
+            );
+        }
+        let id = ctx.id.to_string();
+        let rejected = ctx.telemetry.counter_family(
+            "infercol_model_metrics_rejected_values",
+            "Span values model_metrics could not use (end before start, non-numeric or negative values), by reason.",
+        );
+        let overflow = ctx.telemetry.counter_family(
+            "infercol_model_metrics_overflow_points",
+            "Points recorded into the otel_metric_overflow series because a metric reached cardinality_limit.",
+        );
+        Ok(Arc::new(ModelMetricsProcessor {
+            inner: Arc::new(Inner {
+                classifier: Classifier::new(config.spans.clone()),
+                state: Mutex::new(State::new(config.clone(), now_ns())),
+                config,
+                next: ctx.next,
+                output: ctx.metrics_output,
+                id,
+                rejected,
+                overflow,
+            }),
+            timer: Mutex::new(None),
+        }))
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+struct Inner {
+    config: Arc<ModelMetricsConfig>,
+    classifier: Classifier,
+    state: Mutex<State>,
+    next: Arc<dyn Consumer>,
+    output: Option<Arc<dyn Consumer>>,
+    id: String,
+    rejected: Family<Labels, Counter>,
+    overflow: Family<Labels, Counter>,
+}
+
+/// The value of a string attribute (other types as their text), when present.
+fn attribute_text(attributes: &[KeyValue], keys: &[String]) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let value = classify::find(attributes, keys)?;
+    match value.value.as_ref()? {
+        Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
+        Value::StringValue(_) => None,
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl Inner {
+    fn dims(&self, resource: &[KeyValue], span: Option<&[KeyValue]>) -> Dims {
+        self.config
+            .dimensions
+            .iter()
+            .map(|d| {
+                let from = match d.source {
+                    Source::Resource => Some(resource),
+                    Source::Span => span,
+                };
+                from.and_then(|attrs| attribute_text(attrs, &d.from))
+                    .unwrap_or_else(|| d.default.clone())
+            })
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn observe(&self, request: &ExportTraceServiceRequest) {
+        let now = now_ns();
+        let per_span_dims = self.config.dimensions.iter().any(|d| d.source == Source::Span);
+        let mut rejected: Vec<Rejection> = Vec::new();
+        let mut overflowed: Vec<&'static str> = Vec::new();
+        let Ok(mut state) = self.state.lock() else { return };
+        for rs in &request.resource_spans {
+            let resource: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+            let resource_dims = self.dims(resource, None);
+            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                let is_request = self.classifier.is_request(span);
+                let is_inference = self.classifier.is_inference(span);
+                if !is_request && !is_inference {
+                    continue;
+                }
+                let dims = if per_span_dims {
+                    self.dims(resource, Some(&span.attributes))
+                } else {
+                    resource_dims.clone()
+                };
+                let count = adjusted_count(&span.trace_state);
+                // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
+                let weight = count.round().max(1.0) as u64;
+                let mut record = |state: &mut State, metric: HistogramMetric, value: Option<f64>| {
+                    if let Some(value) = value {
+                        let obs = Observation {
+                            value,
+                            weight,
+                            end_ns: span.end_time_unix_nano,
+                            trace_id: &span.trace_id,
+                            span_id: &span.span_id,
+                        };
+                        if state.record(metric, &dims, obs, now) {
+                            overflowed.push(metric.name());
+                        }
+                    }
+                };
+                if is_inference {
+                    let duration = Classifier::duration(span, &mut rejected);
+                    record(&mut state, HistogramMetric::InferenceDuration, duration);
+                }
+                if is_request {
+                    let r = self.classifier.request(span, &mut rejected);
+                    let counted_in_overflow = state.count_request(&dims, &r.status, count, now);
+                    record(&mut state, HistogramMetric::RequestDuration, r.duration);
+                    record(&mut state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
+                    record(&mut state, HistogramMetric::RequestSize, r.request_size);
+                    record(&mut state, HistogramMetric::ResponseSize, r.response_size);
+                    record(&mut state, HistogramMetric::InputTokens, r.input_tokens);
+                    record(&mut state, HistogramMetric::OutputTokens, r.output_tokens);
+                    if counted_in_overflow {
+                        overflowed.push("model.requests");
+                    }
+                }
+            }
+        }
+        drop(state);
+        for r in rejected {
+            self.rejected
+                .get_or_create(&vec![
+                    ("processor".into(), self.id.clone()),
+                    ("reason".into(), r.as_str().into()),
+                ])
+                .inc();
+        }
+        for metric in overflowed {
+            self.overflow
+                .get_or_create(&vec![
+                    ("processor".into(), self.id.clone()),
+                    ("metric".into(), metric.into()),
+                ])
+                .inc();
+        }
+    }
+
+    async fn flush(&self) -> Result<(), ConsumeError> {
+        let request = match self.state.lock() {
+            Ok(mut state) => state.flush(now_ns()),
+            Err(_) => return Ok(()),
+        };
+        match (request, &self.output) {
+            (Some(request), Some(output)) => output.consume(Data::metrics(request)).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+pub struct ModelMetricsProcessor {
+    inner: Arc<Inner>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[async_trait]
+impl Consumer for ModelMetricsProcessor {
+    async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+        if let Payload::Traces(request) = data.payload() {
+            self.inner.observe(request);
+        }
+        self.inner.next.consume(data).await
+    }
+}
+
+#[async_trait]
+impl Processor for ModelMetricsProcessor {
+    async fn start(&self) -> Result<(), ComponentError> {
+        let inner = self.inner.clone();
+        let every: Duration = inner.config.flush_interval;
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(e) = inner.flush().await {
+                    tracing::warn!(processor = %inner.id, "emitting derived metrics: {e}");
+                }
+            }
+        });
+        if let Ok(mut timer) = self.timer.lock() {
+            *timer = Some(task);
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<(), ComponentError> {
+        if let Some(task) = self.timer.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+            let _ = task.await;
+        }
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| ComponentError::new(format!("emitting derived metrics at shutdown: {e}")))
+    }
+}

@@ -1,0 +1,551 @@
+//! The series the processor keeps: one counter per (dimensions, protocol, status), one histogram pair
+//! (exported histogram + quantile window) per (metric, dimensions). Bounded by `cardinality_limit` per metric
+//! (the rest goes to one overflow series) and by `metrics_expiration` (idle series are dropped).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Exemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Histogram,
+    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+    exemplar, exponential_histogram_data_point::Buckets, metric::Data as MetricData, number_data_point,
+    summary_data_point::ValueAtQuantile,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use super::classify::Status;
+use super::config::{ModelMetricsConfig, Temporality};
+use super::histogram::{ExplicitHistogram, ExpoHistogram, MAX_SCALE};
+use super::window::QuantileWindow;
+
+/// The derived histograms, in the contract's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistogramMetric {
+    RequestDuration,
+    InferenceDuration,
+    TimeToFirstByte,
+    RequestSize,
+    ResponseSize,
+    InputTokens,
+    OutputTokens,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quantity {
+    Seconds,
+    Bytes,
+    Tokens,
+}
+
+impl HistogramMetric {
+    pub const ALL: [HistogramMetric; 7] = [
+        HistogramMetric::RequestDuration,
+        HistogramMetric::InferenceDuration,
+        HistogramMetric::TimeToFirstByte,
+        HistogramMetric::RequestSize,
+        HistogramMetric::ResponseSize,
+        HistogramMetric::InputTokens,
+        HistogramMetric::OutputTokens,
+    ];
+
+    /// (OTLP name, unit, description)
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            HistogramMetric::RequestDuration => ("model.request.duration", "s", "End-to-end time of requests."),
+            HistogramMetric::InferenceDuration => ("model.inference.duration", "s", "Time spent in inference."),
+            HistogramMetric::TimeToFirstByte => ("model.time_to_first_byte", "s", "Time to the first byte or token."),
+            HistogramMetric::RequestSize => ("model.request.size", "By", "Size of request bodies."),
+            HistogramMetric::ResponseSize => ("model.response.size", "By", "Size of response bodies."),
+            HistogramMetric::InputTokens => ("model.input_tokens", "{token}", "Input tokens per request."),
+            HistogramMetric::OutputTokens => ("model.output_tokens", "{token}", "Output tokens per request."),
+        }
+    }
+
+    fn quantity(self) -> Quantity {
+        match self {
+            HistogramMetric::RequestDuration
+            | HistogramMetric::InferenceDuration
+            | HistogramMetric::TimeToFirstByte => Quantity::Seconds,
+            HistogramMetric::RequestSize | HistogramMetric::ResponseSize => Quantity::Bytes,
+            HistogramMetric::InputTokens | HistogramMetric::OutputTokens => Quantity::Tokens,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.describe().0
+    }
+
+    /// The OTLP name of the quantile summary: chosen so that the OpenTelemetry-to-Prometheus translation (which
+    /// adds a unit suffix only when the name lacks it) gives `<histogram family>_window`, e.g.
+    /// `model.request.duration_seconds_window` -> `model_request_duration_seconds_window`.
+    pub fn window_name(self) -> String {
+        let unit_word = match self.quantity() {
+            Quantity::Seconds => "_seconds",
+            Quantity::Bytes => "_bytes",
+            Quantity::Tokens => "",
+        };
+        format!("{}{unit_word}_window", self.name())
+    }
+}
+
+/// Dimension values, in the order of the configured dimensions.
+pub type Dims = Arc<[String]>;
+
+/// A trace the exported histogram links to.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub value: f64,
+    pub time_ns: u64,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+}
+
+#[derive(Default, Clone, Debug)]
+struct Exemplars {
+    slowest: Option<Sample>,
+    random: Option<Sample>,
+    seen: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Buckets2 {
+    Exponential(ExpoHistogram),
+    Explicit(ExplicitHistogram),
+}
+
+#[derive(Clone, Debug)]
+struct CounterSeries {
+    value: f64,
+    start_ns: u64,
+    last_seen_ns: u64,
+    dirty: bool,
+}
+
+#[derive(Clone, Debug)]
+struct HistogramSeries {
+    buckets: Buckets2,
+    window: QuantileWindow,
+    exemplars: Exemplars,
+    start_ns: u64,
+    last_seen_ns: u64,
+    dirty: bool,
+}
+
+/// One observation for a histogram.
+pub struct Observation<'a> {
+    pub value: f64,
+    pub weight: u64,
+    pub end_ns: u64,
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+}
+
+/// `None` is the overflow series.
+type RequestKey = Option<(Dims, Status)>;
+
+pub struct State {
+    config: Arc<ModelMetricsConfig>,
+    explicit_bounds: Option<[Arc<[f64]>; 3]>,
+    requests: HashMap<RequestKey, CounterSeries>,
+    histograms: Vec<HashMap<Option<Dims>, HistogramSeries>>,
+    last_flush_ns: u64,
+    rng: u64,
+}
+
+fn default_size_bounds() -> Vec<f64> {
+    (3..=15).map(|k| 4f64.powi(k)).collect()
+}
+
+fn default_token_bounds() -> Vec<f64> {
+    (0..=16).map(|k| 2f64.powi(k)).collect()
+}
+
+fn series_count<K: std::hash::Hash + Eq, V>(map: &HashMap<Option<K>, V>) -> usize {
+    map.len() - usize::from(map.contains_key(&None))
+}
+
+impl State {
+    pub fn new(config: Arc<ModelMetricsConfig>, now_ns: u64) -> State {
+        let explicit_bounds = config.histogram.explicit.as_ref().map(|e| {
+            let or = |v: &Vec<f64>, d: fn() -> Vec<f64>| -> Arc<[f64]> {
+                if v.is_empty() { d().into() } else { v.clone().into() }
+            };
+            [
+                e.buckets.clone().into(),
+                or(&e.size_buckets, default_size_bounds),
+                or(&e.token_buckets, default_token_bounds),
+            ]
+        });
+        State {
+            config,
+            explicit_bounds,
+            requests: HashMap::new(),
+            histograms: HistogramMetric::ALL.iter().map(|_| HashMap::new()).collect(),
+            last_flush_ns: now_ns,
+            rng: now_ns | 1,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: enough to pick exemplars at random.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Counts one request (with its sampling weight); returns whether it went to the overflow series.
+    pub fn count_request(&mut self, dims: &Dims, status: &Status, weight: f64, now_ns: u64) -> bool {
+        let limit = self.config.cardinality_limit;
+        let mut key: RequestKey = Some((dims.clone(), status.clone()));
+        let overflow = !self.requests.contains_key(&key) && series_count(&self.requests) >= limit;
+        if overflow {
+            key = None;
+        }
+        let series = self.requests.entry(key).or_insert_with(|| CounterSeries {
+            value: 0.0,
+            start_ns: now_ns,
+            last_seen_ns: now_ns,
+            dirty: false,
+        });
+        series.value += weight;
+        series.last_seen_ns = now_ns;
+        series.dirty = true;
+        overflow
+    }
+
+    /// Records one value; returns whether it went to the overflow series.
+    pub fn record(&mut self, metric: HistogramMetric, dims: &Dims, obs: Observation<'_>, now_ns: u64) -> bool {
+        let index = metric as usize;
+        let limit = self.config.cardinality_limit;
+        let window = self.config.quantile_window;
+        let max_size = self.config.histogram.exponential.max_size;
+        let bounds = self.explicit_bounds.as_ref().map(|b| {
+            b[match metric.quantity() {
+                Quantity::Seconds => 0,
+                Quantity::Bytes => 1,
+                Quantity::Tokens => 2,
+            }]
+            .clone()
+        });
+        let exemplars_on = self.config.exemplars.enabled;
+        let random = self.next_random();
+        let map = &mut self.histograms[index];
+        let mut key = Some(dims.clone());
+        let overflow = !map.contains_key(&key) && series_count(map) >= limit;
+        if overflow {
+            key = None;
+        }
+        let series = map.entry(key).or_insert_with(|| HistogramSeries {
+            buckets: match bounds {
+                Some(b) => Buckets2::Explicit(ExplicitHistogram::new(b)),
+                None => Buckets2::Exponential(ExpoHistogram::new(max_size, MAX_SCALE)),
+            },
+            window: QuantileWindow::new(window),
+            exemplars: Exemplars::default(),
+            start_ns: now_ns,
+            last_seen_ns: now_ns,
+            dirty: false,
+        });
+        match &mut series.buckets {
+            Buckets2::Exponential(h) => h.record(obs.value, obs.weight),
+            Buckets2::Explicit(h) => h.record(obs.value, obs.weight),
+        }
+        series.window.record(obs.end_ns, now_ns, obs.value, obs.weight);
+        series.last_seen_ns = now_ns;
+        series.dirty = true;
+        if exemplars_on && !obs.trace_id.is_empty() {
+            let e = &mut series.exemplars;
+            e.seen += 1;
+            let sample = || Sample {
+                value: obs.value,
+                time_ns: obs.end_ns,
+                trace_id: obs.trace_id.to_vec(),
+                span_id: obs.span_id.to_vec(),
+            };
+            if e.slowest.as_ref().is_none_or(|s| obs.value > s.value) {
+                e.slowest = Some(sample());
+            }
+            if random.is_multiple_of(e.seen) {
+                e.random = Some(sample());
+            }
+        }
+        overflow
+    }
+
+    /// Memory held by the series (heap estimate), for the README's figures and tests.
+    #[cfg(test)]
+    pub fn heap_bytes(&self) -> usize {
+        let h: usize = self
+            .histograms
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|s| {
+                std::mem::size_of::<HistogramSeries>()
+                    + s.window.heap_bytes()
+                    + match &s.buckets {
+                        Buckets2::Exponential(e) => e.heap_bytes(),
+                        Buckets2::Explicit(e) => e.counts.capacity() * 8,
+                    }
+            })
+            .sum();
+        h + self.requests.len() * (std::mem::size_of::<CounterSeries>() + std::mem::size_of::<RequestKey>())
+    }
+
+    fn attributes(&self, dims: Option<&Dims>, extra: &[(&str, &str)]) -> Vec<KeyValue> {
+        let Some(dims) = dims else {
+            return vec![kv("otel_metric_overflow", "true")];
+        };
+        self.config
+            .dimensions
+            .iter()
+            .zip(dims.iter())
+            .map(|(d, v)| kv(&d.name, v))
+            .chain(extra.iter().map(|(k, v)| kv(k, v)))
+            .collect()
+    }
+
+    /// Builds the metrics to emit at `now_ns`, resets delta state and drops expired series.
+    pub fn flush(&mut self, now_ns: u64) -> Option<ExportMetricsServiceRequest> {
+        let delta = self.config.aggregation_temporality == Temporality::Delta;
+        let temporality = if delta {
+            AggregationTemporality::Delta
+        } else {
+            AggregationTemporality::Cumulative
+        } as i32;
+        let interval_start = self.last_flush_ns;
+        let mut metrics = Vec::new();
+
+        let mut points = Vec::new();
+        let mut keys: Vec<&RequestKey> = self.requests.keys().collect();
+        keys.sort();
+        for key in keys {
+            let s = &self.requests[key];
+            if delta && !s.dirty {
+                continue;
+            }
+            let attributes = match key {
+                Some((dims, status)) => self.attributes(
+                    Some(dims),
+                    &[
+                        ("protocol", status.protocol.as_str()),
+                        ("status_code", &status.code),
+                        ("status_class", status.class.as_str()),
+                    ],
+                ),
+                None => self.attributes(None, &[]),
+            };
+            points.push(NumberDataPoint {
+                attributes,
+                start_time_unix_nano: if delta { interval_start } else { s.start_ns },
+                time_unix_nano: now_ns,
+                value: Some(number_data_point::Value::AsDouble(s.value)),
+                ..Default::default()
+            });
+        }
+        if !points.is_empty() {
+            metrics.push(Metric {
+                name: "model.requests".into(),
+                description: "Inference requests, by protocol, status code and status class.".into(),
+                unit: "{request}".into(),
+                data: Some(MetricData::Sum(Sum {
+                    data_points: points,
+                    aggregation_temporality: temporality,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            });
+        }
+
+        for metric in HistogramMetric::ALL {
+            let (name, unit, description) = metric.describe();
+            let mut expo_points = Vec::new();
+            let mut explicit_points = Vec::new();
+            let mut summary_points = Vec::new();
+            let mut map = std::mem::take(&mut self.histograms[metric as usize]);
+            let mut ordered: Vec<Option<Dims>> = map.keys().cloned().collect();
+            ordered.sort();
+            for key in ordered {
+                let Some(series) = map.get_mut(&key) else { continue };
+                let attributes = self.attributes(key.as_ref(), &[]);
+                if !delta || series.dirty {
+                    let exemplars = take_exemplars(&mut series.exemplars);
+                    let start = if delta { interval_start } else { series.start_ns };
+                    match &series.buckets {
+                        Buckets2::Exponential(h) => expo_points.push(ExponentialHistogramDataPoint {
+                            attributes: attributes.clone(),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now_ns,
+                            count: h.count(),
+                            sum: Some(h.sum()),
+                            scale: h.scale(),
+                            zero_count: h.zero_count(),
+                            positive: Some(Buckets {
+                                offset: h.offset(),
+                                bucket_counts: h.bucket_counts().to_vec(),
+                            }),
+                            negative: Some(Buckets::default()),
+                            min: h.min(),
+                            max: h.max(),
+                            exemplars,
+                            ..Default::default()
+                        }),
+                        Buckets2::Explicit(h) => explicit_points.push(HistogramDataPoint {
+                            attributes: attributes.clone(),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now_ns,
+                            count: h.count,
+                            sum: Some(h.sum),
+                            bucket_counts: h.counts.clone(),
+                            explicit_bounds: h.bounds.to_vec(),
+                            min: (h.count > 0).then_some(h.min),
+                            max: (h.count > 0).then_some(h.max),
+                            exemplars,
+                            ..Default::default()
+                        }),
+                    }
+                    if delta {
+                        series.buckets = match &series.buckets {
+                            Buckets2::Exponential(_) => Buckets2::Exponential(ExpoHistogram::new(
+                                self.config.histogram.exponential.max_size,
+                                MAX_SCALE,
+                            )),
+                            Buckets2::Explicit(h) => Buckets2::Explicit(ExplicitHistogram::new(h.bounds.clone())),
+                        };
+                    }
+                }
+                if let Some(window) = series.window.snapshot(now_ns) {
+                    summary_points.push(SummaryDataPoint {
+                        attributes,
+                        start_time_unix_nano: now_ns.saturating_sub(self.config.quantile_window.as_nanos() as u64),
+                        time_unix_nano: now_ns,
+                        count: window.count(),
+                        sum: window.sum(),
+                        quantile_values: self
+                            .config
+                            .quantiles
+                            .iter()
+                            .filter_map(|q| window.quantile(*q).map(|value| ValueAtQuantile { quantile: *q, value }))
+                            .collect(),
+                        ..Default::default()
+                    });
+                }
+                series.dirty = false;
+            }
+            self.histograms[metric as usize] = map;
+            if !expo_points.is_empty() {
+                metrics.push(Metric {
+                    name: name.into(),
+                    description: description.into(),
+                    unit: unit.into(),
+                    data: Some(MetricData::ExponentialHistogram(ExponentialHistogram {
+                        data_points: expo_points,
+                        aggregation_temporality: temporality,
+                    })),
+                    ..Default::default()
+                });
+            }
+            if !explicit_points.is_empty() {
+                metrics.push(Metric {
+                    name: name.into(),
+                    description: description.into(),
+                    unit: unit.into(),
+                    data: Some(MetricData::Histogram(Histogram {
+                        data_points: explicit_points,
+                        aggregation_temporality: temporality,
+                    })),
+                    ..Default::default()
+                });
+            }
+            if !summary_points.is_empty() {
+                metrics.push(Metric {
+                    name: metric.window_name(),
+                    description: format!(
+                        "{description} Quantiles over the last {} by span end time.",
+                        humantime_short(self.config.quantile_window)
+                    ),
+                    unit: unit.into(),
+                    data: Some(MetricData::Summary(Summary {
+                        data_points: summary_points,
+                    })),
+                    ..Default::default()
+                });
+            }
+        }
+
+        // Delta state starts over; idle series go.
+        for s in self.requests.values_mut() {
+            if delta {
+                s.value = 0.0;
+            }
+            s.dirty = false;
+        }
+        let expiration = self.config.metrics_expiration.as_nanos() as u64;
+        self.requests
+            .retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) < expiration);
+        for map in &mut self.histograms {
+            map.retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) < expiration);
+        }
+        self.last_flush_ns = now_ns;
+
+        if metrics.is_empty() {
+            return None;
+        }
+        Some(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource::default()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "infercol/model_metrics".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+}
+
+fn humantime_short(d: Duration) -> String {
+    if d.as_secs().is_multiple_of(60) && d.as_secs() >= 60 {
+        format!("{}m", d.as_secs() / 60)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+fn take_exemplars(e: &mut Exemplars) -> Vec<Exemplar> {
+    let mut out = Vec::new();
+    let slowest = e.slowest.take();
+    let random = e.random.take();
+    e.seen = 0;
+    for s in [slowest, random].into_iter().flatten() {
+        if out.iter().any(|x: &Exemplar| x.span_id == s.span_id) {
+            continue;
+        }
+        out.push(Exemplar {
+            time_unix_nano: s.time_ns,
+            value: Some(exemplar::Value::AsDouble(s.value)),
+            span_id: s.span_id,
+            trace_id: s.trace_id,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
