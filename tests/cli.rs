@@ -156,6 +156,31 @@ fn port_already_in_use() {
 }
 
 #[test]
+fn model_metrics_keys_are_checked() {
+    let yaml = VALID.replace(
+        "  batch: { send_batch_size: 100, timeout: 1s }",
+        "  model_metrics:\n    quantile_windw: 30s",
+    );
+    let (ok, text) = validate(&yaml);
+    assert!(!ok);
+    assert_names(&text, &["processors.model_metrics", "quantile_windw", "line 7"]);
+    let yaml = VALID.replace(
+        "  batch: { send_batch_size: 100, timeout: 1s }",
+        "  model_metrics:\n    quantiles: [0.5, 99]",
+    );
+    let (ok, text) = validate(&yaml);
+    assert!(!ok);
+    assert_names(&text, &["processors.model_metrics", "quantiles", "99"]);
+    let yaml = VALID.replace(
+        "  batch: { send_batch_size: 100, timeout: 1s }",
+        "  model_metrics:\n    spans:\n      inference_span_name: [predict]",
+    );
+    let (ok, text) = validate(&yaml);
+    assert!(!ok);
+    assert_names(&text, &["processors.model_metrics", "inference_span_name", "line 8"]);
+}
+
+#[test]
 fn env_substitution_and_defaults() {
     let yaml = VALID.replace(
         "path: spans.jsonl",

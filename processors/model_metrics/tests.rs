@@ -566,3 +566,58 @@ fn memory_per_series_is_bounded_and_reported() {
     eprintln!("one latency series after 100k heavy-tailed values over 60 s: {bytes} bytes");
     assert!(bytes < 40_000, "a heavy-tailed latency series stays small: {bytes}");
 }
+
+#[tokio::test]
+async fn explicit_buckets_and_a_dimension_from_span_attributes() {
+    use super::config::{Dimension, ExplicitConfig, Source, default_dimensions};
+    let mut dimensions = default_dimensions();
+    dimensions.push(Dimension {
+        name: "route".into(),
+        from: vec!["http.route".into()],
+        source: Source::Span,
+        default: "none".into(),
+    });
+    let mut config = ModelMetricsConfig {
+        dimensions,
+        ..Default::default()
+    };
+    config.histogram.explicit = Some(ExplicitConfig {
+        buckets: vec![0.05, 0.1, 0.5, 1.0],
+        ..Default::default()
+    });
+    let (p, _, out) = processor(config, Telemetry::new());
+    let now = now_ns();
+    let mut a = request_span(1, now, 0.07, 200);
+    a.attributes
+        .push(kv("http.route", Value::StringValue("/v1/chat".into())));
+    let b = request_span(2, now, 0.7, 200);
+    let c = request_span(3, now, 3.0, 200);
+    p.consume(traces(resource("m", None), vec![a, b, c])).await.unwrap();
+    p.shutdown().await.unwrap();
+    let emitted = out.0.lock().await;
+    let m = metrics_of(&emitted[0]);
+    let Some(MetricData::Histogram(h)) = metric(m, "model.request.duration").and_then(|x| x.data.as_ref()) else {
+        panic!("explicit histogram expected")
+    };
+    let chat = h
+        .data_points
+        .iter()
+        .find(|p| label(&p.attributes, "route") == Some("/v1/chat"))
+        .unwrap();
+    assert_eq!(chat.explicit_bounds, vec![0.05, 0.1, 0.5, 1.0]);
+    assert_eq!(chat.bucket_counts, vec![0, 1, 0, 0, 0]);
+    let other = h
+        .data_points
+        .iter()
+        .find(|p| label(&p.attributes, "route") == Some("none"))
+        .unwrap();
+    assert_eq!(
+        other.bucket_counts,
+        vec![0, 0, 0, 1, 1],
+        "0.7 s in (0.5, 1], 3 s beyond the last bound"
+    );
+    let Some(MetricData::Histogram(sizes)) = metric(m, "model.response.size").and_then(|x| x.data.as_ref()) else {
+        panic!("sizes get default byte bounds")
+    };
+    assert_eq!(sizes.data_points[0].explicit_bounds.first(), Some(&64.0));
+}
