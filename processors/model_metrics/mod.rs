@@ -8,7 +8,6 @@
 
 pub mod classify;
 pub mod config;
-pub mod histogram;
 mod state;
 pub mod window;
 

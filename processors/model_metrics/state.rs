@@ -18,8 +18,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::classify::Status;
 use super::config::{ModelMetricsConfig, Temporality};
-use super::histogram::{ExplicitHistogram, ExpoHistogram, MAX_SCALE};
 use super::window::QuantileWindow;
+use infercol_pipelines::histogram::{ExplicitHistogram, ExpoHistogram, MAX_SCALE};
 
 /// The derived histograms, in the contract's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,9 +16,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 use super::config::{ModelMetricsConfig, Temporality};
-use super::histogram::ExpoHistogram;
 use super::window::{QuantileWindow, WINDOW_MAX_BUCKETS, WINDOW_SCALE};
 use super::{ModelMetricsFactory, now_ns};
+use infercol_pipelines::histogram::ExpoHistogram;
 
 /// A deterministic generator (splitmix64) with uniform and normal draws.
 struct Rng(u64);

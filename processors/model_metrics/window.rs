@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::histogram::ExpoHistogram;
+use infercol_pipelines::histogram::ExpoHistogram;
 
 /// Slices per window: the window slides in steps of `quantile_window / SLICES`.
 pub const SLICES: u64 = 6;

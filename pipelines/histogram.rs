@@ -1,5 +1,5 @@
-//! Base-2 exponential histograms, the one structure behind both the exported OTLP ExponentialHistogram and the
-//! sliding-window quantile sketch.
+//! Base-2 exponential histograms: the structure behind model_metrics' exported OTLP ExponentialHistogram and its
+//! sliding-window quantile sketch, and what exporters merge delta exponential histograms with.
 //!
 //! A bucket `i` at scale `s` holds the values in `(2^(i/2^s), 2^((i+1)/2^s)]`. Reporting a bucket by the point
 //! `2·l·u/(l+u)` is off by at most `(b-1)/(b+1)` of the true value, `b = 2^(2^-s)`: 0.54% at scale 6. Buckets are
