@@ -3,3 +3,43 @@
 pub mod debug;
 pub mod file;
 pub mod otlp;
+pub mod prometheus;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use infercol_pipelines::ComponentError;
+
+/// An HTTP client with the exporter's headers, timeout and trusted CA, shared by the HTTP exporters.
+pub(crate) fn http_client(
+    headers: &BTreeMap<String, String>,
+    tls: &otlp::TlsConfig,
+    timeout: Duration,
+) -> Result<reqwest::Client, ComponentError> {
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+    // reqwest is built without a default crypto provider; ring is the one the whole binary uses. Installing
+    // twice is harmless (the second call only reports that one is there).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|e| ComponentError::new(format!("headers: `{k}`: {e}")))?;
+        let value = HeaderValue::from_str(v).map_err(|e| ComponentError::new(format!("headers.{k}: {e}")))?;
+        map.insert(name, value);
+    }
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(map)
+        .tcp_nodelay(true)
+        .user_agent(concat!("infercol/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &tls.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| ComponentError::new(format!("tls.ca_file: cannot read {}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| ComponentError::new(format!("tls.ca_file: {}: {e}", ca.display())))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| ComponentError::new(format!("cannot build the HTTP client: {e}")))
+}

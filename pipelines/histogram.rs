@@ -87,6 +87,31 @@ impl<C: Count> ExpoHistogram<C> {
         }
     }
 
+    /// A histogram from the parts of an OTLP exponential histogram point (positive buckets).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        scale: i32,
+        offset: i32,
+        counts: Vec<C>,
+        zero_count: u64,
+        count: u64,
+        sum: f64,
+        min: Option<f64>,
+        max: Option<f64>,
+    ) -> ExpoHistogram<C> {
+        ExpoHistogram {
+            max_size: counts.len().max(160),
+            scale: scale.clamp(MIN_SCALE, MAX_SCALE),
+            offset,
+            counts,
+            zero_count,
+            count,
+            sum,
+            min: min.unwrap_or(f64::INFINITY),
+            max: max.unwrap_or(f64::NEG_INFINITY),
+        }
+    }
+
     pub fn scale(&self) -> i32 {
         self.scale
     }

@@ -54,6 +54,8 @@ fn registry() -> Registry {
         .exporter(infercol_exporters::file::FileExporterFactory)
         .exporter(infercol_exporters::otlp::OtlpExporterFactory)
         .exporter(infercol_exporters::otlp::OtlpHttpExporterFactory)
+        .exporter(infercol_exporters::prometheus::PrometheusExporterFactory)
+        .exporter(infercol_exporters::prometheus::RemoteWriteExporterFactory)
 }
 
 /// Reads and parses the configuration; the error names the file, the line and what is wrong.

@@ -216,7 +216,8 @@ fn the_embedded_default_configuration_is_valid() {
         &String::from_utf8_lossy(&out.stdout)
             .replace("127.0.0.1:4317", "127.0.0.1:0")
             .replace("127.0.0.1:4318", "127.0.0.1:0")
-            .replace("127.0.0.1:8888", "127.0.0.1:0"),
+            .replace("127.0.0.1:8888", "127.0.0.1:0")
+            .replace("127.0.0.1:9464", "127.0.0.1:0"),
     );
     assert!(ok, "{text}");
 }
@@ -235,6 +236,7 @@ fn every_example_configuration_validates() {
                 .env("INFERCOL_OTLP_GRPC_ENDPOINT", "127.0.0.1:0")
                 .env("INFERCOL_OTLP_HTTP_ENDPOINT", "127.0.0.1:0")
                 .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
+                .env("INFERCOL_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
                 .output()
                 .unwrap();
             assert!(

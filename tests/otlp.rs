@@ -410,6 +410,7 @@ async fn the_default_configuration_receives_spans_and_writes_spans_jsonl() {
         .env("INFERCOL_OTLP_GRPC_ENDPOINT", "127.0.0.1:0")
         .env("INFERCOL_OTLP_HTTP_ENDPOINT", "127.0.0.1:0")
         .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
+        .env("INFERCOL_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

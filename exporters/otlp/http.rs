@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use infercol_pipelines::{ComponentError, ComponentId, Data, ExportError, Exporter, Signal};
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 
 use super::config::{Compression, HttpEncoding, OtlpHttpExporterConfig};
 
@@ -17,30 +17,7 @@ pub struct OtlpHttpExporter {
 
 impl OtlpHttpExporter {
     pub fn new(config: &OtlpHttpExporterConfig, id: ComponentId) -> Result<OtlpHttpExporter, ComponentError> {
-        // reqwest is built without a default crypto provider; ring is the one the whole binary uses. Installing
-        // twice is harmless (the second call only reports that one is there).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut headers = HeaderMap::new();
-        for (k, v) in &config.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| ComponentError::new(format!("headers: `{k}`: {e}")))?;
-            let value = HeaderValue::from_str(v).map_err(|e| ComponentError::new(format!("headers.{k}: {e}")))?;
-            headers.insert(name, value);
-        }
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .default_headers(headers)
-            .tcp_nodelay(true);
-        if let Some(ca) = &config.tls.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| ComponentError::new(format!("tls.ca_file: cannot read {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| ComponentError::new(format!("tls.ca_file: {}: {e}", ca.display())))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| ComponentError::new(format!("cannot build the HTTP client: {e}")))?;
+        let client = crate::http_client(&config.headers, &config.tls, config.timeout)?;
         let base = config.endpoint.trim_end_matches('/');
         let url = |explicit: &Option<String>, path: &str| explicit.clone().unwrap_or_else(|| format!("{base}{path}"));
         Ok(OtlpHttpExporter {

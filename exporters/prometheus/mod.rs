@@ -1,0 +1,321 @@
+//! Exporters `prometheus` (a pull endpoint for Prometheus to scrape) and `prometheusremotewrite` (push).
+
+mod proto;
+pub mod remote_write;
+pub mod store;
+pub mod text;
+pub mod translate;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use infercol_pipelines::config::duration;
+use infercol_pipelines::{
+    AnyConfig, ComponentConfig, ComponentError, Data, Endpoint, ExportError, Exporter, ExporterContext,
+    ExporterFactory, Payload, Signal, config_as,
+};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use store::{Store, TranslateOptions, flatten};
+use text::Format;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceToTelemetry {
+    pub enabled: bool,
+}
+
+/// `exporters.prometheus`: serves every metric of its pipelines on `endpoint` at `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    pub endpoint: Endpoint,
+    /// Prefix of every family name.
+    pub namespace: String,
+    /// Labels added to every series.
+    pub const_labels: BTreeMap<String, String>,
+    /// Series not updated for this long disappear.
+    #[serde(with = "duration")]
+    pub metric_expiration: Duration,
+    pub resource_to_telemetry_conversion: ResourceToTelemetry,
+    /// Unit and `_total` suffixes, as the OpenTelemetry-to-Prometheus translation adds them.
+    pub add_metric_suffixes: bool,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            endpoint: Endpoint::new("127.0.0.1:9464"),
+            namespace: String::new(),
+            const_labels: BTreeMap::new(),
+            metric_expiration: Duration::from_secs(300),
+            resource_to_telemetry_conversion: ResourceToTelemetry::default(),
+            add_metric_suffixes: true,
+        }
+    }
+}
+
+fn check_labels(key: &str, labels: &BTreeMap<String, String>) -> Result<(), String> {
+    for k in labels.keys() {
+        if translate::label_name(k) != *k {
+            return Err(format!("{key}: `{k}` is not a valid Prometheus label name"));
+        }
+    }
+    Ok(())
+}
+
+impl ComponentConfig for PrometheusConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.metric_expiration.is_zero() {
+            return Err("metric_expiration: must be more than 0".into());
+        }
+        check_labels("const_labels", &self.const_labels)
+    }
+
+    fn listen_endpoints(&self) -> Vec<(&'static str, &Endpoint)> {
+        vec![("endpoint", &self.endpoint)]
+    }
+}
+
+impl PrometheusConfig {
+    fn options(&self) -> TranslateOptions {
+        TranslateOptions {
+            namespace: self.namespace.clone(),
+            add_metric_suffixes: self.add_metric_suffixes,
+            resource_to_telemetry: self.resource_to_telemetry_conversion.enabled,
+            const_labels: self.const_labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+pub struct PrometheusExporterFactory;
+
+infercol_pipelines::factory!(
+    PrometheusExporterFactory,
+    "prometheus",
+    PrometheusConfig,
+    &[Signal::Metrics]
+);
+
+impl ExporterFactory for PrometheusExporterFactory {
+    fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
+        let config = config_as::<PrometheusConfig>(config)?.clone();
+        Ok(Arc::new(PrometheusExporter {
+            id: ctx.id.to_string(),
+            options: config.options(),
+            store: Arc::new(RwLock::new(Store::new(config.metric_expiration))),
+            config,
+            server: Mutex::new(None),
+        }))
+    }
+}
+
+pub struct PrometheusExporter {
+    id: String,
+    config: PrometheusConfig,
+    options: TranslateOptions,
+    store: Arc<RwLock<Store>>,
+    server: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+}
+
+/// The format a scraper asked for in `Accept`.
+fn negotiate(headers: &HeaderMap) -> (Option<Format>, &'static str) {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if accept.contains("application/vnd.google.protobuf") && accept.contains("io.prometheus.client.metricfamily") {
+        (None, proto::CONTENT_TYPE)
+    } else if accept.contains("application/openmetrics-text") {
+        (
+            Some(Format::OpenMetrics),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (Some(Format::Text), "text/plain; version=0.0.4; charset=utf-8")
+    }
+}
+
+fn scrape(store: &RwLock<Store>, headers: &HeaderMap) -> Response {
+    if let Ok(mut s) = store.write() {
+        s.expire(Instant::now());
+    }
+    let (format, content_type) = negotiate(headers);
+    let body: Vec<u8> = {
+        let Ok(s) = store.read() else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable").into_response();
+        };
+        match format {
+            Some(f) => text::render(&s, f).into_bytes(),
+            None => proto::render(&s),
+        }
+    };
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("gzip"));
+    let (body, encoding) = if gzip {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+        match e.write_all(&body).and_then(|()| e.finish()) {
+            Ok(compressed) => (compressed, Some("gzip")),
+            Err(_) => (body, None),
+        }
+    } else {
+        (body, None)
+    };
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(enc) = encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+    }
+    response
+}
+
+#[async_trait]
+impl Exporter for PrometheusExporter {
+    async fn start(&self) -> Result<(), ComponentError> {
+        let endpoint = &self.config.endpoint;
+        let listener = tokio::net::TcpListener::bind(&endpoint.address)
+            .await
+            .map_err(|e| ComponentError::new(format!("endpoint {}: cannot listen: {e}", endpoint.describe())))?;
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let store = self.store.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move |headers: HeaderMap| {
+                let store = store.clone();
+                async move { scrape(&store, &headers) }
+            }),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let id = self.id.clone();
+        tracing::info!(exporter = %id, "Prometheus metrics on http://{address}/metrics");
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(exporter = %id, "Prometheus endpoint: {e}");
+            }
+        });
+        if let Ok(mut server) = self.server.lock() {
+            *server = Some((stop, task));
+        }
+        Ok(())
+    }
+
+    async fn export(&self, data: Data) -> Result<(), ExportError> {
+        let Payload::Metrics(request) = data.payload() else {
+            return Ok(());
+        };
+        // Translate outside the lock; a scrape only waits for the insertion.
+        let points = flatten(request, &self.options);
+        let mut store = self
+            .store
+            .write()
+            .map_err(|_| ExportError::permanent("prometheus store lock poisoned"))?;
+        store.apply(points, Instant::now());
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<(), ComponentError> {
+        let server = self.server.lock().ok().and_then(|mut s| s.take());
+        if let Some((stop, task)) = server {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+/// `exporters.prometheusremotewrite`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWriteConfig {
+    /// The receiver's URL, e.g. `http://prometheus:9090/api/v1/write`.
+    pub endpoint: String,
+    pub headers: BTreeMap<String, String>,
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    pub tls: crate::otlp::TlsConfig,
+    pub namespace: String,
+    /// Labels added to every series.
+    pub external_labels: BTreeMap<String, String>,
+    pub resource_to_telemetry_conversion: ResourceToTelemetry,
+    pub add_metric_suffixes: bool,
+}
+
+impl Default for RemoteWriteConfig {
+    fn default() -> Self {
+        RemoteWriteConfig {
+            endpoint: String::new(),
+            headers: BTreeMap::new(),
+            timeout: Duration::from_secs(5),
+            tls: Default::default(),
+            namespace: String::new(),
+            external_labels: BTreeMap::new(),
+            resource_to_telemetry_conversion: ResourceToTelemetry::default(),
+            add_metric_suffixes: true,
+        }
+    }
+}
+
+impl ComponentConfig for RemoteWriteConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
+            return Err(format!(
+                "endpoint: `{}` must be a URL such as http://127.0.0.1:9090/api/v1/write",
+                self.endpoint
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout: must be more than 0".into());
+        }
+        check_labels("external_labels", &self.external_labels)
+    }
+}
+
+pub struct RemoteWriteExporterFactory;
+
+infercol_pipelines::factory!(
+    RemoteWriteExporterFactory,
+    "prometheusremotewrite",
+    RemoteWriteConfig,
+    &[Signal::Metrics]
+);
+
+impl ExporterFactory for RemoteWriteExporterFactory {
+    fn default_consumers(&self) -> usize {
+        // Remote write wants samples of one series in order: one request at a time.
+        1
+    }
+
+    fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
+        let c = config_as::<RemoteWriteConfig>(config)?;
+        Ok(Arc::new(remote_write::RemoteWriteExporter::new(
+            ctx.id,
+            c.endpoint.clone(),
+            &c.headers,
+            &c.tls,
+            c.timeout,
+            TranslateOptions {
+                namespace: c.namespace.clone(),
+                add_metric_suffixes: c.add_metric_suffixes,
+                resource_to_telemetry: c.resource_to_telemetry_conversion.enabled,
+                const_labels: Vec::new(),
+            },
+            c.external_labels.clone().into_iter().collect(),
+        )?))
+    }
+}

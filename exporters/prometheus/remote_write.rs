@@ -1,0 +1,195 @@
+//! Exporter `prometheusremotewrite`: the same series as the pull exporter, pushed with the remote write 1.0
+//! protocol (snappy-compressed protobuf `prometheus.WriteRequest`) to Prometheus, Mimir, VictoriaMetrics or any
+//! compatible store. Cumulative only, as the protocol requires: delta points are dropped and counted.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use infercol_pipelines::{ComponentError, ComponentId, Data, ExportError, Exporter, Payload};
+use prost::Message;
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+
+use super::proto::LabelPair;
+use super::store::{Point, TranslateOptions, Value, classic_buckets, flatten};
+use super::text::float;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Sample {
+    #[prost(double, tag = "1")]
+    pub value: f64,
+    #[prost(int64, tag = "2")]
+    pub timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TimeSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<LabelPair>,
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct WriteRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub timeseries: Vec<TimeSeries>,
+}
+
+/// The time series of a set of points, with `external` labels on each; delta points are left out (counted).
+pub fn timeseries(points: &[Point], external: &[(String, String)], now_ms: i64) -> (Vec<TimeSeries>, usize) {
+    let mut out = Vec::new();
+    let mut dropped = 0;
+    for p in points {
+        if p.delta {
+            dropped += 1;
+            continue;
+        }
+        let timestamp = if p.time_ns > 0 {
+            (p.time_ns / 1_000_000) as i64
+        } else {
+            now_ms
+        };
+        let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
+            let mut labels: Vec<(String, String)> = p.labels.clone();
+            for (k, v) in external {
+                if !labels.iter().any(|(n, _)| n == k) {
+                    labels.push((k.clone(), v.clone()));
+                }
+            }
+            if let Some((k, v)) = extra {
+                labels.push((k.to_string(), v));
+            }
+            labels.push(("__name__".into(), format!("{}{suffix}", p.family)));
+            labels.sort();
+            out.push(TimeSeries {
+                labels: labels
+                    .into_iter()
+                    .map(|(name, value)| LabelPair { name, value })
+                    .collect(),
+                samples: vec![Sample { value, timestamp }],
+            });
+        };
+        match &p.value {
+            Value::Number(v) => push("", None, *v),
+            Value::Classic {
+                bounds,
+                counts,
+                sum,
+                count,
+            } => {
+                let mut cumulative = 0u64;
+                for (i, c) in counts.iter().enumerate() {
+                    cumulative += c;
+                    let le = bounds.get(i).copied().unwrap_or(f64::INFINITY);
+                    push("_bucket", Some(("le", float(le))), cumulative as f64);
+                }
+                push("_sum", None, *sum);
+                push("_count", None, *count as f64);
+            }
+            Value::Native(h) => {
+                for (le, cumulative) in classic_buckets(h) {
+                    push("_bucket", Some(("le", float(le))), cumulative as f64);
+                }
+                push("_sum", None, h.sum());
+                push("_count", None, h.count() as f64);
+            }
+            Value::Summary { quantiles, sum, count } => {
+                for (q, v) in quantiles {
+                    push("", Some(("quantile", float(*q))), *v);
+                }
+                push("_sum", None, *sum);
+                push("_count", None, *count as f64);
+            }
+        }
+    }
+    (out, dropped)
+}
+
+pub struct RemoteWriteExporter {
+    pub id: ComponentId,
+    pub client: reqwest::Client,
+    pub endpoint: String,
+    pub options: TranslateOptions,
+    pub external_labels: Vec<(String, String)>,
+}
+
+impl RemoteWriteExporter {
+    pub fn new(
+        id: ComponentId,
+        endpoint: String,
+        headers: &BTreeMap<String, String>,
+        tls: &crate::otlp::TlsConfig,
+        timeout: Duration,
+        options: TranslateOptions,
+        external_labels: Vec<(String, String)>,
+    ) -> Result<RemoteWriteExporter, ComponentError> {
+        Ok(RemoteWriteExporter {
+            id,
+            client: crate::http_client(headers, tls, timeout)?,
+            endpoint,
+            options,
+            external_labels,
+        })
+    }
+}
+
+#[async_trait]
+impl Exporter for RemoteWriteExporter {
+    async fn export(&self, data: Data) -> Result<(), ExportError> {
+        let Payload::Metrics(request) = data.payload() else {
+            return Ok(());
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let points = flatten(request, &self.options);
+        let (series, dropped) = timeseries(&points, &self.external_labels, now_ms);
+        if dropped > 0 {
+            tracing::warn!(
+                exporter = %self.id,
+                dropped,
+                "remote write carries cumulative series only; delta points dropped (set aggregation_temporality: cumulative upstream)"
+            );
+        }
+        if series.is_empty() {
+            return Ok(());
+        }
+        let body = WriteRequest { timeseries: series }.encode_to_vec();
+        let compressed = snap::raw::Encoder::new()
+            .compress_vec(&body)
+            .map_err(|e| ExportError::permanent(format!("snappy: {e}")))?;
+        let response = self
+            .client
+            .post(&self.endpoint)
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .header(CONTENT_ENCODING, "snappy")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(compressed)
+            .send()
+            .await
+            .map_err(|e| ExportError::retryable(format!("sending to {}: {e}", self.endpoint), None))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        let message = format!(
+            "HTTP {status} from {}: {}",
+            self.endpoint,
+            text.chars().take(512).collect::<String>()
+        );
+        if status.is_server_error() || status.as_u16() == 429 {
+            Err(ExportError::retryable(message, retry_after))
+        } else {
+            Err(ExportError::permanent(message))
+        }
+    }
+}
