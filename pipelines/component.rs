@@ -216,6 +216,8 @@ pub struct ReceiverContext {
     pub id: ComponentId,
     pub consumers: Consumers,
     pub telemetry: Telemetry,
+    /// Replica processes learned from the resources of received telemetry, shared by every receiver.
+    pub replicas: crate::replicas::ReplicaDirectory,
 }
 
 /// What a processor is created with.

@@ -197,6 +197,7 @@ impl Service {
             .check_listen_addresses(registry)
             .map_err(|e| ComponentError::new(e.to_string()))?;
         let telemetry = Telemetry::new();
+        let replicas = crate::replicas::ReplicaDirectory::default();
 
         // One entry channel per pipeline.
         let mut inputs: BTreeMap<String, Arc<dyn Consumer>> = BTreeMap::new();
@@ -406,6 +407,7 @@ impl Service {
                 id: id.clone(),
                 consumers,
                 telemetry: telemetry.clone(),
+                replicas: replicas.clone(),
             };
             let started = match factory.create(&declared.config, ctx) {
                 Ok(mut r) => r.start().await.map(|()| r),

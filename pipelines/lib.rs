@@ -7,6 +7,7 @@ pub mod data;
 pub mod graph;
 pub mod histogram;
 pub mod raw_codec;
+pub mod replicas;
 pub mod telemetry;
 
 pub use component::{
@@ -18,6 +19,7 @@ pub use config::{Config, ConfigError, Endpoint};
 pub use data::{Data, Payload, Signal};
 pub use graph::{FanOut, Service};
 pub use raw_codec::RawCodec;
+pub use replicas::{Replica, ReplicaDirectory};
 pub use telemetry::Telemetry;
 
 #[doc(hidden)]

@@ -1,3 +1,6 @@
 //! infercol's receivers. Each is one folder: its configuration beside the code that does the work.
 
+pub mod hostmetrics;
+pub mod nvml;
 pub mod otlp;
+mod sampling;

@@ -48,6 +48,8 @@ enum Command {
 fn registry() -> Registry {
     Registry::default()
         .receiver(infercol_receivers::otlp::OtlpReceiverFactory)
+        .receiver(infercol_receivers::hostmetrics::HostMetricsReceiverFactory)
+        .receiver(infercol_receivers::nvml::NvmlReceiverFactory::default())
         .processor(infercol_processors::batch::BatchProcessorFactory)
         .processor(infercol_processors::model_metrics::ModelMetricsFactory)
         .exporter(infercol_exporters::debug::DebugExporterFactory)

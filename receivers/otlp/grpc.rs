@@ -38,6 +38,7 @@ impl OtlpService for LogsService {
 }
 
 pub struct Shared {
+    pub replicas: infercol_pipelines::ReplicaDirectory,
     pub consumer: Arc<dyn Consumer>,
     pub counters: ReceiverCounters,
     pub max_recv_msg_size: usize,
@@ -134,6 +135,7 @@ impl<S: OtlpService> tonic::server::UnaryService<Bytes> for Export<S> {
             let data = Data::decode(S::SIGNAL, request.into_inner())
                 .map_err(|e| Status::invalid_argument(format!("malformed OTLP {} export request: {e}", S::SIGNAL)))?;
             let items = data.items();
+            shared.replicas.observe_data(&data);
             match shared.consumer.consume(data).await {
                 Ok(()) => {
                     shared.counters.accepted(S::SIGNAL, items);

@@ -17,6 +17,7 @@ const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
 pub struct Route {
+    pub replicas: infercol_pipelines::ReplicaDirectory,
     pub signal: Signal,
     pub consumer: Arc<dyn Consumer>,
     pub counters: ReceiverCounters,
@@ -166,6 +167,7 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
         }
     };
     let items = data.items();
+    route.replicas.observe_data(&data);
     match route.consumer.consume(data).await {
         Ok(()) => {
             route.counters.accepted(signal, items);

@@ -33,6 +33,7 @@ impl ReceiverFactory for OtlpReceiverFactory {
             id: ctx.id,
             consumers: Some(ctx.consumers),
             telemetry: ctx.telemetry,
+            replicas: ctx.replicas,
             servers: Vec::new(),
         }))
     }
@@ -48,6 +49,7 @@ pub struct OtlpReceiver {
     id: ComponentId,
     consumers: Option<Consumers>,
     telemetry: Telemetry,
+    replicas: infercol_pipelines::ReplicaDirectory,
     servers: Vec<Server>,
 }
 
@@ -105,6 +107,7 @@ impl OtlpReceiver {
         let max = (config.max_recv_msg_size_mib as usize).saturating_mul(1024 * 1024);
         let shared = |signal: Signal| {
             consumers.get(signal).map(|consumer| grpc::Shared {
+                replicas: self.replicas.clone(),
                 consumer: consumer.clone(),
                 counters: counters.clone(),
                 max_recv_msg_size: max,
@@ -149,6 +152,7 @@ impl OtlpReceiver {
                 continue;
             };
             let route = Arc::new(http::Route {
+                replicas: self.replicas.clone(),
                 signal,
                 consumer: consumer.clone(),
                 counters: counters.clone(),
