@@ -115,3 +115,158 @@ service:
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Run only as the child of `host_metrics_agree_with_proc_and_a_busy_replica_is_attributed`: sends one span naming
+/// its own pid, holds 64 MiB resident and keeps one core busy until killed.
+#[test]
+#[ignore = "a helper process, started by another test"]
+fn busy_replica_child() {
+    let Ok(endpoint) = std::env::var("INFERCOL_TEST_CHILD_OTLP") else { return };
+    use std::io::{Read, Write};
+    let body = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[
+            {{"key":"service.name","value":{{"stringValue":"busy-model"}}}},
+            {{"key":"deployment.id","value":{{"stringValue":"d-7"}}}},
+            {{"key":"host.name","value":{{"stringValue":"{host}"}}}},
+            {{"key":"process.pid","value":{{"intValue":"{pid}"}}}}]}},
+          "scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175",
+            "name":"POST /predict","kind":2,"startTimeUnixNano":"1764300000000000000","endTimeUnixNano":"1764300001000000000"}}]}}]}}]}}"#,
+        host = hostname(),
+        pid = std::process::id()
+    );
+    let mut memory = vec![0u8; 64 << 20];
+    for i in (0..memory.len()).step_by(4096) {
+        memory[i] = 1;
+    }
+    let mut stream = std::net::TcpStream::connect(&endpoint).unwrap();
+    write!(
+        stream,
+        "POST /v1/traces HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(memory[(x as usize) % memory.len()] as u64));
+    }
+}
+
+/// (busy, total) jiffies of all CPUs from /proc/stat.
+fn proc_stat() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> = text.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    (total - idle, total)
+}
+
+fn meminfo(key: &str) -> f64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{key}:"))).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 1024.0
+}
+
+/// The value of the first sample of `family` on a Prometheus page whose labels contain `matching`.
+fn sample(page: &str, family: &str, matching: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .find(|l| l.contains(matching))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_metrics_agree_with_proc_and_a_busy_replica_is_attributed() {
+    common::install_crypto();
+    let c = Collector::start(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      http: { endpoint: "127.0.0.1:0" }
+  hostmetrics:
+    collection_interval: 2s
+    sample_interval: 500ms
+exporters:
+  prometheus: { endpoint: "127.0.0.1:0" }
+  file: { path: "{dir}/spans.jsonl" }
+service:
+  telemetry:
+    metrics: { address: "127.0.0.1:0" }
+  pipelines:
+    traces: { receivers: [otlp], exporters: [file] }
+    metrics: { receivers: [hostmetrics], exporters: [prometheus] }
+"#,
+    );
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "busy_replica_child", "--nocapture", "--test-threads=1"])
+        .env("INFERCOL_TEST_CHILD_OTLP", c.address("OTLP/HTTP"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child_pid = child.id();
+    let _guard = Kill(&mut child);
+    let page_url = c.address("Prometheus metrics");
+    let http = reqwest::Client::new();
+
+    // Follow the page and /proc/stat together: when a new collection appears, compare it with /proc/stat over the
+    // same 2 s, and memory with /proc/meminfo at that moment.
+    let mut stat_history: Vec<(std::time::Instant, (u64, u64))> = Vec::new();
+    let mut last_cpu: Option<f64> = None;
+    let mut checked_cpu = 0;
+    let mut attributed = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while (checked_cpu < 2 || !attributed) && std::time::Instant::now() < deadline {
+        stat_history.push((std::time::Instant::now(), proc_stat()));
+        let page = http.get(&page_url).send().await.unwrap().text().await.unwrap();
+        let cpu = sample(&page, "system_cpu_utilization_ratio", "");
+        if let Some(cpu) = cpu
+            && last_cpu.is_some_and(|l| l != cpu)
+        {
+            let now = std::time::Instant::now();
+            let (busy1, total1) = stat_history.last().unwrap().1;
+            let (_, (busy0, total0)) = stat_history
+                .iter()
+                .rev()
+                .find(|(t, _)| now.duration_since(*t) >= Duration::from_millis(2000))
+                .copied()
+                .unwrap_or(stat_history[0]);
+            let from_proc = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+            assert!((cpu - from_proc).abs() <= 0.05, "system CPU {cpu} vs /proc/stat {from_proc}");
+            let used = sample(&page, "system_memory_usage_bytes", "system_memory_state=\"used\"").unwrap();
+            let expected_used = meminfo("MemTotal") - meminfo("MemAvailable");
+            assert!(((used - expected_used) / expected_used).abs() <= 0.05, "memory used {used} vs /proc/meminfo {expected_used}");
+            let limit = sample(&page, "system_memory_limit_bytes", "").unwrap();
+            assert!(((limit - meminfo("MemTotal")) / limit).abs() <= 0.05, "limit {limit}");
+            checked_cpu += 1;
+        }
+        if cpu.is_some() {
+            last_cpu = cpu;
+        }
+        let pid_label = format!("process_pid=\"{child_pid}\"");
+        if let (Some(cpu), Some(rss)) = (
+            sample(&page, "process_cpu_utilization_ratio", &pid_label),
+            sample(&page, "process_memory_usage_bytes", &pid_label),
+        ) && cpu > 0.3
+        {
+            let line = page.lines().find(|l| l.starts_with("process_cpu_utilization_ratio{") && l.contains(&pid_label)).unwrap();
+            assert!(line.contains("model=\"busy-model\"") && line.contains("deployment=\"d-7\""), "{line}");
+            assert!(rss >= (64 << 20) as f64, "the child holds 64 MiB: {rss}");
+            attributed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(checked_cpu >= 2, "two collections compared with /proc");
+    assert!(attributed, "the busy child appeared with its CPU, memory and span labels");
+}
