@@ -231,6 +231,8 @@ pub struct ProcessorContext {
     /// The metrics pipelines that name this processor under `receivers`, when it emits metrics.
     pub metrics_output: Option<Arc<dyn Consumer>>,
     pub telemetry: Telemetry,
+    /// What the collector knows of model replicas (shared with the receivers).
+    pub replicas: crate::replicas::ReplicaDirectory,
 }
 
 /// What an exporter is created with.

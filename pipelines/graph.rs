@@ -295,6 +295,7 @@ impl Service {
                     next: next.clone(),
                     metrics_output: (!feeds.is_empty()).then(|| FanOut::of(feeds)),
                     telemetry: telemetry.clone(),
+                    replicas: replicas.clone(),
                 };
                 let processor = match factory.create(&declared.config, ctx) {
                     Ok(proc_) => proc_,

@@ -19,7 +19,7 @@ pub use config::{Config, ConfigError, Endpoint};
 pub use data::{Data, Payload, Signal};
 pub use graph::{FanOut, Service};
 pub use raw_codec::RawCodec;
-pub use replicas::{Replica, ReplicaDirectory};
+pub use replicas::{ModelDims, Replica, ReplicaCounts, ReplicaDirectory};
 pub use telemetry::Telemetry;
 
 #[doc(hidden)]

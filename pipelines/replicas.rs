@@ -1,6 +1,11 @@
-//! Which model replica a process is: learned from the resources of the telemetry model services send
-//! (`host.name` + `process.pid`, which the OpenTelemetry SDKs add), so that host and GPU samples of that process
-//! carry the replica's model, deployment, environment and `service.instance.id` without any configuration.
+//! What the collector knows of model replicas, learned from the resources of every signal received and shared by
+//! the components of one running collector:
+//! - which process a replica is (`host.name` + `process.pid`, which the OpenTelemetry SDKs add), so that host and
+//!   GPU samples of that process carry the replica's model, deployment, environment and `service.instance.id`;
+//! - each replica's lifecycle (contract: first telemetry of any signal -> starting; first request span or the end
+//!   of `model.load` -> active; silent for `replica_ttl` -> gone), for `model.replicas`;
+//! - which models a `replica_probe` receiver watches (the probe wins over telemetry), and which models report their
+//!   own `model.async_queue.size` gauge (that value wins over the derived one).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -39,9 +44,57 @@ const REFRESH: Duration = Duration::from_secs(10);
 /// (host.name, process.pid) -> the replica and when it was last heard from.
 type Entries = HashMap<(String, u32), (Replica, Instant)>;
 
+/// The model dimensions of a replica: (model, deployment, environment).
+pub type ModelDims = (String, String, String);
+
+#[derive(Clone, Debug)]
+struct Lifecycle {
+    dims: ModelDims,
+    last_seen: Instant,
+    active: bool,
+}
+
+#[derive(Default)]
+struct Fleet {
+    replicas: HashMap<String, Lifecycle>,
+    probed: HashMap<ModelDims, Instant>,
+    queue_reported: HashMap<ModelDims, Instant>,
+}
+
+/// Replicas counted by state for one model / deployment / environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReplicaCounts {
+    pub active: u64,
+    pub starting: u64,
+}
+
 #[derive(Clone, Default)]
 pub struct ReplicaDirectory {
     inner: Arc<RwLock<Entries>>,
+    fleet: Arc<RwLock<Fleet>>,
+}
+
+/// The replica id of a resource (contract: `service.instance.id`, else `host.name` + `process.pid`).
+pub fn replica_id(resource: &[KeyValue]) -> Option<String> {
+    if let Some(id) = text(resource, &["service.instance.id"]) {
+        return Some(id.to_string());
+    }
+    Some(format!("{}:{}", text(resource, &["host.name"])?, pid(resource)?))
+}
+
+/// The model dimensions of a resource, by the contract's default mapping.
+pub fn model_dims(resource: &[KeyValue]) -> ModelDims {
+    (
+        text(resource, &["service.name"])
+            .unwrap_or("unknown_service")
+            .to_string(),
+        text(resource, &["deployment.id", "deployment.name", "service.version"])
+            .unwrap_or("unknown")
+            .to_string(),
+        text(resource, &["deployment.environment.name", "deployment.environment"])
+            .unwrap_or("unknown")
+            .to_string(),
+    )
 }
 
 fn text<'a>(attributes: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
@@ -65,6 +118,84 @@ fn pid(attributes: &[KeyValue]) -> Option<u32> {
 impl ReplicaDirectory {
     /// Learns from one resource; cheap when nothing changed.
     pub fn observe(&self, resource: &[KeyValue]) {
+        self.seen(resource, false);
+        self.observe_process(resource);
+    }
+
+    /// A replica's telemetry arrived (`active`: it served a request or finished loading its model).
+    pub fn seen(&self, resource: &[KeyValue], active: bool) {
+        let Some(id) = replica_id(resource) else { return };
+        let now = Instant::now();
+        if let Ok(fleet) = self.fleet.read()
+            && let Some(known) = fleet.replicas.get(&id)
+            && (known.active || !active)
+            && now.duration_since(known.last_seen) < Duration::from_secs(1)
+        {
+            return;
+        }
+        let Ok(mut fleet) = self.fleet.write() else { return };
+        if fleet.replicas.len() >= MAX_REPLICAS && !fleet.replicas.contains_key(&id) {
+            return;
+        }
+        let entry = fleet.replicas.entry(id).or_insert_with(|| Lifecycle {
+            dims: model_dims(resource),
+            last_seen: now,
+            active: false,
+        });
+        entry.last_seen = now;
+        entry.active |= active;
+    }
+
+    /// Replicas by model dimensions and state; replicas silent for `ttl` are gone. Models a probe watches are left
+    /// out (the probe reports them).
+    pub fn counts(&self, ttl: Duration) -> Vec<(ModelDims, ReplicaCounts)> {
+        let now = Instant::now();
+        let Ok(mut fleet) = self.fleet.write() else {
+            return Vec::new();
+        };
+        fleet.replicas.retain(|_, r| now.duration_since(r.last_seen) < ttl);
+        fleet.probed.retain(|_, t| now.duration_since(*t) < ttl);
+        let mut out: HashMap<ModelDims, ReplicaCounts> = HashMap::new();
+        for r in fleet.replicas.values() {
+            if fleet.probed.contains_key(&r.dims) {
+                continue;
+            }
+            let c = out.entry(r.dims.clone()).or_default();
+            if r.active {
+                c.active += 1;
+            } else {
+                c.starting += 1;
+            }
+        }
+        let mut out: Vec<_> = out.into_iter().collect();
+        out.sort();
+        out
+    }
+
+    /// A `replica_probe` receiver watches these model dimensions.
+    pub fn probed(&self, dims: &ModelDims) {
+        if let Ok(mut fleet) = self.fleet.write() {
+            fleet.probed.insert(dims.clone(), Instant::now());
+        }
+    }
+
+    /// A service reported its own `model.async_queue.size` for these model dimensions.
+    pub fn queue_size_reported(&self, dims: ModelDims) {
+        if let Ok(mut fleet) = self.fleet.write() {
+            fleet.queue_reported.insert(dims, Instant::now());
+        }
+    }
+
+    /// Whether a service reported its own queue size for these dimensions within `within`.
+    pub fn reports_queue_size(&self, dims: &ModelDims, within: Duration) -> bool {
+        self.fleet
+            .read()
+            .ok()
+            .and_then(|f| f.queue_reported.get(dims).copied())
+            .is_some_and(|t| t.elapsed() < within)
+    }
+
+    fn observe_process(&self, resource: &[KeyValue]) {
         let (Some(host), Some(pid)) = (text(resource, &["host.name"]), pid(resource)) else {
             return;
         };
@@ -142,6 +273,44 @@ impl ReplicaDirectory {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn replica_lifecycle_starting_active_gone_and_probe_wins() {
+        let d = ReplicaDirectory::default();
+        let a = [
+            kv("service.name", Value::StringValue("llama".into())),
+            kv("service.instance.id", Value::StringValue("a".into())),
+        ];
+        let b = [
+            kv("service.name", Value::StringValue("llama".into())),
+            kv("service.instance.id", Value::StringValue("b".into())),
+        ];
+        d.observe(&a);
+        d.observe(&b);
+        let dims = ("llama".to_string(), "unknown".to_string(), "unknown".to_string());
+        assert_eq!(
+            d.counts(Duration::from_secs(120)),
+            vec![(dims.clone(), ReplicaCounts { active: 0, starting: 2 })]
+        );
+        d.seen(&a, true);
+        d.observe(&a);
+        assert_eq!(
+            d.counts(Duration::from_secs(120)),
+            vec![(dims.clone(), ReplicaCounts { active: 1, starting: 1 })],
+            "active stays active"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            d.counts(Duration::from_millis(10)).is_empty(),
+            "silent past the ttl: gone"
+        );
+        d.observe(&a);
+        d.probed(&dims);
+        assert!(
+            d.counts(Duration::from_secs(120)).is_empty(),
+            "a probed model is the probe's to report"
+        );
+    }
+
     use super::*;
     use opentelemetry_proto::tonic::common::v1::AnyValue;
 

@@ -3,4 +3,5 @@
 pub mod hostmetrics;
 pub mod nvml;
 pub mod otlp;
+pub mod replica_probe;
 mod sampling;

@@ -121,7 +121,9 @@ service:
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn busy_replica_child() {
-    let Ok(endpoint) = std::env::var("INFERCOL_TEST_CHILD_OTLP") else { return };
+    let Ok(endpoint) = std::env::var("INFERCOL_TEST_CHILD_OTLP") else {
+        return;
+    };
     use std::io::{Read, Write};
     let body = format!(
         r#"{{"resourceSpans":[{{"resource":{{"attributes":[
@@ -157,7 +159,14 @@ fn busy_replica_child() {
 /// (busy, total) jiffies of all CPUs from /proc/stat.
 fn proc_stat() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap();
-    let fields: Vec<u64> = text.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
     let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
     let total: u64 = fields.iter().take(8).sum();
     (total - idle, total)
@@ -202,7 +211,13 @@ service:
 "#,
     );
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "busy_replica_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "busy_replica_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("INFERCOL_TEST_CHILD_OTLP", c.address("OTLP/HTTP"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -243,10 +258,16 @@ service:
                 .copied()
                 .unwrap_or(stat_history[0]);
             let from_proc = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
-            assert!((cpu - from_proc).abs() <= 0.05, "system CPU {cpu} vs /proc/stat {from_proc}");
+            assert!(
+                (cpu - from_proc).abs() <= 0.05,
+                "system CPU {cpu} vs /proc/stat {from_proc}"
+            );
             let used = sample(&page, "system_memory_usage_bytes", "system_memory_state=\"used\"").unwrap();
             let expected_used = meminfo("MemTotal") - meminfo("MemAvailable");
-            assert!(((used - expected_used) / expected_used).abs() <= 0.05, "memory used {used} vs /proc/meminfo {expected_used}");
+            assert!(
+                ((used - expected_used) / expected_used).abs() <= 0.05,
+                "memory used {used} vs /proc/meminfo {expected_used}"
+            );
             let limit = sample(&page, "system_memory_limit_bytes", "").unwrap();
             assert!(((limit - meminfo("MemTotal")) / limit).abs() <= 0.05, "limit {limit}");
             checked_cpu += 1;
@@ -260,13 +281,22 @@ service:
             sample(&page, "process_memory_usage_bytes", &pid_label),
         ) && cpu > 0.3
         {
-            let line = page.lines().find(|l| l.starts_with("process_cpu_utilization_ratio{") && l.contains(&pid_label)).unwrap();
-            assert!(line.contains("model=\"busy-model\"") && line.contains("deployment=\"d-7\""), "{line}");
+            let line = page
+                .lines()
+                .find(|l| l.starts_with("process_cpu_utilization_ratio{") && l.contains(&pid_label))
+                .unwrap();
+            assert!(
+                line.contains("model=\"busy-model\"") && line.contains("deployment=\"d-7\""),
+                "{line}"
+            );
             assert!(rss >= (64 << 20) as f64, "the child holds 64 MiB: {rss}");
             attributed = true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(checked_cpu >= 2, "two collections compared with /proc");
-    assert!(attributed, "the busy child appeared with its CPU, memory and span labels");
+    assert!(
+        attributed,
+        "the busy child appeared with its CPU, memory and span labels"
+    );
 }

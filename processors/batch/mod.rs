@@ -259,6 +259,7 @@ mod tests {
                     next: sink.clone(),
                     metrics_output: None,
                     telemetry: Telemetry::new(),
+                    replicas: Default::default(),
                 },
             )
             .unwrap();

@@ -203,6 +203,28 @@ impl Classifier {
             || find(&span.attributes, &self.rules.inference_span_attributes).is_some()
     }
 
+    pub fn is_async_queue(&self, span: &Span) -> bool {
+        self.rules.async_queue_span_names.iter().any(|n| n == &span.name)
+    }
+
+    pub fn is_async_enqueue(&self, span: &Span) -> bool {
+        self.rules.async_enqueue_span_names.iter().any(|n| n == &span.name)
+    }
+
+    pub fn is_model_load(&self, span: &Span) -> bool {
+        span.end_time_unix_nano > 0 && self.rules.model_load_span_names.iter().any(|n| n == &span.name)
+    }
+
+    /// The message id tying an enqueue to its queue span.
+    pub fn message_id(&self, span: &Span) -> Option<String> {
+        let v = find(&span.attributes, &self.rules.message_id_attributes)?;
+        match v.value.as_ref()? {
+            Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
+            Value::IntValue(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
+
     /// The span's duration in seconds, or the rejection when it ends before it starts (or has no times).
     pub fn duration(span: &Span, rejected: &mut Vec<Rejection>) -> Option<f64> {
         if span.start_time_unix_nano == 0 || span.end_time_unix_nano < span.start_time_unix_nano {

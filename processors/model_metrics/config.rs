@@ -118,6 +118,14 @@ pub struct SpanRules {
     pub response_size_attributes: Vec<String>,
     pub input_token_attributes: Vec<String>,
     pub output_token_attributes: Vec<String>,
+    /// Spans whose duration is time in the async queue (they start at enqueue and end at dequeue).
+    pub async_queue_span_names: Vec<String>,
+    /// Spans that put a request into the async queue.
+    pub async_enqueue_span_names: Vec<String>,
+    /// The attribute that ties an enqueue span to its queue span.
+    pub message_id_attributes: Vec<String>,
+    /// Spans whose end makes a replica active (its model is loaded).
+    pub model_load_span_names: Vec<String>,
 }
 
 impl Default for SpanRules {
@@ -142,6 +150,10 @@ impl Default for SpanRules {
             response_size_attributes: strings(&["http.response.body.size", "http.response_content_length"]),
             input_token_attributes: strings(&["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"]),
             output_token_attributes: strings(&["gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens"]),
+            async_queue_span_names: strings(&["async.queue"]),
+            async_enqueue_span_names: strings(&["async.enqueue"]),
+            message_id_attributes: strings(&["messaging.message.id"]),
+            model_load_span_names: strings(&["model.load"]),
         }
     }
 }
@@ -230,6 +242,12 @@ pub struct ModelMetricsConfig {
     pub dimensions: Vec<Dimension>,
     pub exemplars: ExemplarsConfig,
     pub spans: SpanRules,
+    /// A queued request whose dequeue is never seen is dropped (and counted) after this long.
+    #[serde(with = "duration")]
+    pub queue_entry_ttl: Duration,
+    /// A replica without telemetry for this long is gone.
+    #[serde(with = "duration")]
+    pub replica_ttl: Duration,
 }
 
 impl Default for ModelMetricsConfig {
@@ -245,6 +263,8 @@ impl Default for ModelMetricsConfig {
             dimensions: default_dimensions(),
             exemplars: ExemplarsConfig::default(),
             spans: SpanRules::default(),
+            queue_entry_ttl: Duration::from_secs(3600),
+            replica_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -316,6 +336,9 @@ impl ComponentConfig for ModelMetricsConfig {
             if d.from.is_empty() {
                 return Err(format!("dimensions[{i}].from: list at least one attribute"));
             }
+        }
+        if self.queue_entry_ttl.is_zero() || self.replica_ttl.is_zero() {
+            return Err("queue_entry_ttl and replica_ttl: must be more than 0".into());
         }
         if self.spans.request_span_kinds.is_empty() {
             return Err("spans.request_span_kinds: list at least one kind, e.g. [server]".into());

@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod config;
+mod queue;
 mod state;
 pub mod window;
 
@@ -65,6 +66,10 @@ impl ProcessorFactory for ModelMetricsFactory {
             "infercol_model_metrics_overflow_points",
             "Points recorded into the otel_metric_overflow series because a metric reached cardinality_limit.",
         );
+        let queue_lost = ctx.telemetry.counter_family(
+            "infercol_model_metrics_queue_entries_expired",
+            "Enqueued requests whose dequeue span never came within queue_entry_ttl (dropped from the queue size).",
+        );
         Ok(Arc::new(ModelMetricsProcessor {
             inner: Arc::new(Inner {
                 classifier: Classifier::new(config.spans.clone()),
@@ -72,9 +77,11 @@ impl ProcessorFactory for ModelMetricsFactory {
                 config,
                 next: ctx.next,
                 output: ctx.metrics_output,
+                replicas: ctx.replicas,
                 id,
                 rejected,
                 overflow,
+                queue_lost,
             }),
             timer: Mutex::new(None),
         }))
@@ -94,9 +101,11 @@ struct Inner {
     state: Mutex<State>,
     next: Arc<dyn Consumer>,
     output: Option<Arc<dyn Consumer>>,
+    replicas: infercol_pipelines::ReplicaDirectory,
     id: String,
     rejected: Family<Labels, Counter>,
     overflow: Family<Labels, Counter>,
+    queue_lost: Family<Labels, Counter>,
 }
 
 /// The value of a string attribute (other types as their text), when present.
@@ -139,10 +148,14 @@ impl Inner {
         for rs in &request.resource_spans {
             let resource: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
             let resource_dims = self.dims(resource, None);
+            let mut replica_active = false;
             for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
                 let is_request = self.classifier.is_request(span);
                 let is_inference = self.classifier.is_inference(span);
-                if !is_request && !is_inference {
+                let is_queue = self.classifier.is_async_queue(span);
+                let is_enqueue = self.classifier.is_async_enqueue(span);
+                replica_active |= is_request || self.classifier.is_model_load(span);
+                if !is_request && !is_inference && !is_queue && !is_enqueue {
                     continue;
                 }
                 let dims = if per_span_dims {
@@ -171,6 +184,17 @@ impl Inner {
                     let duration = Classifier::duration(span, &mut rejected);
                     record(&mut state, HistogramMetric::InferenceDuration, duration);
                 }
+                if is_enqueue && let Some(id) = self.classifier.message_id(span) {
+                    let model = infercol_pipelines::replicas::model_dims(resource);
+                    state.queue.enqueue(&id, &dims, model, std::time::Instant::now());
+                }
+                if is_queue {
+                    let duration = Classifier::duration(span, &mut rejected);
+                    record(&mut state, HistogramMetric::AsyncQueueDuration, duration);
+                    if let Some(id) = self.classifier.message_id(span) {
+                        state.queue.dequeue(&id, std::time::Instant::now());
+                    }
+                }
                 if is_request {
                     let r = self.classifier.request(span, &mut rejected);
                     let counted_in_overflow = state.count_request(&dims, &r.status, count, now);
@@ -184,6 +208,9 @@ impl Inner {
                         overflowed.push("model.requests");
                     }
                 }
+            }
+            if replica_active {
+                self.replicas.seen(resource, true);
             }
         }
         drop(state);
@@ -206,10 +233,16 @@ impl Inner {
     }
 
     async fn flush(&self) -> Result<(), ConsumeError> {
-        let request = match self.state.lock() {
-            Ok(mut state) => state.flush(now_ns()),
+        let (request, lost) = match self.state.lock() {
+            Ok(mut state) => state.flush(now_ns(), &self.replicas),
             Err(_) => return Ok(()),
         };
+        if lost > 0 {
+            tracing::warn!(processor = %self.id, lost, "queued requests never dequeued within queue_entry_ttl; dropped from the queue size");
+            self.queue_lost
+                .get_or_create(&vec![("processor".into(), self.id.clone())])
+                .inc_by(lost);
+        }
         match (request, &self.output) {
             (Some(request), Some(output)) => output.consume(Data::metrics(request)).await,
             _ => Ok(()),

@@ -16,6 +16,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
+use infercol_pipelines::ReplicaDirectory;
+
 use super::classify::Status;
 use super::config::{ModelMetricsConfig, Temporality};
 use super::window::QuantileWindow;
@@ -31,6 +33,7 @@ pub enum HistogramMetric {
     ResponseSize,
     InputTokens,
     OutputTokens,
+    AsyncQueueDuration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -41,7 +44,7 @@ enum Quantity {
 }
 
 impl HistogramMetric {
-    pub const ALL: [HistogramMetric; 7] = [
+    pub const ALL: [HistogramMetric; 8] = [
         HistogramMetric::RequestDuration,
         HistogramMetric::InferenceDuration,
         HistogramMetric::TimeToFirstByte,
@@ -49,6 +52,7 @@ impl HistogramMetric {
         HistogramMetric::ResponseSize,
         HistogramMetric::InputTokens,
         HistogramMetric::OutputTokens,
+        HistogramMetric::AsyncQueueDuration,
     ];
 
     /// (OTLP name, unit, description)
@@ -61,6 +65,11 @@ impl HistogramMetric {
             HistogramMetric::ResponseSize => ("model.response.size", "By", "Size of response bodies."),
             HistogramMetric::InputTokens => ("model.input_tokens", "{token}", "Input tokens per request."),
             HistogramMetric::OutputTokens => ("model.output_tokens", "{token}", "Output tokens per request."),
+            HistogramMetric::AsyncQueueDuration => (
+                "model.async_queue.duration",
+                "s",
+                "Time requests waited in the async queue.",
+            ),
         }
     }
 
@@ -68,7 +77,8 @@ impl HistogramMetric {
         match self {
             HistogramMetric::RequestDuration
             | HistogramMetric::InferenceDuration
-            | HistogramMetric::TimeToFirstByte => Quantity::Seconds,
+            | HistogramMetric::TimeToFirstByte
+            | HistogramMetric::AsyncQueueDuration => Quantity::Seconds,
             HistogramMetric::RequestSize | HistogramMetric::ResponseSize => Quantity::Bytes,
             HistogramMetric::InputTokens | HistogramMetric::OutputTokens => Quantity::Tokens,
         }
@@ -153,6 +163,7 @@ pub struct State {
     histograms: Vec<HashMap<Option<Dims>, HistogramSeries>>,
     last_flush_ns: u64,
     rng: u64,
+    pub queue: super::queue::QueueTracker,
 }
 
 fn default_size_bounds() -> Vec<f64> {
@@ -186,6 +197,7 @@ impl State {
             histograms: HistogramMetric::ALL.iter().map(|_| HashMap::new()).collect(),
             last_flush_ns: now_ns,
             rng: now_ns | 1,
+            queue: Default::default(),
         }
     }
 
@@ -308,8 +320,9 @@ impl State {
             .collect()
     }
 
-    /// Builds the metrics to emit at `now_ns`, resets delta state and drops expired series.
-    pub fn flush(&mut self, now_ns: u64) -> Option<ExportMetricsServiceRequest> {
+    /// Builds the metrics to emit at `now_ns`, resets delta state and drops expired series; also returns how
+    /// many queued requests were given up as lost.
+    pub fn flush(&mut self, now_ns: u64, replicas: &ReplicaDirectory) -> (Option<ExportMetricsServiceRequest>, u64) {
         let delta = self.config.aggregation_temporality == Temporality::Delta;
         let temporality = if delta {
             AggregationTemporality::Delta
@@ -476,6 +489,49 @@ impl State {
             }
         }
 
+        // Queue size: every queue seen (zero once drained), unless the service reports its own.
+        let now = std::time::Instant::now();
+        let expired = self
+            .queue
+            .expire(now, self.config.queue_entry_ttl, self.config.metrics_expiration);
+        let reported_within = (self.config.flush_interval * 3).max(Duration::from_secs(60));
+        let mut queue_points = Vec::new();
+        for (dims, model, size) in self.queue.sizes() {
+            if replicas.reports_queue_size(&model, reported_within) {
+                continue;
+            }
+            queue_points.push(gauge_point(self.attributes(Some(&dims), &[]), now_ns, size as f64));
+        }
+        if !queue_points.is_empty() {
+            metrics.push(gauge(
+                "model.async_queue.size",
+                "{request}",
+                "Requests waiting in the async queue.",
+                queue_points,
+            ));
+        }
+        // Replicas by state, from the telemetry every receiver saw.
+        let mut replica_points = Vec::new();
+        for ((model, deployment, environment), counts) in replicas.counts(self.config.replica_ttl) {
+            for (state, n) in [("active", counts.active), ("starting", counts.starting)] {
+                let attributes = vec![
+                    kv("model", &model),
+                    kv("deployment", &deployment),
+                    kv("environment", &environment),
+                    kv("state", state),
+                ];
+                replica_points.push(gauge_point(attributes, now_ns, n as f64));
+            }
+        }
+        if !replica_points.is_empty() {
+            metrics.push(gauge(
+                "model.replicas",
+                "{replica}",
+                "Model replicas by state.",
+                replica_points,
+            ));
+        }
+
         // Delta state starts over; idle series go.
         for s in self.requests.values_mut() {
             if delta {
@@ -492,9 +548,9 @@ impl State {
         self.last_flush_ns = now_ns;
 
         if metrics.is_empty() {
-            return None;
+            return (None, expired.lost);
         }
-        Some(ExportMetricsServiceRequest {
+        let request = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(Resource::default()),
                 scope_metrics: vec![ScopeMetrics {
@@ -508,7 +564,29 @@ impl State {
                 }],
                 ..Default::default()
             }],
-        })
+        };
+        (Some(request), expired.lost)
+    }
+}
+
+fn gauge_point(attributes: Vec<KeyValue>, now_ns: u64, value: f64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes,
+        time_unix_nano: now_ns,
+        value: Some(number_data_point::Value::AsDouble(value)),
+        ..Default::default()
+    }
+}
+
+fn gauge(name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        data: Some(MetricData::Gauge(opentelemetry_proto::tonic::metrics::v1::Gauge {
+            data_points: points,
+        })),
+        ..Default::default()
     }
 }
 

@@ -230,6 +230,7 @@ fn processor(config: ModelMetricsConfig, telemetry: Telemetry) -> (Arc<dyn Proce
                 next: next.clone(),
                 metrics_output: Some(out.clone()),
                 telemetry,
+                replicas: Default::default(),
             },
         )
         .unwrap();
@@ -620,4 +621,117 @@ async fn explicit_buckets_and_a_dimension_from_span_attributes() {
         panic!("sizes get default byte bounds")
     };
     assert_eq!(sizes.data_points[0].explicit_bounds.first(), Some(&64.0));
+}
+
+fn processor_with(
+    config: ModelMetricsConfig,
+    replicas: infercol_pipelines::ReplicaDirectory,
+) -> (Arc<dyn Processor>, Arc<Collect>) {
+    let next = Arc::new(Collect(Default::default()));
+    let out = Arc::new(Collect(Default::default()));
+    let config: AnyConfig = Box::new(config);
+    let p = ModelMetricsFactory
+        .create(
+            &config,
+            ProcessorContext {
+                id: ComponentId::parse("model_metrics").unwrap(),
+                pipeline: "traces".into(),
+                signal: infercol_pipelines::Signal::Traces,
+                next,
+                metrics_output: Some(out.clone()),
+                telemetry: Telemetry::new(),
+                replicas,
+            },
+        )
+        .unwrap();
+    (p, out)
+}
+
+fn gauge_value(m: &ExportMetricsServiceRequest, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let Some(MetricData::Gauge(g)) = metric(m, name).and_then(|x| x.data.as_ref()) else {
+        return None;
+    };
+    g.data_points
+        .iter()
+        .find(|p| labels.iter().all(|(k, v)| label(&p.attributes, k) == Some(*v)))
+        .and_then(|p| match p.value {
+            Some(number_data_point::Value::AsDouble(v)) => Some(v),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn replicas_from_telemetry_starting_then_active_on_model_load() {
+    let replicas = infercol_pipelines::ReplicaDirectory::default();
+    let (p, out) = processor_with(ModelMetricsConfig::default(), replicas.clone());
+    let mut res = resource("llm", Some("prod"));
+    res.attributes
+        .push(kv("service.instance.id", Value::StringValue("llm-0".into())));
+    // First telemetry of any signal (the receiver records it): starting.
+    replicas.observe(&res.attributes);
+    p.shutdown().await.unwrap();
+    // The end of model.load makes it active.
+    let now = now_ns();
+    let load = Span {
+        name: "model.load".into(),
+        kind: 1,
+        start_time_unix_nano: now - 1_000_000_000,
+        end_time_unix_nano: now,
+        ..Default::default()
+    };
+    p.consume(traces(res, vec![load])).await.unwrap();
+    p.shutdown().await.unwrap();
+    let emitted = out.0.lock().await;
+    let dims = [("model", "llm"), ("environment", "prod")];
+    let first = metrics_of(&emitted[0]);
+    assert_eq!(
+        gauge_value(first, "model.replicas", &[dims[0], dims[1], ("state", "starting")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge_value(first, "model.replicas", &[dims[0], dims[1], ("state", "active")]),
+        Some(0.0)
+    );
+    let second = metrics_of(&emitted[1]);
+    assert_eq!(
+        gauge_value(second, "model.replicas", &[dims[0], ("state", "active")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge_value(second, "model.replicas", &[dims[0], ("state", "starting")]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_service_reporting_its_own_queue_size_wins() {
+    let replicas = infercol_pipelines::ReplicaDirectory::default();
+    let (p, out) = processor_with(ModelMetricsConfig::default(), replicas.clone());
+    let now = now_ns();
+    let enqueue = |service: &str, id: &str| {
+        let span = Span {
+            name: "async.enqueue".into(),
+            kind: 4,
+            start_time_unix_nano: now - 1000,
+            end_time_unix_nano: now,
+            attributes: vec![kv("messaging.message.id", Value::StringValue(id.into()))],
+            ..Default::default()
+        };
+        traces(resource(service, None), vec![span])
+    };
+    p.consume(enqueue("self-reporting", "a")).await.unwrap();
+    p.consume(enqueue("derived", "b")).await.unwrap();
+    replicas.queue_size_reported(("self-reporting".into(), "unknown".into(), "unknown".into()));
+    p.shutdown().await.unwrap();
+    let emitted = out.0.lock().await;
+    let m = metrics_of(&emitted[0]);
+    assert_eq!(
+        gauge_value(m, "model.async_queue.size", &[("model", "derived")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge_value(m, "model.async_queue.size", &[("model", "self-reporting")]),
+        None,
+        "its own gauge wins"
+    );
 }
