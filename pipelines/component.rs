@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Endpoint;
 use crate::data::{Data, Signal};
+use crate::delivery::{RetryOnFailure, SendingQueue};
 use crate::telemetry::Telemetry;
 
 /// The four kinds of component a configuration declares.
@@ -254,6 +255,10 @@ pub trait ComponentConfig: DeserializeOwned + Default + Send + Sync + 'static {
     fn listen_endpoints(&self) -> Vec<(&'static str, &Endpoint)> {
         Vec::new()
     }
+    /// An exporter's `sending_queue` and `retry_on_failure`, when it has those keys.
+    fn delivery(&self) -> Option<(SendingQueue, RetryOnFailure)> {
+        None
+    }
 }
 
 /// Reads and checks a configuration of type `C`: the helper every factory's `parse_config` calls.
@@ -297,6 +302,10 @@ pub trait Factory: Send + Sync {
     /// The addresses the component listens on, as (key, endpoint).
     fn listen_endpoints<'a>(&self, _config: &'a AnyConfig) -> Vec<(&'static str, &'a Endpoint)> {
         Vec::new()
+    }
+    /// An exporter's queue and retry settings, when its configuration has them.
+    fn delivery(&self, _config: &AnyConfig) -> Option<(SendingQueue, RetryOnFailure)> {
+        None
     }
 }
 
@@ -347,6 +356,11 @@ macro_rules! factory {
                     Some(c) => $crate::ComponentConfig::listen_endpoints(c),
                     None => Vec::new(),
                 }
+            }
+            fn delivery(&self, config: &$crate::AnyConfig) -> Option<($crate::SendingQueue, $crate::RetryOnFailure)> {
+                config
+                    .downcast_ref::<$config>()
+                    .and_then($crate::ComponentConfig::delivery)
             }
         }
     };

@@ -22,38 +22,62 @@ use crate::component::{
 };
 use crate::config::{Config, MetricsLevel};
 use crate::data::Data;
+use crate::delivery::{RetryOnFailure, SendingQueue};
 use crate::telemetry::{ExporterCounters, Telemetry};
 
 /// Requests a pipeline's entry channel holds before receivers wait.
 pub const PIPELINE_CHANNEL_CAPACITY: usize = 64;
-/// Requests an exporter's queue holds before its pipelines wait.
-pub const EXPORTER_QUEUE_CAPACITY: usize = 1000;
 /// How long a receiver waits for room in a full pipeline before refusing with a retryable answer.
 pub const ENQUEUE_WAIT: Duration = Duration::from_secs(5);
 /// The delay suggested to clients that were refused because a pipeline was full.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// The entry of one pipeline: receivers and metric-emitting processors push here.
+/// The entry of one or more pipelines of a signal: receivers and metric-emitting processors push here. A request
+/// enters all of them or none: room is reserved in every pipeline first, so a refused request is not
+/// half-processed.
+#[derive(Clone)]
 struct PipelineInput {
-    pipeline: String,
-    tx: mpsc::Sender<Data>,
+    pipelines: Vec<(String, mpsc::Sender<Data>)>,
+}
+
+impl PipelineInput {
+    fn join(inputs: &[&PipelineInput]) -> PipelineInput {
+        PipelineInput {
+            pipelines: inputs.iter().flat_map(|i| i.pipelines.iter().cloned()).collect(),
+        }
+    }
 }
 
 #[async_trait]
 impl Consumer for PipelineInput {
     async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
-        use mpsc::error::SendTimeoutError;
-        match self.tx.send_timeout(data, ENQUEUE_WAIT).await {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => Err(ConsumeError::Retryable {
-                reason: format!("pipeline {} is full", self.pipeline),
-                retry_after: RETRY_AFTER,
-            }),
-            Err(SendTimeoutError::Closed(_)) => Err(ConsumeError::Retryable {
-                reason: "the collector is shutting down".to_string(),
-                retry_after: RETRY_AFTER,
-            }),
+        let deadline = tokio::time::Instant::now() + ENQUEUE_WAIT;
+        let mut permits = Vec::with_capacity(self.pipelines.len());
+        for (name, tx) in &self.pipelines {
+            match tokio::time::timeout_at(deadline, tx.reserve()).await {
+                Ok(Ok(permit)) => permits.push(permit),
+                Ok(Err(_)) => {
+                    return Err(ConsumeError::Retryable {
+                        reason: "the collector is shutting down".to_string(),
+                        retry_after: RETRY_AFTER,
+                    });
+                }
+                Err(_) => {
+                    return Err(ConsumeError::Retryable {
+                        reason: format!("pipeline {name} is full"),
+                        retry_after: RETRY_AFTER,
+                    });
+                }
+            }
         }
+        let last = permits.pop();
+        for permit in permits {
+            permit.send(data.clone());
+        }
+        if let Some(permit) = last {
+            permit.send(data);
+        }
+        Ok(())
     }
 }
 
@@ -89,11 +113,33 @@ impl Consumer for FanOut {
 struct ExporterQueue {
     tx: mpsc::Sender<Data>,
     counters: ExporterCounters,
+    drop_on_overflow: bool,
+    id: ComponentId,
 }
 
 #[async_trait]
 impl Consumer for ExporterQueue {
     async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+        if self.drop_on_overflow {
+            let (signal, items) = (data.signal(), data.items());
+            return match self.tx.try_send(data) {
+                Ok(()) => {
+                    self.counters.queue_size.inc();
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.counters.enqueue_failed(signal, items);
+                    tracing::error!(exporter = %self.id, items, "sending queue full: {signal} dropped (drop_on_overflow)");
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(ConsumeError::Retryable {
+                    reason: "exporter queue closed".into(),
+                    retry_after: RETRY_AFTER,
+                }),
+            };
+        }
+        // A full queue makes the pipeline wait; the wait reaches the receivers, which refuse with a retryable
+        // answer once their own wait runs out. Nothing is dropped.
         self.counters.queue_size.inc();
         self.tx.send(data).await.map_err(|_| {
             self.counters.queue_size.dec();
@@ -102,28 +148,6 @@ impl Consumer for ExporterQueue {
                 retry_after: RETRY_AFTER,
             }
         })
-    }
-}
-
-/// Retry of failed exports (the Collector's `retry_on_failure` defaults).
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub initial_interval: Duration,
-    pub max_interval: Duration,
-    pub max_elapsed_time: Duration,
-    pub multiplier: f64,
-    pub randomization_factor: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            initial_interval: Duration::from_secs(5),
-            max_interval: Duration::from_secs(30),
-            max_elapsed_time: Duration::from_secs(300),
-            multiplier: 1.5,
-            randomization_factor: 0.5,
-        }
     }
 }
 
@@ -140,7 +164,7 @@ async fn export_with_retry(
     exporter: &dyn Exporter,
     data: Data,
     counters: &ExporterCounters,
-    policy: &RetryPolicy,
+    policy: &RetryOnFailure,
 ) {
     let started = Instant::now();
     let mut interval = policy.initial_interval;
@@ -152,7 +176,7 @@ async fn export_with_retry(
                 counters.sent(signal, items);
                 return;
             }
-            Err(e) if !e.retryable => {
+            Err(e) if !e.retryable || !policy.enabled => {
                 counters.failed(signal, items);
                 tracing::error!(exporter = %id, items, "export failed, not retryable, dropping data: {}", e.message);
                 return;
@@ -200,16 +224,15 @@ impl Service {
         let replicas = crate::replicas::ReplicaDirectory::default();
 
         // One entry channel per pipeline.
-        let mut inputs: BTreeMap<String, Arc<dyn Consumer>> = BTreeMap::new();
+        let mut inputs: BTreeMap<String, PipelineInput> = BTreeMap::new();
         let mut outputs: BTreeMap<String, mpsc::Receiver<Data>> = BTreeMap::new();
         for p in &config.pipelines {
             let (tx, rx) = mpsc::channel(PIPELINE_CHANNEL_CAPACITY);
             inputs.insert(
                 p.id.clone(),
-                Arc::new(PipelineInput {
-                    pipeline: p.id.clone(),
-                    tx,
-                }),
+                PipelineInput {
+                    pipelines: vec![(p.id.clone(), tx)],
+                },
             );
             outputs.insert(p.id.clone(), rx);
         }
@@ -244,16 +267,27 @@ impl Service {
                 return Err(ComponentError::new(format!("exporters.{id}: {e}")));
             }
             let counters = telemetry.exporter(&id);
-            counters.queue_capacity.set(EXPORTER_QUEUE_CAPACITY as i64);
-            let (tx, rx) = mpsc::channel::<Data>(EXPORTER_QUEUE_CAPACITY);
+            let (queue, retry) = factory.delivery(&declared.config).unwrap_or_else(|| {
+                let mut q = SendingQueue::local();
+                q.num_consumers = factory.default_consumers();
+                (q, RetryOnFailure::default())
+            });
+            // Without a queue the pipeline waits for each export: a one-slot hand-over to one consumer.
+            let (capacity, consumers) = if queue.enabled {
+                (queue.queue_size.max(1), queue.num_consumers.max(1))
+            } else {
+                (1, 1)
+            };
+            counters.queue_capacity.set(capacity as i64);
+            let (tx, rx) = mpsc::channel::<Data>(capacity);
             let rx = Arc::new(Mutex::new(rx));
-            let workers = (0..factory.default_consumers().max(1))
+            let workers = (0..consumers)
                 .map(|_| {
                     let rx = rx.clone();
                     let exporter = exporter.clone();
                     let counters = counters.clone();
                     let id = id.clone();
-                    let policy = RetryPolicy::default();
+                    let policy = retry.clone();
                     tokio::spawn(async move {
                         loop {
                             let next = rx.lock().await.recv().await;
@@ -264,7 +298,15 @@ impl Service {
                     })
                 })
                 .collect();
-            queues.insert(id.clone(), Arc::new(ExporterQueue { tx, counters }));
+            queues.insert(
+                id.clone(),
+                Arc::new(ExporterQueue {
+                    tx,
+                    counters,
+                    drop_on_overflow: queue.drop_on_overflow,
+                    id: id.clone(),
+                }),
+            );
             exporters.push(RunningExporter { id, exporter, workers });
         }
 
@@ -282,18 +324,19 @@ impl Service {
                 let Some(factory) = registry.processors.get(id.type_name()) else {
                     continue;
                 };
-                let feeds: Vec<Arc<dyn Consumer>> = config
+                let feeds: Vec<&PipelineInput> = config
                     .pipelines
                     .iter()
                     .filter(|q| q.receivers.iter().any(|(r, _)| r == id))
-                    .map(|q| inputs[&q.id].clone())
+                    .map(|q| &inputs[&q.id])
                     .collect();
                 let ctx = ProcessorContext {
                     id: id.clone(),
                     pipeline: p.id.clone(),
                     signal: p.signal,
                     next: next.clone(),
-                    metrics_output: (!feeds.is_empty()).then(|| FanOut::of(feeds)),
+                    metrics_output: (!feeds.is_empty())
+                        .then(|| Arc::new(PipelineInput::join(&feeds)) as Arc<dyn Consumer>),
                     telemetry: telemetry.clone(),
                     replicas: replicas.clone(),
                 };
@@ -383,20 +426,16 @@ impl Service {
         for declared in &config.receivers {
             let id = &declared.id;
             let mut consumers = Consumers::default();
-            for p in config
-                .pipelines
-                .iter()
-                .filter(|p| p.receivers.iter().any(|(r, _)| r == id))
-            {
-                let existing = consumers.get(p.signal).cloned();
-                let input = inputs[&p.id].clone();
-                consumers.set(
-                    p.signal,
-                    match existing {
-                        Some(e) => FanOut::of(vec![e, input]),
-                        None => input,
-                    },
-                );
+            for signal in crate::data::Signal::ALL {
+                let feeds: Vec<&PipelineInput> = config
+                    .pipelines
+                    .iter()
+                    .filter(|p| p.signal == signal && p.receivers.iter().any(|(r, _)| r == id))
+                    .map(|p| &inputs[&p.id])
+                    .collect();
+                if !feeds.is_empty() {
+                    consumers.set(signal, Arc::new(PipelineInput::join(&feeds)));
+                }
             }
             if consumers.signals().is_empty() {
                 continue;

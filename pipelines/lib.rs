@@ -4,6 +4,7 @@
 pub mod component;
 pub mod config;
 pub mod data;
+pub mod delivery;
 pub mod graph;
 pub mod histogram;
 pub mod raw_codec;
@@ -17,6 +18,7 @@ pub use component::{
 };
 pub use config::{Config, ConfigError, Endpoint};
 pub use data::{Data, Payload, Signal};
+pub use delivery::{RetryOnFailure, SendingQueue};
 pub use graph::{FanOut, Service};
 pub use raw_codec::RawCodec;
 pub use replicas::{ModelDims, Replica, ReplicaCounts, ReplicaDirectory};

@@ -24,6 +24,7 @@ struct Families {
     processor_outgoing: Family<Labels, Counter>,
     exporter_sent: [Family<Labels, Counter>; 3],
     exporter_failed: [Family<Labels, Counter>; 3],
+    exporter_enqueue_failed: [Family<Labels, Counter>; 3],
     exporter_queue_size: Family<Labels, Gauge>,
     exporter_queue_capacity: Family<Labels, Gauge>,
 }
@@ -79,6 +80,11 @@ impl Telemetry {
             "Number of {items} in failed attempts to send to destination.",
             |s| format!("otelcol_exporter_send_failed_{}", s.item_name()),
         );
+        let exporter_enqueue_failed = per_signal(
+            &mut r,
+            "Number of {items} dropped because the sending queue was full.",
+            |s| format!("otelcol_exporter_enqueue_failed_{}", s.item_name()),
+        );
         let processor_incoming = Family::default();
         r.register(
             "otelcol_processor_incoming_items",
@@ -113,6 +119,7 @@ impl Telemetry {
                 processor_outgoing,
                 exporter_sent,
                 exporter_failed,
+                exporter_enqueue_failed,
                 exporter_queue_size,
                 exporter_queue_capacity,
             }),
@@ -150,6 +157,7 @@ impl Telemetry {
         ExporterCounters {
             sent: Signal::ALL.map(|s| f.exporter_sent[s.index()].get_or_create(&labels).clone()),
             failed: Signal::ALL.map(|s| f.exporter_failed[s.index()].get_or_create(&labels).clone()),
+            enqueue_failed: Signal::ALL.map(|s| f.exporter_enqueue_failed[s.index()].get_or_create(&labels).clone()),
             queue_size: f.exporter_queue_size.get_or_create(&labels).clone(),
             queue_capacity: f.exporter_queue_capacity.get_or_create(&labels).clone(),
         }
@@ -206,6 +214,7 @@ pub struct ProcessorCounters {
 pub struct ExporterCounters {
     sent: [Counter; 3],
     failed: [Counter; 3],
+    enqueue_failed: [Counter; 3],
     pub queue_size: Gauge,
     pub queue_capacity: Gauge,
 }
@@ -216,5 +225,8 @@ impl ExporterCounters {
     }
     pub fn failed(&self, signal: Signal, items: usize) {
         self.failed[signal.index()].inc_by(items as u64);
+    }
+    pub fn enqueue_failed(&self, signal: Signal, items: usize) {
+        self.enqueue_failed[signal.index()].inc_by(items as u64);
     }
 }

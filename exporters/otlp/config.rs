@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use infercol_pipelines::ComponentConfig;
 use infercol_pipelines::config::duration;
+use infercol_pipelines::{ComponentConfig, RetryOnFailure, SendingQueue};
 use serde::Deserialize;
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct OtlpExporterConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(with = "duration")]
     pub timeout: Duration,
+    pub sending_queue: SendingQueue,
+    pub retry_on_failure: RetryOnFailure,
 }
 
 impl Default for OtlpExporterConfig {
@@ -44,6 +46,8 @@ impl Default for OtlpExporterConfig {
             compression: Compression::Gzip,
             headers: BTreeMap::new(),
             timeout: Duration::from_secs(5),
+            sending_queue: SendingQueue::default(),
+            retry_on_failure: RetryOnFailure::default(),
         }
     }
 }
@@ -57,7 +61,12 @@ impl ComponentConfig for OtlpExporterConfig {
         if self.timeout.is_zero() {
             return Err("timeout: must be more than 0".into());
         }
-        Ok(())
+        self.sending_queue.validate()?;
+        self.retry_on_failure.validate()
+    }
+
+    fn delivery(&self) -> Option<(SendingQueue, RetryOnFailure)> {
+        Some((self.sending_queue.clone(), self.retry_on_failure.clone()))
     }
 }
 
@@ -97,6 +106,8 @@ pub struct OtlpHttpExporterConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(with = "duration")]
     pub timeout: Duration,
+    pub sending_queue: SendingQueue,
+    pub retry_on_failure: RetryOnFailure,
 }
 
 impl Default for OtlpHttpExporterConfig {
@@ -111,6 +122,8 @@ impl Default for OtlpHttpExporterConfig {
             encoding: HttpEncoding::Proto,
             headers: BTreeMap::new(),
             timeout: Duration::from_secs(30),
+            sending_queue: SendingQueue::default(),
+            retry_on_failure: RetryOnFailure::default(),
         }
     }
 }
@@ -144,7 +157,12 @@ impl ComponentConfig for OtlpHttpExporterConfig {
         if self.timeout.is_zero() {
             return Err("timeout: must be more than 0".into());
         }
-        Ok(())
+        self.sending_queue.validate()?;
+        self.retry_on_failure.validate()
+    }
+
+    fn delivery(&self) -> Option<(SendingQueue, RetryOnFailure)> {
+        Some((self.sending_queue.clone(), self.retry_on_failure.clone()))
     }
 }
 

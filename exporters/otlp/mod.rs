@@ -25,10 +25,6 @@ infercol_pipelines::factory!(
 );
 
 impl ExporterFactory for OtlpExporterFactory {
-    fn default_consumers(&self) -> usize {
-        10
-    }
-
     fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
         Ok(Arc::new(grpc::OtlpGrpcExporter::new(
             config_as::<OtlpExporterConfig>(config)?,
@@ -47,10 +43,6 @@ infercol_pipelines::factory!(
 );
 
 impl ExporterFactory for OtlpHttpExporterFactory {
-    fn default_consumers(&self) -> usize {
-        10
-    }
-
     fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
         Ok(Arc::new(http::OtlpHttpExporter::new(
             config_as::<OtlpHttpExporterConfig>(config)?,

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use infercol_pipelines::config::duration;
 use infercol_pipelines::{
     AnyConfig, ComponentConfig, ComponentError, Data, Endpoint, ExportError, Exporter, ExporterContext,
-    ExporterFactory, Payload, Signal, config_as,
+    ExporterFactory, Payload, RetryOnFailure, SendingQueue, Signal, config_as,
 };
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -254,6 +254,8 @@ pub struct RemoteWriteConfig {
     pub external_labels: BTreeMap<String, String>,
     pub resource_to_telemetry_conversion: ResourceToTelemetry,
     pub add_metric_suffixes: bool,
+    pub sending_queue: SendingQueue,
+    pub retry_on_failure: RetryOnFailure,
 }
 
 impl Default for RemoteWriteConfig {
@@ -267,6 +269,12 @@ impl Default for RemoteWriteConfig {
             external_labels: BTreeMap::new(),
             resource_to_telemetry_conversion: ResourceToTelemetry::default(),
             add_metric_suffixes: true,
+            // Remote write wants the samples of a series in order: one request at a time.
+            sending_queue: SendingQueue {
+                num_consumers: 1,
+                ..Default::default()
+            },
+            retry_on_failure: RetryOnFailure::default(),
         }
     }
 }
@@ -282,7 +290,13 @@ impl ComponentConfig for RemoteWriteConfig {
         if self.timeout.is_zero() {
             return Err("timeout: must be more than 0".into());
         }
+        self.sending_queue.validate()?;
+        self.retry_on_failure.validate()?;
         check_labels("external_labels", &self.external_labels)
+    }
+
+    fn delivery(&self) -> Option<(SendingQueue, RetryOnFailure)> {
+        Some((self.sending_queue.clone(), self.retry_on_failure.clone()))
     }
 }
 
@@ -296,11 +310,6 @@ infercol_pipelines::factory!(
 );
 
 impl ExporterFactory for RemoteWriteExporterFactory {
-    fn default_consumers(&self) -> usize {
-        // Remote write wants samples of one series in order: one request at a time.
-        1
-    }
-
     fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
         let c = config_as::<RemoteWriteConfig>(config)?;
         Ok(Arc::new(remote_write::RemoteWriteExporter::new(
