@@ -166,9 +166,19 @@ pub trait Receiver: Send {
     async fn shutdown(&mut self) -> Result<(), ComponentError>;
 }
 
+/// A check a pipeline makes before it takes a request (the memory limiter's), so that a refusal reaches the
+/// client as a retryable answer instead of data being dropped after it was acknowledged.
+pub trait Gate: Send + Sync {
+    fn admit(&self) -> Result<(), ConsumeError>;
+}
+
 /// A processor in a pipeline's chain. It passes what it produces to the next consumer it was created with.
 #[async_trait]
 pub trait Processor: Consumer {
+    /// A check the pipeline's entry runs before taking a request.
+    fn gate(&self) -> Option<Arc<dyn Gate>> {
+        None
+    }
     /// Starts timers or background work.
     async fn start(&self) -> Result<(), ComponentError> {
         Ok(())

@@ -168,6 +168,61 @@ impl Data {
     }
 }
 
+/// Why a span inside a valid request cannot be accepted, or `None` when it can.
+pub fn span_problem(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<&'static str> {
+    if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
+        return Some("trace id is not 16 bytes, or all zero");
+    }
+    if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
+        return Some("span id is not 8 bytes, or all zero");
+    }
+    if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
+        return Some("parent span id is not 8 bytes");
+    }
+    if span.end_time_unix_nano < span.start_time_unix_nano {
+        return Some("span ends before it starts");
+    }
+    None
+}
+
+impl Data {
+    /// Removes the spans that cannot be accepted (bad ids, end before start), for an OTLP partial success:
+    /// returns the data to pass on, how many spans were rejected and why (the first reason). Untouched data keeps
+    /// its encoded bytes.
+    pub fn without_invalid_spans(self) -> (Data, u64, Option<String>) {
+        let Payload::Traces(request) = &self.payload else {
+            return (self, 0, None);
+        };
+        let mut first = None;
+        let rejected = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .filter(|s| {
+                let p = span_problem(s);
+                if first.is_none() {
+                    first = p;
+                }
+                p.is_some()
+            })
+            .count() as u64;
+        if rejected == 0 {
+            return (self, 0, None);
+        }
+        let mut request = Arc::unwrap_or_clone(request.clone());
+        for rs in &mut request.resource_spans {
+            for ss in &mut rs.scope_spans {
+                ss.spans.retain(|s| span_problem(s).is_none());
+            }
+            rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+        }
+        request.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+        let message = first.map(|f| format!("{rejected} spans rejected: {f}"));
+        (Data::traces(request), rejected, message)
+    }
+}
+
 fn count_items(payload: &Payload) -> usize {
     match payload {
         Payload::Traces(r) => r

@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::component::{
-    ComponentError, ComponentId, ConsumeError, Consumer, Consumers, Exporter, ExporterContext, Kind, Processor,
+    ComponentError, ComponentId, ConsumeError, Consumer, Consumers, Exporter, ExporterContext, Gate, Kind, Processor,
     ProcessorContext, Receiver, ReceiverContext, Registry,
 };
 use crate::config::{Config, MetricsLevel};
@@ -28,16 +28,19 @@ use crate::telemetry::{ExporterCounters, Telemetry};
 /// Requests a pipeline's entry channel holds before receivers wait.
 pub const PIPELINE_CHANNEL_CAPACITY: usize = 64;
 /// How long a receiver waits for room in a full pipeline before refusing with a retryable answer.
-pub const ENQUEUE_WAIT: Duration = Duration::from_secs(5);
+pub const ENQUEUE_WAIT: Duration = Duration::from_secs(1);
 /// The delay suggested to clients that were refused because a pipeline was full.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The entry of one or more pipelines of a signal: receivers and metric-emitting processors push here. A request
 /// enters all of them or none: room is reserved in every pipeline first, so a refused request is not
 /// half-processed.
+/// The gates of one pipeline, known once its processors exist.
+type Gates = Arc<std::sync::OnceLock<Vec<Arc<dyn Gate>>>>;
+
 #[derive(Clone)]
 struct PipelineInput {
-    pipelines: Vec<(String, mpsc::Sender<Data>)>,
+    pipelines: Vec<(String, mpsc::Sender<Data>, Gates)>,
 }
 
 impl PipelineInput {
@@ -51,9 +54,14 @@ impl PipelineInput {
 #[async_trait]
 impl Consumer for PipelineInput {
     async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+        for (_, _, gates) in &self.pipelines {
+            for gate in gates.get().into_iter().flatten() {
+                gate.admit()?;
+            }
+        }
         let deadline = tokio::time::Instant::now() + ENQUEUE_WAIT;
         let mut permits = Vec::with_capacity(self.pipelines.len());
-        for (name, tx) in &self.pipelines {
+        for (name, tx, _) in &self.pipelines {
             match tokio::time::timeout_at(deadline, tx.reserve()).await {
                 Ok(Ok(permit)) => permits.push(permit),
                 Ok(Err(_)) => {
@@ -231,7 +239,7 @@ impl Service {
             inputs.insert(
                 p.id.clone(),
                 PipelineInput {
-                    pipelines: vec![(p.id.clone(), tx)],
+                    pipelines: vec![(p.id.clone(), tx, Gates::default())],
                 },
             );
             outputs.insert(p.id.clone(), rx);
@@ -362,6 +370,10 @@ impl Service {
                 chain.push(processor);
             }
             chain.reverse();
+            let gates: Vec<Arc<dyn Gate>> = chain.iter().filter_map(|p| p.gate()).collect();
+            if let Some(input) = inputs.get(&p.id) {
+                let _ = input.pipelines[0].2.set(gates);
+            }
             let head = next;
             let Some(mut rx) = outputs.remove(&p.id) else { continue };
             let name = p.id.clone();

@@ -13,7 +13,7 @@ pub mod telemetry;
 
 pub use component::{
     AnyConfig, ComponentConfig, ComponentError, ComponentId, ConsumeError, Consumer, Consumers, ExportError, Exporter,
-    ExporterContext, ExporterFactory, Factory, Kind, Processor, ProcessorContext, ProcessorFactory, Receiver,
+    ExporterContext, ExporterFactory, Factory, Gate, Kind, Processor, ProcessorContext, ProcessorFactory, Receiver,
     ReceiverContext, ReceiverFactory, Registry, config_as, parse_config,
 };
 pub use config::{Config, ConfigError, Endpoint};

@@ -52,6 +52,7 @@ fn registry() -> Registry {
         .receiver(infercol_receivers::nvml::NvmlReceiverFactory::default())
         .receiver(infercol_receivers::replica_probe::ReplicaProbeFactory)
         .processor(infercol_processors::batch::BatchProcessorFactory)
+        .processor(infercol_processors::memory_limiter::MemoryLimiterFactory)
         .processor(infercol_processors::model_metrics::ModelMetricsFactory)
         .exporter(infercol_exporters::debug::DebugExporterFactory)
         .exporter(infercol_exporters::file::FileExporterFactory)

@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer};
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpReceiverConfig {
     pub protocols: Protocols,
+    pub auth: AuthConfig,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -16,7 +17,29 @@ impl Default for OtlpReceiverConfig {
                 grpc: Some(GrpcConfig::default()),
                 http: Some(HttpConfig::default()),
             },
+            auth: AuthConfig::default(),
         }
+    }
+}
+
+/// `auth`: clients must send `Authorization: Bearer <token>` (gRPC metadata or HTTP header).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Usually from the environment: `bearer_token: ${env:INFERCOL_TOKEN}`.
+    pub bearer_token: Option<String>,
+}
+
+impl AuthConfig {
+    /// Whether an `authorization` header value carries the token (compared in constant time).
+    pub fn allows(&self, authorization: Option<&str>) -> bool {
+        let Some(token) = &self.bearer_token else { return true };
+        let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        else {
+            return false;
+        };
+        let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
 
@@ -80,6 +103,9 @@ impl Default for HttpConfig {
 
 impl ComponentConfig for OtlpReceiverConfig {
     fn validate(&self) -> Result<(), String> {
+        if self.auth.bearer_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("auth.bearer_token: empty (is the environment variable set?)".into());
+        }
         if self.protocols.grpc.is_none() && self.protocols.http.is_none() {
             return Err("protocols: enable at least one of grpc, http".into());
         }

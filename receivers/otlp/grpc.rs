@@ -38,6 +38,7 @@ impl OtlpService for LogsService {
 }
 
 pub struct Shared {
+    pub auth: super::config::AuthConfig,
     pub replicas: infercol_pipelines::ReplicaDirectory,
     pub consumer: Arc<dyn Consumer>,
     pub counters: ReceiverCounters,
@@ -101,6 +102,12 @@ where
             });
         }
         let shared = self.shared.clone();
+        let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        if !shared.auth.allows(authorization) {
+            return Box::pin(async move {
+                Ok(Status::unauthenticated("missing or wrong bearer token in the authorization metadata").into_http())
+            });
+        }
         Box::pin(async move {
             let max = shared.max_recv_msg_size;
             let mut grpc = tonic::server::Grpc::new(RawCodec)
@@ -134,13 +141,25 @@ impl<S: OtlpService> tonic::server::UnaryService<Bytes> for Export<S> {
         Box::pin(async move {
             let data = Data::decode(S::SIGNAL, request.into_inner())
                 .map_err(|e| Status::invalid_argument(format!("malformed OTLP {} export request: {e}", S::SIGNAL)))?;
+            let (data, rejected, why) = data.without_invalid_spans();
+            if rejected > 0 {
+                shared.counters.refused(S::SIGNAL, rejected as usize);
+            }
             let items = data.items();
             shared.replicas.observe_data(&data);
-            match shared.consumer.consume(data).await {
+            let result = if items == 0 {
+                Ok(())
+            } else {
+                shared.consumer.consume(data).await
+            };
+            match result {
                 Ok(()) => {
                     shared.counters.accepted(S::SIGNAL, items);
-                    // Every Export*ServiceResponse without partial success encodes to zero bytes.
-                    Ok(tonic::Response::new(Bytes::new()))
+                    Ok(tonic::Response::new(match why {
+                        Some(message) => super::partial_success(rejected, message, false),
+                        // Every Export*ServiceResponse without partial success encodes to zero bytes.
+                        None => Bytes::new(),
+                    }))
                 }
                 Err(e) => {
                     shared.counters.refused(S::SIGNAL, items);

@@ -17,6 +17,7 @@ const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
 pub struct Route {
+    pub auth: super::config::AuthConfig,
     pub replicas: infercol_pipelines::ReplicaDirectory,
     pub signal: Signal,
     pub consumer: Arc<dyn Consumer>,
@@ -69,12 +70,24 @@ fn grpc_code_for(status: StatusCode) -> i32 {
         400 => 3,        // INVALID_ARGUMENT
         413 => 8,        // RESOURCE_EXHAUSTED
         415 => 3,        // INVALID_ARGUMENT
+        401 => 16,       // UNAUTHENTICATED
         429 | 503 => 14, // UNAVAILABLE
         _ => 13,         // INTERNAL
     }
 }
 
 pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: Body) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !route.auth.allows(authorization) {
+        let mut r = answer(
+            Encoding::Protobuf,
+            StatusCode::UNAUTHORIZED,
+            Some("missing or wrong bearer token in the Authorization header".into()),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -121,10 +134,23 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
     };
     let bytes = match compression.as_str() {
         "" | "identity" => raw,
-        "gzip" => {
+        "gzip" | "zstd" => {
             // Read at most one byte past the limit, so that a small compressed bomb cannot grow memory.
+            let decoder: Box<dyn Read> = if compression == "gzip" {
+                Box::new(flate2::read::MultiGzDecoder::new(raw.as_ref()))
+            } else {
+                match zstd::stream::read::Decoder::new(raw.as_ref()) {
+                    Ok(d) => Box::new(d),
+                    Err(e) => {
+                        return answer(
+                            encoding,
+                            StatusCode::BAD_REQUEST,
+                            Some(format!("invalid zstd body: {e}")),
+                        );
+                    }
+                }
+            };
             let mut out = Vec::new();
-            let decoder = flate2::read::MultiGzDecoder::new(raw.as_ref());
             match decoder.take(max as u64 + 1).read_to_end(&mut out) {
                 Ok(n) if n > max => return too_large(),
                 Ok(_) => Bytes::from(out),
@@ -132,7 +158,7 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
                     return answer(
                         encoding,
                         StatusCode::BAD_REQUEST,
-                        Some(format!("invalid gzip body: {e}")),
+                        Some(format!("invalid {compression} body: {e}")),
                     );
                 }
             }
@@ -141,7 +167,9 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
             return answer(
                 encoding,
                 StatusCode::BAD_REQUEST,
-                Some(format!("unsupported Content-Encoding `{other}`; use gzip or none")),
+                Some(format!(
+                    "unsupported Content-Encoding `{other}`; use gzip, zstd or none"
+                )),
             );
         }
     };
@@ -166,12 +194,33 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
             );
         }
     };
+    let (data, rejected, why) = data.without_invalid_spans();
+    if rejected > 0 {
+        route.counters.refused(signal, rejected as usize);
+    }
     let items = data.items();
     route.replicas.observe_data(&data);
-    match route.consumer.consume(data).await {
+    let result = if items == 0 {
+        Ok(())
+    } else {
+        route.consumer.consume(data).await
+    };
+    match result {
         Ok(()) => {
             route.counters.accepted(signal, items);
-            answer(encoding, StatusCode::OK, None)
+            match why {
+                Some(message) => {
+                    let mut r = (
+                        StatusCode::OK,
+                        super::partial_success(rejected, message, encoding == Encoding::Json),
+                    )
+                        .into_response();
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+                    r
+                }
+                None => answer(encoding, StatusCode::OK, None),
+            }
         }
         Err(e) => {
             route.counters.refused(signal, items);

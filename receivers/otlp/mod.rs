@@ -17,6 +17,23 @@ use tokio::task::JoinHandle;
 
 pub use config::{GrpcConfig, HttpConfig, OtlpReceiverConfig, Protocols};
 
+/// The traces export response that reports rejected spans (OTLP partial success), as protobuf or OTLP/JSON.
+pub(crate) fn partial_success(rejected: u64, message: String, json: bool) -> bytes::Bytes {
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+    use prost::Message;
+    let response = ExportTraceServiceResponse {
+        partial_success: Some(ExportTracePartialSuccess {
+            rejected_spans: rejected as i64,
+            error_message: message,
+        }),
+    };
+    if json {
+        bytes::Bytes::from(serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()))
+    } else {
+        bytes::Bytes::from(response.encode_to_vec())
+    }
+}
+
 pub struct OtlpReceiverFactory;
 
 infercol_pipelines::factory!(
@@ -107,6 +124,7 @@ impl OtlpReceiver {
         let max = (config.max_recv_msg_size_mib as usize).saturating_mul(1024 * 1024);
         let shared = |signal: Signal| {
             consumers.get(signal).map(|consumer| grpc::Shared {
+                auth: self.config.auth.clone(),
                 replicas: self.replicas.clone(),
                 consumer: consumer.clone(),
                 counters: counters.clone(),
@@ -152,6 +170,7 @@ impl OtlpReceiver {
                 continue;
             };
             let route = Arc::new(http::Route {
+                auth: self.config.auth.clone(),
                 replicas: self.replicas.clone(),
                 signal,
                 consumer: consumer.clone(),
