@@ -72,6 +72,41 @@ pub enum Payload {
     Logs(Arc<ExportLogsServiceRequest>),
 }
 
+/// A receiver's wait for a request to be safe: released when every holder of the request has dropped it, that
+/// is, when each durable exporter queue has written it to disk (and every other queue has taken it). A holder
+/// that could not keep the request marks it failed, and the client gets a retryable refusal.
+#[derive(Debug)]
+pub struct Ack {
+    failed: std::sync::atomic::AtomicBool,
+    done: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<bool>>>,
+}
+
+impl Ack {
+    /// A new acknowledgement and the receiver's end, which yields whether the request was kept.
+    pub fn new() -> (Arc<Ack>, tokio::sync::oneshot::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Arc::new(Ack {
+                failed: std::sync::atomic::AtomicBool::new(false),
+                done: std::sync::Mutex::new(Some(tx)),
+            }),
+            rx,
+        )
+    }
+
+    pub fn fail(&self) {
+        self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.lock().ok().and_then(|mut d| d.take()) {
+            let _ = tx.send(!self.failed.load(std::sync::atomic::Ordering::SeqCst));
+        }
+    }
+}
+
 /// One export request travelling through a pipeline.
 #[derive(Clone, Debug)]
 pub struct Data {
@@ -79,6 +114,8 @@ pub struct Data {
     /// The protobuf encoding of `payload`, kept when it is known (as received, or encoded once already).
     encoded: Option<Bytes>,
     items: usize,
+    /// Receivers waiting for this request to be safe (empty unless a pipeline has a durable queue).
+    acks: Vec<Arc<Ack>>,
 }
 
 impl Data {
@@ -120,6 +157,24 @@ impl Data {
             payload,
             encoded,
             items,
+            acks: Vec::new(),
+        }
+    }
+
+    /// Attaches acknowledgements (a receiver's, or those of requests merged into this one).
+    pub fn add_acks(&mut self, acks: Vec<Arc<Ack>>) {
+        self.acks.extend(acks);
+    }
+
+    /// Takes the acknowledgements off: whoever holds them now decides when the request is safe.
+    pub fn take_acks(&mut self) -> Vec<Arc<Ack>> {
+        std::mem::take(&mut self.acks)
+    }
+
+    /// Marks the request as not kept: its receivers answer with a retryable refusal.
+    pub fn fail_acks(&self) {
+        for a in &self.acks {
+            a.fail();
         }
     }
 
@@ -137,6 +192,11 @@ impl Data {
 
     pub fn into_payload(self) -> Payload {
         self.payload
+    }
+
+    /// The signal and protobuf bytes, as the durable queue stores them.
+    pub fn to_record(&self) -> (Signal, Bytes) {
+        (self.signal(), self.to_protobuf())
     }
 
     /// Spans, metric data points or log records in this request.
@@ -210,6 +270,7 @@ impl Data {
         if rejected == 0 {
             return (self, 0, None);
         }
+        let acks = self.acks.clone();
         let mut request = Arc::unwrap_or_clone(request.clone());
         for rs in &mut request.resource_spans {
             for ss in &mut rs.scope_spans {
@@ -219,7 +280,9 @@ impl Data {
         }
         request.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
         let message = first.map(|f| format!("{rejected} spans rejected: {f}"));
-        (Data::traces(request), rejected, message)
+        let mut data = Data::traces(request);
+        data.add_acks(acks);
+        (data, rejected, message)
     }
 }
 

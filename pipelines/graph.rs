@@ -21,14 +21,17 @@ use crate::component::{
     ProcessorContext, Receiver, ReceiverContext, Registry,
 };
 use crate::config::{Config, MetricsLevel};
-use crate::data::Data;
+use crate::data::{Ack, Data};
 use crate::delivery::{RetryOnFailure, SendingQueue};
+use crate::disk_queue::DiskQueue;
 use crate::telemetry::{ExporterCounters, Telemetry};
 
 /// Requests a pipeline's entry channel holds before receivers wait.
 pub const PIPELINE_CHANNEL_CAPACITY: usize = 64;
 /// How long a receiver waits for room in a full pipeline before refusing with a retryable answer.
 pub const ENQUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long a receiver waits for a request to reach a durable sending queue before refusing it (retryably).
+pub const DURABLE_WAIT: Duration = Duration::from_secs(10);
 /// The delay suggested to clients that were refused because a pipeline was full.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -39,8 +42,17 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 type Gates = Arc<std::sync::OnceLock<Vec<Arc<dyn Gate>>>>;
 
 #[derive(Clone)]
+struct Entry {
+    name: String,
+    tx: mpsc::Sender<Data>,
+    gates: Gates,
+    /// An exporter of this pipeline keeps its queue on disk: the client's answer waits until the request is there.
+    durable: bool,
+}
+
+#[derive(Clone)]
 struct PipelineInput {
-    pipelines: Vec<(String, mpsc::Sender<Data>, Gates)>,
+    pipelines: Vec<Entry>,
 }
 
 impl PipelineInput {
@@ -53,15 +65,15 @@ impl PipelineInput {
 
 #[async_trait]
 impl Consumer for PipelineInput {
-    async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
-        for (_, _, gates) in &self.pipelines {
-            for gate in gates.get().into_iter().flatten() {
+    async fn consume(&self, mut data: Data) -> Result<(), ConsumeError> {
+        for entry in &self.pipelines {
+            for gate in entry.gates.get().into_iter().flatten() {
                 gate.admit()?;
             }
         }
         let deadline = tokio::time::Instant::now() + ENQUEUE_WAIT;
         let mut permits = Vec::with_capacity(self.pipelines.len());
-        for (name, tx, _) in &self.pipelines {
+        for Entry { name, tx, .. } in &self.pipelines {
             match tokio::time::timeout_at(deadline, tx.reserve()).await {
                 Ok(Ok(permit)) => permits.push(permit),
                 Ok(Err(_)) => {
@@ -78,6 +90,12 @@ impl Consumer for PipelineInput {
                 }
             }
         }
+        let durable = self.pipelines.iter().any(|e| e.durable);
+        let kept = durable.then(|| {
+            let (ack, kept) = Ack::new();
+            data.add_acks(vec![ack]);
+            kept
+        });
         let last = permits.pop();
         for permit in permits {
             permit.send(data.clone());
@@ -85,7 +103,16 @@ impl Consumer for PipelineInput {
         if let Some(permit) = last {
             permit.send(data);
         }
-        Ok(())
+        match kept {
+            None => Ok(()),
+            Some(kept) => match tokio::time::timeout(DURABLE_WAIT, kept).await {
+                Ok(Ok(true)) => Ok(()),
+                _ => Err(ConsumeError::Retryable {
+                    reason: "the request could not be written to the sending queue in time".into(),
+                    retry_after: RETRY_AFTER,
+                }),
+            },
+        }
     }
 }
 
@@ -120,6 +147,7 @@ impl Consumer for FanOut {
 /// The entry of an exporter's queue.
 struct ExporterQueue {
     tx: mpsc::Sender<Data>,
+    disk: Option<Arc<DiskQueue>>,
     counters: ExporterCounters,
     drop_on_overflow: bool,
     id: ComponentId,
@@ -127,7 +155,33 @@ struct ExporterQueue {
 
 #[async_trait]
 impl Consumer for ExporterQueue {
-    async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+    async fn consume(&self, mut data: Data) -> Result<(), ConsumeError> {
+        if let Some(disk) = &self.disk {
+            let (signal, items) = (data.signal(), data.items());
+            return match disk.push(&data, self.drop_on_overflow).await {
+                Ok(true) => {
+                    self.counters.queue_size.set(disk.len() as i64);
+                    // On disk: dropping `data` releases the clients waiting for it.
+                    Ok(())
+                }
+                Ok(false) => {
+                    data.fail_acks();
+                    self.counters.enqueue_failed(signal, items);
+                    tracing::error!(exporter = %self.id, items, "sending queue full: {signal} dropped (drop_on_overflow)");
+                    Ok(())
+                }
+                Err(e) => {
+                    data.fail_acks();
+                    tracing::error!(exporter = %self.id, "sending queue storage: {e}");
+                    Err(ConsumeError::Retryable {
+                        reason: format!("sending queue storage: {e}"),
+                        retry_after: RETRY_AFTER,
+                    })
+                }
+            };
+        }
+        // An in-memory queue does not survive a crash: the request is as safe as it will get once queued.
+        drop(data.take_acks());
         if self.drop_on_overflow {
             let (signal, items) = (data.signal(), data.items());
             return match self.tx.try_send(data) {
@@ -210,6 +264,8 @@ struct RunningExporter {
     id: ComponentId,
     exporter: Arc<dyn Exporter>,
     workers: Vec<JoinHandle<()>>,
+    disk: Option<Arc<DiskQueue>>,
+    cancel: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running collector.
@@ -239,7 +295,20 @@ impl Service {
             inputs.insert(
                 p.id.clone(),
                 PipelineInput {
-                    pipelines: vec![(p.id.clone(), tx, Gates::default())],
+                    pipelines: vec![Entry {
+                        name: p.id.clone(),
+                        tx,
+                        gates: Gates::default(),
+                        durable: p.exporters.iter().any(|(e, _)| {
+                            config.find(Kind::Exporter, e).is_some_and(|d| {
+                                registry
+                                    .exporters
+                                    .get(e.type_name())
+                                    .and_then(|f| f.delivery(&d.config))
+                                    .is_some_and(|(q, _)| q.enabled && q.storage.is_some())
+                            })
+                        }),
+                    }],
                 },
             );
             outputs.insert(p.id.clone(), rx);
@@ -287,8 +356,25 @@ impl Service {
                 (1, 1)
             };
             counters.queue_capacity.set(capacity as i64);
+            let disk = match (&queue.storage, queue.enabled) {
+                (Some(dir), true) => {
+                    let dir = dir.join(id.to_string().replace('/', "_"));
+                    match DiskQueue::open(&dir, capacity) {
+                        Ok(q) => Some(Arc::new(q)),
+                        Err(e) => {
+                            stop_exporters(exporters).await;
+                            return Err(ComponentError::new(format!(
+                                "exporters.{id}: sending_queue.storage {}: {e}",
+                                dir.display()
+                            )));
+                        }
+                    }
+                }
+                _ => None,
+            };
             let (tx, rx) = mpsc::channel::<Data>(capacity);
             let rx = Arc::new(Mutex::new(rx));
+            let (cancel, _) = tokio::sync::watch::channel(false);
             let workers = (0..consumers)
                 .map(|_| {
                     let rx = rx.clone();
@@ -296,7 +382,24 @@ impl Service {
                     let counters = counters.clone();
                     let id = id.clone();
                     let policy = retry.clone();
+                    let disk = disk.clone();
+                    let mut cancelled = cancel.subscribe();
                     tokio::spawn(async move {
+                        if let Some(disk) = disk {
+                            // A durable queue is not drained at shutdown: what is left stays on disk.
+                            while let Some((record, data)) = disk.pop().await {
+                                let delivered = tokio::select! {
+                                    _ = export_with_retry(&id, exporter.as_ref(), data, &counters, &policy) => true,
+                                    _ = cancelled.wait_for(|c| *c) => false,
+                                };
+                                if !delivered {
+                                    break;
+                                }
+                                disk.done(record);
+                                counters.queue_size.set(disk.len() as i64);
+                            }
+                            return;
+                        }
                         loop {
                             let next = rx.lock().await.recv().await;
                             let Some(data) = next else { break };
@@ -310,12 +413,19 @@ impl Service {
                 id.clone(),
                 Arc::new(ExporterQueue {
                     tx,
+                    disk: disk.clone(),
                     counters,
                     drop_on_overflow: queue.drop_on_overflow,
                     id: id.clone(),
                 }),
             );
-            exporters.push(RunningExporter { id, exporter, workers });
+            exporters.push(RunningExporter {
+                id,
+                exporter,
+                workers,
+                disk,
+                cancel,
+            });
         }
 
         // Pipelines: the processor chain, built from the exporters' end.
@@ -372,7 +482,7 @@ impl Service {
             chain.reverse();
             let gates: Vec<Arc<dyn Gate>> = chain.iter().filter_map(|p| p.gate()).collect();
             if let Some(input) = inputs.get(&p.id) {
-                let _ = input.pipelines[0].2.set(gates);
+                let _ = input.pipelines[0].gates.set(gates);
             }
             let head = next;
             let Some(mut rx) = outputs.remove(&p.id) else { continue };
@@ -508,6 +618,15 @@ impl Service {
 
 async fn stop_exporters(exporters: Vec<RunningExporter>) {
     for running in exporters {
+        if let Some(disk) = &running.disk {
+            // Everything the pipelines passed on is on disk by now; exports in flight stop, and what was not
+            // delivered is delivered after the next start.
+            disk.close();
+            let _ = running.cancel.send(true);
+            if !disk.is_empty() {
+                tracing::info!(exporter = %running.id, left = disk.len(), "requests kept on disk for the next start");
+            }
+        }
         for worker in running.workers {
             let _ = worker.await;
         }

@@ -5,6 +5,7 @@ pub mod component;
 pub mod config;
 pub mod data;
 pub mod delivery;
+pub mod disk_queue;
 pub mod graph;
 pub mod histogram;
 pub mod raw_codec;

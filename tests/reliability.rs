@@ -409,3 +409,48 @@ service:
     });
     assert!(!spans.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_outage_with_a_persistent_queue_loses_nothing_acknowledged() {
+    let port = free_port();
+    let storage = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:0" }}
+exporters:
+  otlp:
+    endpoint: "127.0.0.1:{port}"
+    tls: {{ insecure: true }}
+    timeout: 2s
+    sending_queue: {{ queue_size: 5000, num_consumers: 2, storage: "{}" }}
+    retry_on_failure: {{ initial_interval: 100ms, max_interval: 300ms, max_elapsed_time: 0s }}
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [otlp] }}
+"#,
+        storage.path().display()
+    );
+    let mut first = Collector::start(&config);
+    let (acked, _, other) = stream(first.grpc(), 2, 20, 10, Duration::from_secs(2)).await;
+    assert_eq!(other, 0);
+    assert!(!acked.is_empty());
+    // The collector is killed outright while the backend is still down.
+    first.signal("KILL");
+    common::wait_exit(&mut first.child, Duration::from_secs(10));
+    // Restarted on the same storage, with the backend back: everything acknowledged arrives.
+    let _second = Collector::start(&config);
+    let down = backend(port);
+    let lines = read_jsonl_until(&down.path("out.jsonl"), Duration::from_secs(60), |l| {
+        let got: BTreeSet<u64> = ids_in(l).into_iter().collect();
+        acked.iter().all(|id| got.contains(id))
+    });
+    let got: BTreeSet<u64> = ids_in(&lines).into_iter().collect();
+    for id in &acked {
+        assert!(got.contains(id), "acknowledged span {id} lost");
+    }
+}

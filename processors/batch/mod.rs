@@ -77,14 +77,17 @@ impl ProcessorFactory for BatchProcessorFactory {
 #[derive(Default)]
 struct Pending {
     items: usize,
+    /// Acknowledgements of the requests merged so far: released when the batch is passed on.
+    acks: Vec<Arc<infercol_pipelines::data::Ack>>,
     traces: Option<ExportTraceServiceRequest>,
     metrics: Option<ExportMetricsServiceRequest>,
     logs: Option<ExportLogsServiceRequest>,
 }
 
 impl Pending {
-    fn add(&mut self, data: Data) {
+    fn add(&mut self, mut data: Data) {
         self.items += data.items();
+        self.acks.extend(data.take_acks());
         match data.into_payload() {
             Payload::Traces(r) => {
                 let r = Arc::unwrap_or_clone(r);
@@ -121,6 +124,9 @@ impl Pending {
         }
         if let Some(l) = self.logs.take() {
             out.push(Data::logs(l));
+        }
+        if let Some(first) = out.first_mut() {
+            first.add_acks(std::mem::take(&mut self.acks));
         }
         out
     }
