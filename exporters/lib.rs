@@ -39,6 +39,12 @@ pub(crate) fn http_client(
             .map_err(|e| ComponentError::new(format!("tls.ca_file: {}: {e}", ca.display())))?;
         builder = builder.add_root_certificate(cert);
     }
+    if let Some((cert, key)) = tls.identity().map_err(ComponentError::new)? {
+        let pem = [cert, b"\n".to_vec(), key].concat();
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| ComponentError::new(format!("tls.cert_file/key_file: {e}")))?;
+        builder = builder.identity(identity);
+    }
     builder
         .build()
         .map_err(|e| ComponentError::new(format!("cannot build the HTTP client: {e}")))

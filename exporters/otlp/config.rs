@@ -21,6 +21,23 @@ pub struct TlsConfig {
     pub insecure: bool,
     /// A PEM file of the CA that signed the server's certificate; the system's web roots otherwise.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for servers that require mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The client certificate and key, when both are set.
+    pub fn identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Ok(Some((
+                std::fs::read(c).map_err(|e| format!("tls.cert_file: cannot read {}: {e}", c.display()))?,
+                std::fs::read(k).map_err(|e| format!("tls.key_file: cannot read {}: {e}", k.display()))?,
+            ))),
+            (None, None) => Ok(None),
+            _ => Err("tls: cert_file and key_file go together".into()),
+        }
+    }
 }
 
 /// `exporters.otlp`: OTLP/gRPC to another infercol, an OpenTelemetry Collector or any OTLP backend.

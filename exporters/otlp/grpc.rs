@@ -32,6 +32,9 @@ impl OtlpGrpcExporter {
                     .map_err(|e| ComponentError::new(format!("tls.ca_file: cannot read {}: {e}", ca.display())))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
+            if let Some((cert, key)) = config.tls.identity().map_err(ComponentError::new)? {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| ComponentError::new(format!("tls: {e}")))?;

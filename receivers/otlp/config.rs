@@ -65,6 +65,7 @@ where
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub endpoint: Endpoint,
+    pub tls: Option<super::tls::ServerTls>,
     /// The largest request accepted, in MiB (the Collector's default, 4).
     pub max_recv_msg_size_mib: u64,
 }
@@ -73,6 +74,7 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig {
             endpoint: Endpoint::new("127.0.0.1:4317"),
+            tls: None,
             max_recv_msg_size_mib: 4,
         }
     }
@@ -82,6 +84,7 @@ impl Default for GrpcConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub endpoint: Endpoint,
+    pub tls: Option<super::tls::ServerTls>,
     /// The largest request body accepted, in bytes, counted after decompression (default 20 MiB).
     pub max_request_body_size: u64,
     pub traces_url_path: String,
@@ -93,6 +96,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             endpoint: Endpoint::new("127.0.0.1:4318"),
+            tls: None,
             max_request_body_size: 20 * 1024 * 1024,
             traces_url_path: "/v1/traces".into(),
             metrics_url_path: "/v1/metrics".into(),
@@ -109,10 +113,16 @@ impl ComponentConfig for OtlpReceiverConfig {
         if self.protocols.grpc.is_none() && self.protocols.http.is_none() {
             return Err("protocols: enable at least one of grpc, http".into());
         }
-        if let Some(g) = &self.protocols.grpc
-            && g.max_recv_msg_size_mib == 0
-        {
-            return Err("protocols.grpc.max_recv_msg_size_mib: must be at least 1".into());
+        if let Some(g) = &self.protocols.grpc {
+            if g.max_recv_msg_size_mib == 0 {
+                return Err("protocols.grpc.max_recv_msg_size_mib: must be at least 1".into());
+            }
+            if let Some(tls) = &g.tls {
+                tls.validate("grpc")?;
+            }
+        }
+        if let Some(tls) = self.protocols.http.as_ref().and_then(|h| h.tls.as_ref()) {
+            tls.validate("http")?;
         }
         if let Some(h) = &self.protocols.http {
             if h.max_request_body_size == 0 {

@@ -3,6 +3,7 @@
 mod config;
 pub mod grpc;
 pub mod http;
+mod tls;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{GrpcConfig, HttpConfig, OtlpReceiverConfig, Protocols};
+pub use tls::ServerTls;
 
 /// The traces export response that reports rejected spans (OTLP partial success), as protobuf or OTLP/JSON.
 pub(crate) fn partial_success(rejected: u64, message: String, json: bool) -> bytes::Bytes {
@@ -113,6 +115,43 @@ impl Receiver for OtlpReceiver {
     }
 }
 
+/// HTTPS: rustls in front of the same router. axum::serve has no TLS; this is its accept loop with a TLS
+/// handshake per connection (a failed handshake, such as a client without the required certificate, only closes
+/// that connection).
+async fn serve_https(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("OTLP/HTTPS accept: {e}");
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 impl OtlpReceiver {
     fn serve_grpc(
         &self,
@@ -131,7 +170,21 @@ impl OtlpReceiver {
                 max_recv_msg_size: max,
             })
         };
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            let (cert, key, ca) = tls
+                .pem()
+                .map_err(|e| ComponentError::new(format!("protocols.grpc.{e}")))?;
+            let mut server_tls =
+                tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+            if let Some(ca) = ca {
+                server_tls = server_tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder
+                .tls_config(server_tls)
+                .map_err(|e| ComponentError::new(format!("protocols.grpc.tls: {e}")))?;
+        }
+        let router = builder
             .add_optional_service(shared(Signal::Traces).map(grpc::GrpcService::<grpc::TraceService>::new))
             .add_optional_service(shared(Signal::Metrics).map(grpc::GrpcService::<grpc::MetricsService>::new))
             .add_optional_service(shared(Signal::Logs).map(grpc::GrpcService::<grpc::LogsService>::new));
@@ -182,6 +235,14 @@ impl OtlpReceiver {
         let (stop, stopped) = oneshot::channel::<()>();
         let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let id = self.id.clone();
+        if let Some(tls) = &config.tls {
+            let tls = tls
+                .rustls()
+                .map_err(|e| ComponentError::new(format!("protocols.http.{e}")))?;
+            tracing::info!(receiver = %id, "OTLP/HTTP on {address} (TLS)");
+            let task = tokio::spawn(serve_https(listener, router, tls, stopped));
+            return Ok(Server { stop, task });
+        }
         tracing::info!(receiver = %id, "OTLP/HTTP on {address}");
         let task = tokio::spawn(async move {
             let result = axum::serve(listener, router)

@@ -1,0 +1,188 @@
+//! End to end: OTLP over TLS with client certificates (mutual TLS), from infercol's own `otlp` and `otlphttp`
+//! exporters to its receivers; clients without a certificate, or with one from another CA, are turned away.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Collector, read_jsonl_until, spans_of};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    rogue_cert: PathBuf,
+    rogue_key: PathBuf,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn leaf(dir: &Path, name: &str, sans: &[&str], issuer: &CertifiedIssuer<'static, KeyPair>) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+fn pki(dir: &Path) -> Pki {
+    let authority = ca("infercol test CA");
+    let other = ca("someone else");
+    let ca_path = dir.join("ca.crt");
+    std::fs::write(&ca_path, authority.pem()).unwrap();
+    let (server_cert, server_key) = leaf(dir, "server", &["127.0.0.1", "localhost"], &authority);
+    let (client_cert, client_key) = leaf(dir, "client", &["agent"], &authority);
+    let (rogue_cert, rogue_key) = leaf(dir, "rogue", &["agent"], &other);
+    Pki {
+        ca: ca_path,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        rogue_cert,
+        rogue_key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_from_exporters_to_receivers_and_strangers_turned_away() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let tls = format!(
+        "tls: {{ cert_file: \"{}\", key_file: \"{}\", client_ca_file: \"{}\" }}",
+        p.server_cert.display(),
+        p.server_key.display(),
+        p.ca.display()
+    );
+    let server = Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:0", {tls} }}
+      http: {{ endpoint: "127.0.0.1:0", {tls} }}
+exporters:
+  file: {{ path: "{{dir}}/out.jsonl" }}
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [file] }}
+    logs: {{ receivers: [otlp], exporters: [file] }}
+"#
+    ));
+    let grpc = server.address("OTLP/gRPC");
+    let https = server.address("OTLP/HTTP");
+    let client_tls = format!(
+        "tls: {{ ca_file: \"{}\", cert_file: \"{}\", key_file: \"{}\" }}",
+        p.ca.display(),
+        p.client_cert.display(),
+        p.client_key.display()
+    );
+    let agent = Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      http: {{ endpoint: "127.0.0.1:0" }}
+exporters:
+  otlp:
+    endpoint: "https://{grpc}"
+    {client_tls}
+  otlphttp:
+    endpoint: "https://{https}"
+    {client_tls}
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [otlp] }}
+    logs: {{ receivers: [otlp], exporters: [otlphttp] }}
+"#
+    ));
+    let http = reqwest::Client::new();
+    let span = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"tls","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+    let log = r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"timeUnixNano":"1","body":{"stringValue":"over mTLS"}}]}]}]}"#;
+    for (path, body) in [("/v1/traces", span), ("/v1/logs", log)] {
+        let r = http
+            .post(format!("{}{path}", agent.http()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let lines = read_jsonl_until(&server.path("out.jsonl"), Duration::from_secs(30), |l| {
+        spans_of(l).len() == 1 && l.iter().any(|x| x.get("resourceLogs").is_some())
+    });
+    assert_eq!(spans_of(&lines)[0].1["name"], "tls", "gRPC over mutual TLS");
+
+    // Strangers: no client certificate, or one from another CA, get no answer.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&p.ca).unwrap()).unwrap();
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .build()
+        .unwrap();
+    assert!(
+        anonymous
+            .post(format!("https://{https}/v1/traces"))
+            .body("x")
+            .send()
+            .await
+            .is_err()
+    );
+    let pem = [
+        std::fs::read(&p.rogue_cert).unwrap(),
+        std::fs::read(&p.rogue_key).unwrap(),
+    ]
+    .concat();
+    let rogue = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    assert!(
+        rogue
+            .post(format!("https://{https}/v1/traces"))
+            .body("x")
+            .send()
+            .await
+            .is_err()
+    );
+    let rogue_grpc = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&p.ca).unwrap()))
+                .identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(&p.rogue_cert).unwrap(),
+                    std::fs::read(&p.rogue_key).unwrap(),
+                )),
+        )
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match rogue_grpc {
+        Err(_) => true,
+        Ok(channel) => {
+            opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::new(channel)
+                .export(opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::default())
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused, "a client certificate from another CA is refused over gRPC");
+}
