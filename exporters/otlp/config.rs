@@ -26,9 +26,12 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
+/// A client certificate and its key, PEM.
+pub type Identity = (Vec<u8>, Vec<u8>);
+
 impl TlsConfig {
     /// The client certificate and key, when both are set.
-    pub fn identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+    pub fn identity(&self) -> Result<Option<Identity>, String> {
         match (&self.cert_file, &self.key_file) {
             (Some(c), Some(k)) => Ok(Some((
                 std::fs::read(c).map_err(|e| format!("tls.cert_file: cannot read {}: {e}", c.display()))?,

@@ -15,6 +15,9 @@ pub struct ServerTls {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// PEM contents: certificate chain, key, and the client CA when one is required.
+pub type Pems = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 fn read(key: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("tls.{key}: cannot read {}: {e}", path.display()))
 }
@@ -27,7 +30,7 @@ impl ServerTls {
     }
 
     /// The PEM files, as (certificate chain, key, client CA).
-    pub fn pem(&self) -> Result<(Vec<u8>, Vec<u8>, Option<Vec<u8>>), String> {
+    pub fn pem(&self) -> Result<Pems, String> {
         Ok((
             read("cert_file", &self.cert_file)?,
             read("key_file", &self.key_file)?,
