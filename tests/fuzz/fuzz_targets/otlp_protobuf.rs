@@ -1,0 +1,17 @@
+//! OTLP protobuf as the receivers decode it, for every signal: never a panic, and what decodes re-encodes.
+#![no_main]
+
+use infercol_pipelines::{Data, Signal};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: &[u8]| {
+    for signal in Signal::ALL {
+        if let Ok(data) = Data::decode(signal, bytes::Bytes::copy_from_slice(input)) {
+            let (kept, _rejected, _why) = data.without_invalid_spans();
+            let _ = kept.items();
+            let json = kept.to_json();
+            // What we write as OTLP/JSON must read back.
+            assert!(Data::from_json(signal, json.as_bytes()).is_ok(), "{json}");
+        }
+    }
+});
