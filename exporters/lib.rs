@@ -10,6 +10,15 @@ use std::time::Duration;
 
 use infercol_pipelines::ComponentError;
 
+/// The server's throttle delay from a `Retry-After` header (seconds).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 /// An HTTP client with the exporter's headers, timeout and trusted CA, shared by the HTTP exporters.
 pub(crate) fn http_client(
     headers: &BTreeMap<String, String>,

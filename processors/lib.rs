@@ -3,3 +3,4 @@
 pub mod batch;
 pub mod memory_limiter;
 pub mod model_metrics;
+mod ticker;

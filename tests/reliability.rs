@@ -380,8 +380,8 @@ service:
     assert_eq!(partial.rejected_spans, 2);
     assert!(!partial.error_message.is_empty());
 
-    // 200,000 distinct attribute values: memory stays bounded, the overflow series takes the rest.
-    for batch in 0..20u64 {
+    // 1,000,000 distinct attribute values: memory stays bounded, the overflow series takes the rest.
+    for batch in 0..100u64 {
         let mut r = request(1_000_000 + batch * 10_000, 10_000, 0);
         for (i, s) in r.resource_spans[0].scope_spans[0].spans.iter_mut().enumerate() {
             s.attributes = vec![kv("user.id", any_value::Value::StringValue(format!("u{}-{i}", batch)))];

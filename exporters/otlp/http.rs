@@ -1,9 +1,8 @@
 use std::io::Write;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use infercol_pipelines::{ComponentError, ComponentId, Data, ExportError, Exporter, Signal};
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::config::{Compression, HttpEncoding, OtlpHttpExporterConfig};
 
@@ -64,12 +63,7 @@ impl Exporter for OtlpHttpExporter {
             .await
             .map_err(|e| ExportError::retryable(format!("sending to {}: {e}", self.urls[signal.index()]), None))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::retry_after(response.headers());
         let bytes = response.bytes().await.unwrap_or_default();
         if status.is_success() {
             if self.encoding == HttpEncoding::Proto

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use infercol_pipelines::{ComponentError, ComponentId, Data, ExportError, Exporter, Payload};
 use prost::Message;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::proto::LabelPair;
 use super::store::{Point, TranslateOptions, Value, classic_buckets, flatten};
@@ -174,12 +174,7 @@ impl Exporter for RemoteWriteExporter {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         let message = format!(
             "HTTP {status} from {}: {}",

@@ -15,7 +15,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde::Deserialize;
-use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,7 +67,7 @@ impl ProcessorFactory for BatchProcessorFactory {
                 counters: ctx.telemetry.processor(&ctx.id, &ctx.pipeline, ctx.signal),
             }),
             timeout: config.timeout,
-            timer: Mutex::new(None),
+            timer: Default::default(),
         }))
     }
 }
@@ -160,7 +159,7 @@ impl Inner {
 pub struct BatchProcessor {
     inner: Arc<Inner>,
     timeout: Duration,
-    timer: Mutex<Option<JoinHandle<()>>>,
+    timer: crate::ticker::Ticker,
 }
 
 #[async_trait]
@@ -187,28 +186,19 @@ impl Consumer for BatchProcessor {
 impl Processor for BatchProcessor {
     async fn start(&self) -> Result<(), ComponentError> {
         let inner = self.inner.clone();
-        let timeout = self.timeout;
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(timeout);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
+        self.timer.start(self.timeout, move || {
+            let inner = inner.clone();
+            async move {
                 if let Err(e) = inner.flush().await {
                     tracing::warn!("batch processor: sending a timed batch: {e}");
                 }
             }
         });
-        if let Ok(mut timer) = self.timer.lock() {
-            *timer = Some(task);
-        }
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        if let Some(task) = self.timer.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-            let _ = task.await;
-        }
+        self.timer.stop().await;
         self.inner
             .flush()
             .await

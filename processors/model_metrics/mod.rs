@@ -16,7 +16,7 @@ pub mod window;
 mod tests;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use infercol_pipelines::telemetry::Labels;
@@ -28,7 +28,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::task::JoinHandle;
 
 use classify::{Classifier, Rejection, adjusted_count};
 use config::{ModelMetricsConfig, Source};
@@ -83,7 +82,7 @@ impl ProcessorFactory for ModelMetricsFactory {
                 overflow,
                 queue_lost,
             }),
-            timer: Mutex::new(None),
+            timer: Default::default(),
         }))
     }
 }
@@ -252,7 +251,7 @@ impl Inner {
 
 pub struct ModelMetricsProcessor {
     inner: Arc<Inner>,
-    timer: Mutex<Option<JoinHandle<()>>>,
+    timer: crate::ticker::Ticker,
 }
 
 #[async_trait]
@@ -269,28 +268,19 @@ impl Consumer for ModelMetricsProcessor {
 impl Processor for ModelMetricsProcessor {
     async fn start(&self) -> Result<(), ComponentError> {
         let inner = self.inner.clone();
-        let every: Duration = inner.config.flush_interval;
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
+        self.timer.start(self.inner.config.flush_interval, move || {
+            let inner = inner.clone();
+            async move {
                 if let Err(e) = inner.flush().await {
                     tracing::warn!(processor = %inner.id, "emitting derived metrics: {e}");
                 }
             }
         });
-        if let Ok(mut timer) = self.timer.lock() {
-            *timer = Some(task);
-        }
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        if let Some(task) = self.timer.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-            let _ = task.await;
-        }
+        self.timer.stop().await;
         self.inner
             .flush()
             .await
