@@ -1,6 +1,7 @@
 //! Exporter `prometheusremotewrite`: the same series as the pull exporter, pushed with the remote write 1.0
 //! protocol (snappy-compressed protobuf `prometheus.WriteRequest`) to Prometheus, Mimir, VictoriaMetrics or any
-//! compatible store. Cumulative only, as the protocol requires: delta points are dropped and counted.
+//! compatible store. The protocol carries cumulative series: delta inputs (from agents) are added up here first,
+//! as the pull exporter does, and the cumulative values are sent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -107,6 +108,8 @@ pub fn timeseries(points: &[Point], external: &[(String, String)], now_ms: i64) 
 }
 
 pub struct RemoteWriteExporter {
+    /// Cumulative values of the series that arrive as deltas.
+    pub store: std::sync::Mutex<super::store::Store>,
     pub id: ComponentId,
     pub client: reqwest::Client,
     pub endpoint: String,
@@ -125,6 +128,7 @@ impl RemoteWriteExporter {
         external_labels: Vec<(String, String)>,
     ) -> Result<RemoteWriteExporter, ComponentError> {
         Ok(RemoteWriteExporter {
+            store: std::sync::Mutex::new(super::store::Store::new(Duration::from_secs(300))),
             id,
             client: crate::http_client(headers, tls, timeout)?,
             endpoint,
@@ -144,15 +148,26 @@ impl Exporter for RemoteWriteExporter {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let points = flatten(request, &self.options);
-        let (series, dropped) = timeseries(&points, &self.external_labels, now_ms);
-        if dropped > 0 {
-            tracing::warn!(
-                exporter = %self.id,
-                dropped,
-                "remote write carries cumulative series only; delta points dropped (set aggregation_temporality: cumulative upstream)"
-            );
+        let mut points = flatten(request, &self.options);
+        if points.iter().any(|p| p.delta) {
+            // Add the deltas up, then send each touched series' cumulative value.
+            let mut store = self
+                .store
+                .lock()
+                .map_err(|_| ExportError::permanent("remote write store lock poisoned"))?;
+            let now = std::time::Instant::now();
+            store.expire(now);
+            store.apply(points.clone(), now);
+            for p in &mut points {
+                if p.delta
+                    && let Some(v) = store.get(&p.family, &p.labels)
+                {
+                    p.value = v.clone();
+                    p.delta = false;
+                }
+            }
         }
+        let (series, _) = timeseries(&points, &self.external_labels, now_ms);
         if series.is_empty() {
             return Ok(());
         }

@@ -458,6 +458,11 @@ impl Store {
         }
     }
 
+    /// The cumulative value of a series, after `apply`.
+    pub fn get(&self, family: &str, labels: &Labels) -> Option<&Value> {
+        self.families.get(family)?.series.get(labels).map(|s| &s.value)
+    }
+
     /// Drops series not updated within `metric_expiration`.
     pub fn expire(&mut self, now: Instant) {
         let expiration = self.expiration;

@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod gateway;
 mod queue;
 mod state;
 pub mod window;
@@ -87,7 +88,7 @@ impl ProcessorFactory for ModelMetricsFactory {
     }
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

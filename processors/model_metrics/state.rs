@@ -92,13 +92,19 @@ impl HistogramMetric {
     /// adds a unit suffix only when the name lacks it) gives `<histogram family>_window`, e.g.
     /// `model.request.duration_seconds_window` -> `model_request_duration_seconds_window`.
     pub fn window_name(self) -> String {
-        let unit_word = match self.quantity() {
-            Quantity::Seconds => "_seconds",
-            Quantity::Bytes => "_bytes",
-            Quantity::Tokens => "",
-        };
-        format!("{}{unit_word}_window", self.name())
+        let (name, unit, _) = self.describe();
+        window_name(name, unit)
     }
+}
+
+/// The OTLP name of the quantile summary of histogram `name` with `unit` (see `HistogramMetric::window_name`).
+pub fn window_name(name: &str, unit: &str) -> String {
+    let unit_word = match unit {
+        "s" => "_seconds",
+        "By" => "_bytes",
+        _ => "",
+    };
+    format!("{name}{unit_word}_window")
 }
 
 /// Dimension values, in the order of the configured dimensions.

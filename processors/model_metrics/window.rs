@@ -38,12 +38,38 @@ impl QuantileWindow {
 
     /// Records a value whose span ended at `end_ns`; false when that is already outside the window.
     pub fn record(&mut self, end_ns: u64, now_ns: u64, value: f64, weight: u64) -> bool {
+        match self.slice_at(end_ns, now_ns) {
+            Some(slice) => {
+                slice.record(value, weight);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a whole histogram observed at `time_ns` (an agent's delta, at a gateway); false when outside the window.
+    pub fn merge<C: infercol_pipelines::histogram::Count>(
+        &mut self,
+        time_ns: u64,
+        now_ns: u64,
+        h: &ExpoHistogram<C>,
+    ) -> bool {
+        match self.slice_at(time_ns, now_ns) {
+            Some(slice) => {
+                slice.merge(h);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn slice_at(&mut self, end_ns: u64, now_ns: u64) -> Option<&mut ExpoHistogram<u32>> {
         let now_slice = now_ns / self.slice_ns;
         // A clock ahead of ours puts the value in the current slice rather than in the future.
         let slice = (end_ns / self.slice_ns).min(now_slice);
         let first = self.first_live(now_ns);
         if slice < first {
-            return false;
+            return None;
         }
         while self.slices.front().is_some_and(|(s, _)| *s < first) {
             self.slices.pop_front();
@@ -56,8 +82,7 @@ impl QuantileWindow {
                 at
             }
         };
-        self.slices[at].1.record(value, weight);
-        true
+        Some(&mut self.slices[at].1)
     }
 
     /// The merged histogram of the values in the window ending at `now_ns`; `None` when it holds none.
