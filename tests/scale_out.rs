@@ -23,7 +23,7 @@ fn kv(key: &str, value: any_value::Value) -> KeyValue {
 
 fn latency(i: u64) -> f64 {
     let u = ((i.wrapping_mul(2654435761) % 1013) as f64 + 0.5) / 1013.0;
-    (u * 5.0 - 3.0).exp() * if i % 61 == 0 { 30.0 } else { 1.0 }
+    (u * 5.0 - 3.0).exp() * if i.is_multiple_of(61) { 30.0 } else { 1.0 }
 }
 
 fn code(i: u64) -> i64 {
