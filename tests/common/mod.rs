@@ -40,6 +40,8 @@ impl Collector {
 
     /// Wraps a spawned child whose stderr is piped; waits until it says it is running.
     pub fn watch(mut child: Child, dir: tempfile::TempDir) -> Collector {
+        // The tests' HTTP clients (reqwest) need the process's TLS provider, even for plain HTTP.
+        install_crypto();
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
