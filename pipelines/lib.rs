@@ -11,6 +11,7 @@ pub mod histogram;
 pub mod raw_codec;
 pub mod replicas;
 pub mod telemetry;
+pub mod tls;
 
 pub use component::{
     AnyConfig, ComponentConfig, ComponentError, ComponentId, ConsumeError, Consumer, Consumers, ExportError, Exporter,

@@ -75,13 +75,19 @@ receivers:
       http: {{ endpoint: "127.0.0.1:0", {tls} }}
 exporters:
   file: {{ path: "{{dir}}/out.jsonl" }}
+  prometheus:
+    endpoint: "127.0.0.1:0"
+    tls: {{ cert_file: "{}", key_file: "{}" }}
 service:
   telemetry:
     metrics: {{ level: none }}
   pipelines:
     traces: {{ receivers: [otlp], exporters: [file] }}
     logs: {{ receivers: [otlp], exporters: [file] }}
-"#
+    metrics: {{ receivers: [otlp], exporters: [prometheus] }}
+"#,
+        p.server_cert.display(),
+        p.server_key.display()
     ));
     let grpc = server.address("OTLP/gRPC");
     let https = server.address("OTLP/HTTP");
@@ -185,4 +191,16 @@ service:
         }
     };
     assert!(refused, "a client certificate from another CA is refused over gRPC");
+
+    // The Prometheus endpoint over TLS.
+    let scrape = server.address("Prometheus metrics");
+    assert!(scrape.starts_with("https://"), "{scrape}");
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&p.ca).unwrap()).unwrap();
+    let scraper = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    assert_eq!(scraper.get(&scrape).send().await.unwrap().status(), 200);
+    let plain = reqwest::get(scrape.replace("https://", "http://")).await;
+    assert!(
+        !plain.is_ok_and(|r| r.status().is_success()),
+        "no plain HTTP on a TLS endpoint"
+    );
 }

@@ -36,6 +36,8 @@ pub struct ResourceToTelemetry {
 #[serde(deny_unknown_fields, default)]
 pub struct PrometheusConfig {
     pub endpoint: Endpoint,
+    /// Serve over TLS (and require client certificates with `client_ca_file`).
+    pub tls: Option<infercol_pipelines::tls::ServerTls>,
     /// Prefix of every family name.
     pub namespace: String,
     /// Labels added to every series.
@@ -52,6 +54,7 @@ impl Default for PrometheusConfig {
     fn default() -> Self {
         PrometheusConfig {
             endpoint: Endpoint::new("127.0.0.1:9464"),
+            tls: None,
             namespace: String::new(),
             const_labels: BTreeMap::new(),
             metric_expiration: Duration::from_secs(300),
@@ -74,6 +77,9 @@ impl ComponentConfig for PrometheusConfig {
     fn validate(&self) -> Result<(), String> {
         if self.metric_expiration.is_zero() {
             return Err("metric_expiration: must be more than 0".into());
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate("")?;
         }
         check_labels("const_labels", &self.const_labels)
     }
@@ -198,6 +204,15 @@ impl Exporter for PrometheusExporter {
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let id = self.id.clone();
+        if let Some(tls) = &self.config.tls {
+            let tls = tls.rustls().map_err(ComponentError::new)?;
+            tracing::info!(exporter = %id, "Prometheus metrics on https://{address}/metrics");
+            let task = tokio::spawn(infercol_pipelines::tls::serve_https(listener, app, tls, stopped));
+            if let Ok(mut server) = self.server.lock() {
+                *server = Some((stop, task));
+            }
+            return Ok(());
+        }
         tracing::info!(exporter = %id, "Prometheus metrics on http://{address}/metrics");
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)

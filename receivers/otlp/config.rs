@@ -65,7 +65,7 @@ where
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub endpoint: Endpoint,
-    pub tls: Option<super::tls::ServerTls>,
+    pub tls: Option<infercol_pipelines::tls::ServerTls>,
     /// The largest request accepted, in MiB (the Collector's default, 4).
     pub max_recv_msg_size_mib: u64,
 }
@@ -84,7 +84,7 @@ impl Default for GrpcConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub endpoint: Endpoint,
-    pub tls: Option<super::tls::ServerTls>,
+    pub tls: Option<infercol_pipelines::tls::ServerTls>,
     /// The largest request body accepted, in bytes, counted after decompression (default 20 MiB).
     pub max_request_body_size: u64,
     pub traces_url_path: String,
@@ -118,11 +118,11 @@ impl ComponentConfig for OtlpReceiverConfig {
                 return Err("protocols.grpc.max_recv_msg_size_mib: must be at least 1".into());
             }
             if let Some(tls) = &g.tls {
-                tls.validate("grpc")?;
+                tls.validate("protocols.grpc.")?;
             }
         }
         if let Some(tls) = self.protocols.http.as_ref().and_then(|h| h.tls.as_ref()) {
-            tls.validate("http")?;
+            tls.validate("protocols.http.")?;
         }
         if let Some(h) = &self.protocols.http {
             if h.max_request_body_size == 0 {

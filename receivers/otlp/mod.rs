@@ -3,7 +3,6 @@
 mod config;
 pub mod grpc;
 pub mod http;
-mod tls;
 
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{GrpcConfig, HttpConfig, OtlpReceiverConfig, Protocols};
-pub use tls::ServerTls;
+pub use infercol_pipelines::tls::ServerTls;
 
 /// The traces export response that reports rejected spans (OTLP partial success), as protobuf or OTLP/JSON.
 pub(crate) fn partial_success(rejected: u64, message: String, json: bool) -> bytes::Bytes {
@@ -115,43 +114,6 @@ impl Receiver for OtlpReceiver {
     }
 }
 
-/// HTTPS: rustls in front of the same router. axum::serve has no TLS; this is its accept loop with a TLS
-/// handshake per connection (a failed handshake, such as a client without the required certificate, only closes
-/// that connection).
-async fn serve_https(
-    listener: TcpListener,
-    router: axum::Router,
-    tls: Arc<rustls::ServerConfig>,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tower::ServiceExt;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("OTLP/HTTPS accept: {e}");
-                    continue;
-                }
-            },
-            _ = &mut stopped => break,
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else { return };
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                router.clone().oneshot(request.map(axum::body::Body::new))
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 impl OtlpReceiver {
     fn serve_grpc(
         &self,
@@ -240,7 +202,7 @@ impl OtlpReceiver {
                 .rustls()
                 .map_err(|e| ComponentError::new(format!("protocols.http.{e}")))?;
             tracing::info!(receiver = %id, "OTLP/HTTP on {address} (TLS)");
-            let task = tokio::spawn(serve_https(listener, router, tls, stopped));
+            let task = tokio::spawn(infercol_pipelines::tls::serve_https(listener, router, tls, stopped));
             return Ok(Server { stop, task });
         }
         tracing::info!(receiver = %id, "OTLP/HTTP on {address}");

@@ -1,5 +1,5 @@
-//! TLS and mutual TLS for the OTLP servers (rustls): a certificate and key, and optionally the CA whose client
-//! certificates are required.
+//! TLS and mutual TLS for the servers the collector runs (the OTLP receiver's HTTP side, the Prometheus endpoint):
+//! a certificate and key, and optionally the CA whose client certificates are required (rustls).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,5 +80,42 @@ impl ServerTls {
             .map_err(|e| format!("tls: certificate and key do not fit: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+/// Serves `router` over HTTPS on `listener` until `stopped`. axum::serve has no TLS; this is its accept loop with a
+/// TLS handshake per connection (a failed handshake, such as a client without the required certificate, only closes
+/// that connection).
+pub async fn serve_https(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("HTTPS accept: {e}");
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else { return };
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

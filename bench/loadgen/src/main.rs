@@ -1,0 +1,260 @@
+//! infercol-loadgen: realistic model-service spans over OTLP/gRPC, pre-encoded so that the generator is never the
+//! bottleneck.
+//!
+//!   infercol-loadgen --endpoint HOST:PORT --duration SECONDS [--rate SPANS_PER_SEC] [--batch SPANS] [--concurrency N]
+//!
+//! Each request holds `--batch` spans over several resources (models, deployments, environments): half SERVER
+//! request spans with the contract's attributes (HTTP status mix, body sizes, tokens, a first-token event) and half
+//! their `predict` children. Without `--rate` it sends as fast as the collector acknowledges. It ends with one line
+//! of JSON: `sent`, `acknowledged`, `refused` (spans), `requests` (request spans acknowledged) and `spans_per_sec`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use infercol_pipelines::RawCodec;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event};
+use prost::Message;
+
+#[derive(Parser)]
+#[command(about = "Sends model-service spans over OTLP/gRPC and reports what was acknowledged")]
+struct Args {
+    /// The collector's OTLP/gRPC endpoint, HOST:PORT.
+    #[arg(long)]
+    endpoint: String,
+    #[arg(long)]
+    duration: f64,
+    /// Spans per second in all; without it, as fast as acknowledged.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Spans per request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Distinct pre-encoded requests to cycle through.
+    #[arg(long, default_value_t = 64)]
+    variants: usize,
+}
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn unit(n: u64) -> f64 {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One pre-encoded request: its bytes, its spans and its request spans.
+struct Variant {
+    body: Bytes,
+    spans: u64,
+    requests: u64,
+}
+
+/// One request of `batch` spans (half request spans).
+fn request(variant: u64, batch: usize, now: u64) -> Variant {
+    let models = ["llama-3-8b", "whisper-large", "sdxl", "bert-base"];
+    let per_resource = (batch / 4).max(2) & !1;
+    let mut resource_spans = Vec::new();
+    let mut requests = 0;
+    let mut n = variant * batch as u64;
+    let mut left = batch;
+    let mut r = 0;
+    while left > 0 {
+        let count = per_resource.min(left);
+        let model = models[(variant as usize + r) % models.len()];
+        let mut spans = Vec::with_capacity(count);
+        for i in 0..count {
+            n += 1;
+            let is_request = i % 2 == 0;
+            let seconds = (unit(n) * 4.0 - 3.0).exp();
+            let end = now - (unit(n ^ 9) * 5e9) as u64;
+            let start = end - (seconds * 1e9) as u64;
+            let trace = [(n / 2).to_be_bytes(), variant.to_be_bytes()].concat();
+            let span = if is_request {
+                requests += 1;
+                let code = match n % 40 {
+                    0 => 500,
+                    1 | 2 => 429,
+                    3 => 404,
+                    _ => 200,
+                };
+                Span {
+                    trace_id: trace,
+                    span_id: (n | 1 << 63).to_be_bytes().to_vec(),
+                    name: "POST /v1/predict".into(),
+                    kind: 2,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: end,
+                    attributes: vec![
+                        kv("http.request.method", Value::StringValue("POST".into())),
+                        kv("http.route", Value::StringValue("/v1/predict".into())),
+                        kv("http.response.status_code", Value::IntValue(code)),
+                        kv("http.request.body.size", Value::IntValue((unit(n ^ 1) * 4096.0) as i64)),
+                        kv(
+                            "http.response.body.size",
+                            Value::IntValue((unit(n ^ 2) * 65536.0) as i64),
+                        ),
+                        kv(
+                            "gen_ai.usage.input_tokens",
+                            Value::IntValue((unit(n ^ 3) * 512.0) as i64),
+                        ),
+                        kv(
+                            "gen_ai.usage.output_tokens",
+                            Value::IntValue((unit(n ^ 4) * 256.0) as i64),
+                        ),
+                        kv("server.address", Value::StringValue("10.0.0.7".into())),
+                    ],
+                    events: vec![Event {
+                        name: "first_token".into(),
+                        time_unix_nano: start + (seconds * 2e8) as u64,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+            } else {
+                Span {
+                    trace_id: trace,
+                    span_id: n.to_be_bytes().to_vec(),
+                    parent_span_id: ((n - 1) | 1 << 63).to_be_bytes().to_vec(),
+                    name: "predict".into(),
+                    kind: 1,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: start + (seconds * 0.7e9) as u64,
+                    ..Default::default()
+                }
+            };
+            spans.push(span);
+        }
+        resource_spans.push(ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", Value::StringValue(model.into())),
+                    kv("service.version", Value::StringValue(format!("v{}", r % 3))),
+                    kv(
+                        "deployment.environment.name",
+                        Value::StringValue(if r % 2 == 0 { "prod" } else { "staging" }.into()),
+                    ),
+                    kv("service.instance.id", Value::StringValue(format!("{model}-{r}"))),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        left -= count;
+        r += 1;
+    }
+    Variant {
+        body: Bytes::from(ExportTraceServiceRequest { resource_spans }.encode_to_vec()),
+        spans: batch as u64,
+        requests,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let variants: Arc<Vec<Variant>> = Arc::new(
+        (0..args.variants.max(1) as u64)
+            .map(|v| request(v, args.batch.max(2), now))
+            .collect(),
+    );
+    let endpoint = if args.endpoint.contains("://") {
+        args.endpoint.clone()
+    } else {
+        format!("http://{}", args.endpoint)
+    };
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .expect("a valid endpoint")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("the collector accepts connections");
+    let (sent, acked, refused, requests) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    // With a rate, each worker sends its share on a fixed schedule.
+    let per_worker_interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.batch as f64 * args.concurrency as f64 / rate.max(1.0)));
+    let mut tasks = Vec::new();
+    for w in 0..args.concurrency.max(1) {
+        let (variants, channel) = (variants.clone(), channel.clone());
+        let (sent, acked, refused, requests) = (sent.clone(), acked.clone(), refused.clone(), requests.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            let path =
+                http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+            let mut ticks = per_worker_interval.map(tokio::time::interval);
+            let mut i = w;
+            while Instant::now() < deadline {
+                if let Some(t) = &mut ticks {
+                    t.tick().await;
+                }
+                let variant = &variants[i % variants.len()];
+                i += 1;
+                let spans = variant.spans;
+                sent.fetch_add(spans, Ordering::Relaxed);
+                if grpc.ready().await.is_err() {
+                    refused.fetch_add(spans, Ordering::Relaxed);
+                    continue;
+                }
+                let result = grpc
+                    .unary::<_, Bytes, _>(tonic::Request::new(variant.body.clone()), path.clone(), RawCodec)
+                    .await;
+                match result {
+                    Ok(_) => {
+                        acked.fetch_add(spans, Ordering::Relaxed);
+                        requests.fetch_add(variant.requests, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        refused.fetch_add(spans, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let acknowledged = acked.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": sent.load(Ordering::Relaxed),
+            "acknowledged": acknowledged,
+            "refused": refused.load(Ordering::Relaxed),
+            "requests": requests.load(Ordering::Relaxed),
+            "spans_per_sec": (acknowledged as f64 / elapsed).round(),
+            "seconds": (elapsed * 1000.0).round() / 1000.0,
+        })
+    );
+}
