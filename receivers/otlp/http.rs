@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use infercol_pipelines::telemetry::ReceiverCounters;
 use infercol_pipelines::{ConsumeError, Consumer, Data, Signal};
 use prost::Message;
@@ -76,6 +76,33 @@ fn grpc_code_for(status: StatusCode) -> i32 {
     }
 }
 
+/// What an oversize body is still read (and dropped) for, so that the client, still sending, sees the 413 instead
+/// of a broken connection; past it the connection is closed.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// The body, or `None` when it is over `max` bytes (what follows is read and discarded, up to `DRAIN_LIMIT`).
+async fn read_body(body: Body, max: usize) -> Result<Option<Bytes>, axum::Error> {
+    let mut body = body;
+    let mut kept: Vec<u8> = Vec::new();
+    let mut over = false;
+    let mut drained = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        if over {
+            drained += data.len();
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        } else if kept.len() + data.len() > max {
+            over = true;
+            kept = Vec::new();
+        } else {
+            kept.extend_from_slice(&data);
+        }
+    }
+    Ok((!over).then(|| Bytes::from(kept)))
+}
+
 pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: Body) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if !route.auth.allows(authorization) {
@@ -121,9 +148,9 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
             Some(format!("request body larger than max_request_body_size ({max} bytes)")),
         )
     };
-    let raw = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+    let raw = match read_body(body, max).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return too_large(),
         Err(e) => {
             return answer(
                 encoding,
