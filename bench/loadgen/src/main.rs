@@ -84,7 +84,8 @@ fn request(variant: u64, batch: usize, now: u64) -> Variant {
             let seconds = (unit(n) * 4.0 - 3.0).exp();
             let end = now - (unit(n ^ 9) * 5e9) as u64;
             let start = end - (seconds * 1e9) as u64;
-            let trace = [(n / 2).to_be_bytes(), variant.to_be_bytes()].concat();
+            // Never all zero: an all-zero id is invalid and the collector would reject the span.
+            let trace = [(n / 2 + 1).to_be_bytes(), (variant + 1).to_be_bytes()].concat();
             let span = if is_request {
                 requests += 1;
                 let code = match n % 40 {
@@ -230,9 +231,21 @@ async fn main() {
                     .unary::<_, Bytes, _>(tonic::Request::new(variant.body.clone()), path.clone(), RawCodec)
                     .await;
                 match result {
-                    Ok(_) => {
-                        acked.fetch_add(spans, Ordering::Relaxed);
-                        requests.fetch_add(variant.requests, Ordering::Relaxed);
+                    Ok(response) => {
+                        // Spans the collector rejected through partial success are not acknowledged.
+                        let rejected =
+                            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(
+                                response.into_inner(),
+                            )
+                            .ok()
+                            .and_then(|r| r.partial_success)
+                            .map(|p| p.rejected_spans.max(0) as u64)
+                            .unwrap_or(0);
+                        acked.fetch_add(spans - rejected.min(spans), Ordering::Relaxed);
+                        refused.fetch_add(rejected.min(spans), Ordering::Relaxed);
+                        if rejected == 0 {
+                            requests.fetch_add(variant.requests, Ordering::Relaxed);
+                        }
                     }
                     Err(_) => {
                         refused.fetch_add(spans, Ordering::Relaxed);
