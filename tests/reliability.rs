@@ -381,10 +381,10 @@ service:
     assert!(!partial.error_message.is_empty());
 
     // 1,000,000 distinct attribute values: memory stays bounded, the overflow series takes the rest.
-    for batch in 0..100u64 {
-        let mut r = request(1_000_000 + batch * 10_000, 10_000, 0);
+    for batch in 0..500u64 {
+        let mut r = request(1_000_000 + batch * 2_000, 2_000, 0);
         for (i, s) in r.resource_spans[0].scope_spans[0].spans.iter_mut().enumerate() {
-            s.attributes = vec![kv("user.id", any_value::Value::StringValue(format!("u{}-{i}", batch)))];
+            s.attributes = vec![kv("user.id", any_value::Value::StringValue(format!("u{batch}-{i}")))];
         }
         assert_eq!(
             post(r.encode_to_vec(), PB, None, Some("s3cret"))
@@ -399,7 +399,13 @@ service:
     });
     assert!(!lines.is_empty());
     let peak = peak_rss(c.child.id());
-    assert!(peak < 600 << 20, "bounded memory: peak {} MiB", peak >> 20);
+    // What the pipeline holds at most (64 requests in its entry, the exporter's queue) bounds the peak, not the
+    // 1,000,000 values: 1,000 series per metric and one overflow series are all model_metrics keeps.
+    eprintln!(
+        "peak resident memory after 1,000,000 distinct values: {} MiB",
+        peak >> 20
+    );
+    assert!(peak < 400 << 20, "bounded memory: peak {} MiB", peak >> 20);
 
     // Still serving: a valid request after all that is accepted and passed on (the only 3-span request).
     let r = post(valid, PB, None, Some("s3cret")).await.unwrap();
