@@ -7,56 +7,30 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Collector, otlp_to_file, read_jsonl_until, spans_of};
+use common::{Collector, kv, otlp_to_file, read_jsonl_until, server_span, spans_of, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::common::v1::any_value;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A request of `n` SERVER spans whose span ids are `first..first+n` (so every span is unique and traceable).
+/// A request of `n` SERVER spans whose span ids are `first+1..=first+n` (so every span is unique and traceable).
 fn request(first: u64, n: u64) -> ExportTraceServiceRequest {
+    let ok = || vec![kv("http.response.status_code", any_value::Value::IntValue(200))];
     let spans = (first..first + n)
-        .map(|id| Span {
-            trace_id: [&id.to_be_bytes()[..], &[7u8; 8][..]].concat(),
-            span_id: (id + 1).to_be_bytes().to_vec(),
-            name: "POST /predict".into(),
-            kind: 2,
-            start_time_unix_nano: 1_764_300_000_000_000_000 + id,
-            end_time_unix_nano: 1_764_300_000_050_000_000 + id,
-            attributes: vec![KeyValue {
-                key: "http.response.status_code".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::IntValue(200)),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
+        .map(|id| {
+            server_span(
+                id,
+                7,
+                1_764_300_000_000_000_000 + id,
+                1_764_300_000_050_000_000 + id,
+                ok(),
+            )
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("resnet".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request("resnet", spans)
 }
 
 fn span_ids_in_file(c: &Collector, at_least: usize) -> BTreeSet<String> {

@@ -4,20 +4,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Collector, otlp_to_file, read_jsonl_until, spans_of};
+use common::{Collector, free_port, kv, otlp_to_file, read_jsonl_until, server_span, spans_of, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use opentelemetry_proto::tonic::common::v1::any_value;
 
 struct Otelcol(Child);
 
@@ -47,39 +40,14 @@ fn otelcol(dir: &std::path::Path, name: &str, yaml: &str) -> Otelcol {
 }
 
 fn request(first: u64, n: u64) -> ExportTraceServiceRequest {
-    let kv = |k: &str, v: any_value::Value| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    };
     let spans = (first..first + n)
-        .map(|i| Span {
-            trace_id: [i.to_be_bytes(), [4; 8]].concat(),
-            span_id: (i + 1).to_be_bytes().to_vec(),
-            name: "POST /predict".into(),
-            kind: 2,
-            start_time_unix_nano: 1_764_300_000_000_000_000,
-            end_time_unix_nano: 1_764_300_000_200_000_000,
-            attributes: vec![kv(
-                "http.response.status_code",
-                any_value::Value::IntValue(if i % 5 == 0 { 503 } else { 200 }),
-            )],
-            ..Default::default()
+        .map(|i| {
+            let code = if i % 5 == 0 { 503 } else { 200 };
+            let attributes = vec![kv("http.response.status_code", any_value::Value::IntValue(code))];
+            server_span(i, 4, 1_764_300_000_000_000_000, 1_764_300_000_200_000_000, attributes)
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", any_value::Value::StringValue("bert".into()))],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request("bert", spans)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

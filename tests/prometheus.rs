@@ -5,22 +5,14 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Collector;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use common::{Collector, free_port, kv, server_span, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::common::v1::any_value;
 
 /// A port that was free a moment ago (Prometheus cannot report a port it chose itself).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn which(binary: &str) -> String {
     let found = Command::new("sh")
         .arg("-c")
@@ -121,14 +113,6 @@ impl Prometheus {
     }
 }
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
-
 /// The latency of request `i`: lognormal-like, spread over two decades.
 fn latency(i: u64) -> f64 {
     let u = ((i.wrapping_mul(2654435761) % 1009) as f64 + 0.5) / 1009.0;
@@ -141,7 +125,7 @@ async fn send_requests(endpoint: String, n: u64) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let spans: Vec<Span> = (0..n)
+    let spans: Vec<_> = (0..n)
         .map(|i| {
             let code = if i % 10 == 0 {
                 503
@@ -150,42 +134,20 @@ async fn send_requests(endpoint: String, n: u64) {
             } else {
                 200
             };
-            Span {
-                trace_id: [i.to_be_bytes(), [9; 8]].concat(),
-                span_id: (i + 1).to_be_bytes().to_vec(),
-                name: "POST /predict".into(),
-                kind: 2,
-                start_time_unix_nano: now - (latency(i) * 1e9) as u64,
-                end_time_unix_nano: now,
-                attributes: vec![kv("http.response.status_code", any_value::Value::IntValue(code))],
-                ..Default::default()
-            }
+            let attributes = vec![kv("http.response.status_code", any_value::Value::IntValue(code))];
+            server_span(i, 9, now - (latency(i) * 1e9) as u64, now, attributes)
         })
         .collect();
     let mut client = TraceServiceClient::connect(endpoint).await.unwrap();
     for chunk in spans.chunks(50) {
-        client
-            .export(ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    resource: Some(Resource {
-                        attributes: vec![
-                            kv("service.name", any_value::Value::StringValue("bert".into())),
-                            kv(
-                                "deployment.environment.name",
-                                any_value::Value::StringValue("prod".into()),
-                            ),
-                        ],
-                        ..Default::default()
-                    }),
-                    scope_spans: vec![ScopeSpans {
-                        spans: chunk.to_vec(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            })
-            .await
-            .unwrap();
+        let mut request = traces_request("bert", chunk.to_vec());
+        if let Some(resource) = request.resource_spans[0].resource.as_mut() {
+            resource.attributes.push(kv(
+                "deployment.environment.name",
+                any_value::Value::StringValue("prod".into()),
+            ));
+        }
+        client.export(request).await.unwrap();
     }
 }
 

@@ -5,57 +5,26 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Collector, otlp_to_file, read_jsonl, read_jsonl_until, spans_of};
+use common::{
+    Collector, free_port, kv, otlp_to_file, read_jsonl, read_jsonl_until, server_span, spans_of, traces_request,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
 
 /// `n` valid SERVER spans with span ids first+1 ..= first+n, each with a payload attribute of `pad` bytes.
 fn request(first: u64, n: u64, pad: usize) -> ExportTraceServiceRequest {
     let spans = (first..first + n)
-        .map(|id| Span {
-            trace_id: [id.to_be_bytes(), [3; 8]].concat(),
-            span_id: (id + 1).to_be_bytes().to_vec(),
-            name: "POST /predict".into(),
-            kind: 2,
-            start_time_unix_nano: 1_764_300_000_000_000_000,
-            end_time_unix_nano: 1_764_300_000_100_000_000,
-            attributes: vec![kv("payload", any_value::Value::StringValue("x".repeat(pad)))],
-            ..Default::default()
+        .map(|id| {
+            let attributes = vec![kv("payload", any_value::Value::StringValue("x".repeat(pad)))];
+            server_span(id, 3, 1_764_300_000_000_000_000, 1_764_300_000_100_000_000, attributes)
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", any_value::Value::StringValue("m".into()))],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request("m", spans)
 }
 
 fn ids_in(lines: &[serde_json::Value]) -> Vec<u64> {

@@ -6,20 +6,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::Collector;
+use common::{Collector, kv, server_span, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
+use opentelemetry_proto::tonic::common::v1::any_value;
 
 fn latency(i: u64) -> f64 {
     let u = ((i.wrapping_mul(2654435761) % 1013) as f64 + 0.5) / 1013.0;
@@ -37,30 +27,12 @@ fn code(i: u64) -> i64 {
 fn request(ids: std::ops::Range<u64>) -> ExportTraceServiceRequest {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     let spans = ids
-        .map(|i| Span {
-            trace_id: [i.to_be_bytes(), [5; 8]].concat(),
-            span_id: (i + 1).to_be_bytes().to_vec(),
-            name: "POST /predict".into(),
-            kind: 2,
-            start_time_unix_nano: now - (latency(i) * 1e9) as u64,
-            end_time_unix_nano: now,
-            attributes: vec![kv("http.response.status_code", any_value::Value::IntValue(code(i)))],
-            ..Default::default()
+        .map(|i| {
+            let attributes = vec![kv("http.response.status_code", any_value::Value::IntValue(code(i)))];
+            server_span(i, 5, now - (latency(i) * 1e9) as u64, now, attributes)
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", any_value::Value::StringValue("clip".into()))],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request("clip", spans)
 }
 
 async fn send(endpoint: String, ids: std::ops::Range<u64>) {

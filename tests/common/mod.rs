@@ -217,3 +217,66 @@ service:
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// A port that was free a moment ago, for servers that cannot report a port 0 they were given (Prometheus, the
+/// OpenTelemetry Collector) or that must be known before they start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn kv(
+    key: &str,
+    value: opentelemetry_proto::tonic::common::v1::any_value::Value,
+) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    opentelemetry_proto::tonic::common::v1::KeyValue {
+        key: key.into(),
+        value: Some(opentelemetry_proto::tonic::common::v1::AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+/// A SERVER request span number `id`: span id `id + 1`, trace id from `id` and `tag`, never all zero.
+pub fn server_span(
+    id: u64,
+    tag: u8,
+    start: u64,
+    end: u64,
+    attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+) -> opentelemetry_proto::tonic::trace::v1::Span {
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: [id.to_be_bytes(), [tag.max(1); 8]].concat(),
+        span_id: (id + 1).to_be_bytes().to_vec(),
+        name: "POST /predict".into(),
+        kind: 2,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// An export request of `spans` from one service.
+pub fn traces_request(
+    service: &str,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![kv("service.name", Value::StringValue(service.into()))],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
