@@ -36,3 +36,36 @@ impl Ticker {
         }
     }
 }
+
+/// Something a processor flushes on a timer and at shutdown.
+#[async_trait::async_trait]
+pub(crate) trait Flush: Send + Sync + 'static {
+    async fn flush(&self) -> Result<(), infercol_pipelines::ConsumeError>;
+}
+
+impl Ticker {
+    /// Flushes `target` every `every`; a failed flush is logged as `what`.
+    pub fn flush_every<F: Flush>(&self, every: Duration, target: std::sync::Arc<F>, what: &'static str) {
+        self.start(every, move || {
+            let target = target.clone();
+            async move {
+                if let Err(e) = target.flush().await {
+                    tracing::warn!("{what}: {e}");
+                }
+            }
+        });
+    }
+
+    /// Stops the timer, then flushes what is left.
+    pub async fn stop_and_flush<F: Flush>(
+        &self,
+        target: &F,
+        what: &str,
+    ) -> Result<(), infercol_pipelines::ComponentError> {
+        self.stop().await;
+        target
+            .flush()
+            .await
+            .map_err(|e| infercol_pipelines::ComponentError::new(format!("{what} at shutdown: {e}")))
+    }
+}

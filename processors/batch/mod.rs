@@ -146,7 +146,10 @@ impl Inner {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl crate::ticker::Flush for Inner {
     async fn flush(&self) -> Result<(), ConsumeError> {
         let batches = match self.pending.lock() {
             Ok(mut p) => p.take(),
@@ -185,24 +188,16 @@ impl Consumer for BatchProcessor {
 #[async_trait]
 impl Processor for BatchProcessor {
     async fn start(&self) -> Result<(), ComponentError> {
-        let inner = self.inner.clone();
-        self.timer.start(self.timeout, move || {
-            let inner = inner.clone();
-            async move {
-                if let Err(e) = inner.flush().await {
-                    tracing::warn!("batch processor: sending a timed batch: {e}");
-                }
-            }
-        });
+        self.timer.flush_every(
+            self.timeout,
+            self.inner.clone(),
+            "batch processor: sending a timed batch",
+        );
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        self.timer.stop().await;
-        self.inner
-            .flush()
-            .await
-            .map_err(|e| ComponentError::new(format!("flushing at shutdown: {e}")))
+        self.timer.stop_and_flush(&*self.inner, "flushing the batch").await
     }
 }
 

@@ -15,7 +15,6 @@ use infercol_pipelines::{
 };
 use serde::Deserialize;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
-use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -129,7 +128,7 @@ impl ProcessorFactory for MemoryLimiterFactory {
             }),
             check_interval: config.check_interval,
             id: ctx.id.to_string(),
-            task: std::sync::Mutex::new(None),
+            task: Default::default(),
         }))
     }
 }
@@ -139,7 +138,7 @@ pub struct MemoryLimiter {
     limiter: Arc<Limiter>,
     check_interval: Duration,
     id: String,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    task: crate::ticker::Ticker,
 }
 
 #[async_trait]
@@ -180,23 +179,15 @@ impl Processor for MemoryLimiter {
         };
         check(&mut system);
         // Reading one process's memory is a read of /proc: quick enough to run on the async runtime.
-        let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                check(&mut system);
-            }
+        self.task.start(every, move || {
+            check(&mut system);
+            std::future::ready(())
         });
-        if let Ok(mut t) = self.task.lock() {
-            *t = Some(task);
-        }
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-        }
+        self.task.stop().await;
         Ok(())
     }
 }

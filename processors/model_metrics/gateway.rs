@@ -168,7 +168,10 @@ impl Inner {
         }
         request
     }
+}
 
+#[async_trait]
+impl crate::ticker::Flush for Inner {
     async fn flush(&self) -> Result<(), ConsumeError> {
         let now = super::now_ns();
         let mut by_metric: BTreeMap<(String, String), Vec<SummaryDataPoint>> = BTreeMap::new();
@@ -249,23 +252,17 @@ impl Consumer for ModelQuantiles {
 #[async_trait]
 impl Processor for ModelQuantiles {
     async fn start(&self) -> Result<(), ComponentError> {
-        let inner = self.inner.clone();
-        self.timer.start(self.inner.config.flush_interval, move || {
-            let inner = inner.clone();
-            async move {
-                if let Err(e) = inner.flush().await {
-                    tracing::warn!("model_quantiles: emitting merged quantiles: {e}");
-                }
-            }
-        });
+        self.timer.flush_every(
+            self.inner.config.flush_interval,
+            self.inner.clone(),
+            "model_quantiles: emitting merged quantiles",
+        );
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        self.timer.stop().await;
-        self.inner
-            .flush()
+        self.timer
+            .stop_and_flush(&*self.inner, "emitting merged quantiles")
             .await
-            .map_err(|e| ComponentError::new(format!("emitting merged quantiles at shutdown: {e}")))
     }
 }

@@ -231,7 +231,10 @@ impl Inner {
                 .inc();
         }
     }
+}
 
+#[async_trait]
+impl crate::ticker::Flush for Inner {
     async fn flush(&self) -> Result<(), ConsumeError> {
         let (request, lost) = match self.state.lock() {
             Ok(mut state) => state.flush(now_ns(), &self.replicas),
@@ -268,23 +271,17 @@ impl Consumer for ModelMetricsProcessor {
 #[async_trait]
 impl Processor for ModelMetricsProcessor {
     async fn start(&self) -> Result<(), ComponentError> {
-        let inner = self.inner.clone();
-        self.timer.start(self.inner.config.flush_interval, move || {
-            let inner = inner.clone();
-            async move {
-                if let Err(e) = inner.flush().await {
-                    tracing::warn!(processor = %inner.id, "emitting derived metrics: {e}");
-                }
-            }
-        });
+        self.timer.flush_every(
+            self.inner.config.flush_interval,
+            self.inner.clone(),
+            "model_metrics: emitting derived metrics",
+        );
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        self.timer.stop().await;
-        self.inner
-            .flush()
+        self.timer
+            .stop_and_flush(&*self.inner, "emitting derived metrics")
             .await
-            .map_err(|e| ComponentError::new(format!("emitting derived metrics at shutdown: {e}")))
     }
 }
