@@ -132,7 +132,7 @@ fn hot_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let config: AnyConfig = Box::new(ModelMetricsConfig::default());
+    let config: AnyConfig = Box::<ModelMetricsConfig>::default();
     let processor = ModelMetricsFactory
         .create(
             &config,
