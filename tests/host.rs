@@ -238,7 +238,9 @@ service:
     // Follow the page and /proc/stat together: when a new collection appears, compare it with /proc/stat over the
     // same 2 s, and memory with /proc/meminfo at that moment.
     let mut stat_history: Vec<(std::time::Instant, (u64, u64))> = Vec::new();
-    let mut last_cpu: Option<f64> = None;
+    // A new collection shows as a change of the (CPU, used memory) pair: memory in bytes moves every collection,
+    // CPU alone can read the same on a saturated machine.
+    let mut last_seen: Option<(f64, f64)> = None;
     let mut checked_cpu = 0;
     let mut attributed = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
@@ -246,8 +248,13 @@ service:
         stat_history.push((std::time::Instant::now(), proc_stat()));
         let page = http.get(&page_url).send().await.unwrap().text().await.unwrap();
         let cpu = sample(&page, "system_cpu_utilization_ratio", "");
-        if let Some(cpu) = cpu
-            && last_cpu.is_some_and(|l| l != cpu)
+        let seen = cpu.zip(sample(
+            &page,
+            "system_memory_usage_bytes",
+            "system_memory_state=\"used\"",
+        ));
+        if let Some((cpu, _)) = seen
+            && last_seen.is_some_and(|l| Some(l) != seen)
         {
             let now = std::time::Instant::now();
             let (busy1, total1) = stat_history.last().unwrap().1;
@@ -272,8 +279,8 @@ service:
             assert!(((limit - meminfo("MemTotal")) / limit).abs() <= 0.05, "limit {limit}");
             checked_cpu += 1;
         }
-        if cpu.is_some() {
-            last_cpu = cpu;
+        if seen.is_some() {
+            last_seen = seen;
         }
         let pid_label = format!("process_pid=\"{child_pid}\"");
         if let (Some(cpu), Some(rss)) = (
