@@ -43,11 +43,31 @@ impl StatusClass {
     }
 }
 
-/// A request's status: protocol, the code as a label value, and its class.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A status code as the `status_code` label shows it; kept without allocating (a series key is built per span).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Code {
+    /// An HTTP status or a WebSocket close code.
+    Number(i64),
+    /// A gRPC code's name.
+    Name(&'static str),
+    Unset,
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Code::Number(n) => write!(f, "{n}"),
+            Code::Name(name) => f.write_str(name),
+            Code::Unset => f.write_str("unset"),
+        }
+    }
+}
+
+/// A request's status: protocol, the code (the `status_code` label), and its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Status {
     pub protocol: Protocol,
-    pub code: String,
+    pub code: Code,
     pub class: StatusClass,
 }
 
@@ -245,14 +265,14 @@ impl Classifier {
         let websocket = find(attrs, &rules.websocket_close_code_attributes);
         let (protocol, coded) = if is_grpc {
             let coded =
-                grpc_code.map(|v| grpc_status(v).map(|(name, http)| (name.to_string(), StatusClass::of_http(http))));
+                grpc_code.map(|v| grpc_status(v).map(|(name, http)| (Code::Name(name), StatusClass::of_http(http))));
             (Protocol::Grpc, coded)
         } else if let Some(v) = websocket {
-            let coded = Some(integer(v).map(|c| (c.to_string(), websocket_class(c))));
+            let coded = Some(integer(v).map(|c| (Code::Number(c), websocket_class(c))));
             (Protocol::Websocket, coded)
         } else {
             let coded = find(attrs, &rules.http_status_code_attributes)
-                .map(|v| integer(v).and_then(|c| StatusClass::of_http(c).map(|k| (c.to_string(), Some(k)))));
+                .map(|v| integer(v).and_then(|c| StatusClass::of_http(c).map(|k| (Code::Number(c), Some(k)))));
             (Protocol::Http, coded)
         };
         match coded {
@@ -267,13 +287,13 @@ impl Classifier {
                 rejected.push(Rejection::InvalidStatusCode);
                 Status {
                     protocol,
-                    code: "unset".into(),
+                    code: Code::Unset,
                     class: self.class_without_code(span),
                 }
             }
             None => Status {
                 protocol,
-                code: "unset".into(),
+                code: Code::Unset,
                 class: self.class_without_code(span),
             },
         }
@@ -412,7 +432,7 @@ mod tests {
         let (r, _) = classify(&span(attributes));
         (
             r.status.protocol.as_str().into(),
-            r.status.code,
+            r.status.code.to_string(),
             r.status.class.as_str().into(),
         )
     }
@@ -530,7 +550,7 @@ mod tests {
             message: "boom".into(),
         });
         assert_eq!(classify(&s).0.status.class.as_str(), "5xx");
-        assert_eq!(classify(&s).0.status.code, "unset");
+        assert_eq!(classify(&s).0.status.code, Code::Unset);
         let mut s = span(vec![]);
         s.events.push(Event {
             name: "exception".into(),
@@ -555,7 +575,10 @@ mod tests {
     #[test]
     fn non_numeric_or_impossible_status_codes_are_rejected_and_counted() {
         let (r, rejected) = classify(&span(vec![string("http.response.status_code", "teapot")]));
-        assert_eq!((r.status.code.as_str(), r.status.class.as_str()), ("unset", "2xx"));
+        assert_eq!(
+            (r.status.code.to_string().as_str(), r.status.class.as_str()),
+            ("unset", "2xx")
+        );
         assert_eq!(rejected, vec![Rejection::InvalidStatusCode]);
         let (_, rejected) = classify(&span(vec![int("http.response.status_code", 999)]));
         assert_eq!(rejected, vec![Rejection::InvalidStatusCode]);

@@ -220,7 +220,7 @@ impl State {
     /// Counts one request (with its sampling weight); returns whether it went to the overflow series.
     pub fn count_request(&mut self, dims: &Dims, status: &Status, weight: f64, now_ns: u64) -> bool {
         let limit = self.config.cardinality_limit;
-        let key: RequestKey = Some((dims.clone(), status.clone()));
+        let key: RequestKey = Some((dims.clone(), *status));
         let add = |series: &mut CounterSeries| {
             series.value += weight;
             series.last_seen_ns = now_ns;
@@ -363,7 +363,7 @@ impl State {
                     Some(dims),
                     &[
                         ("protocol", status.protocol.as_str()),
-                        ("status_code", &status.code),
+                        ("status_code", &status.code.to_string()),
                         ("status_class", status.class.as_str()),
                     ],
                 ),
