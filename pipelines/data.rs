@@ -316,3 +316,32 @@ fn count_items(payload: &Payload) -> usize {
             .sum(),
     }
 }
+
+/// A metrics export request of one resource and one instrumentation scope (what the collector's own sources emit).
+pub fn metrics_request(
+    resource: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+    scope: &str,
+    metrics: Vec<opentelemetry_proto::tonic::metrics::v1::Metric>,
+) -> ExportMetricsServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: resource,
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: scope.into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use infercol_pipelines::{ComponentError, Consumer, Data};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data as MetricData, number_data_point,
+    Gauge, Metric, NumberDataPoint, metric::Data as MetricData, number_data_point,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 
 /// Average and maximum of the samples of one interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -184,24 +183,7 @@ impl Gauges {
         if self.metrics.is_empty() {
             return None;
         }
-        Some(ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(Resource {
-                    attributes: resource,
-                    ..Default::default()
-                }),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: scope.into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    metrics: self.metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        })
+        Some(infercol_pipelines::data::metrics_request(resource, scope, self.metrics))
     }
 }
 

@@ -17,26 +17,7 @@ fn sample(page: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_example_service_yields_the_contract_metrics() {
-    let c = Collector::start(
-        r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: { endpoint: "127.0.0.1:0" }
-processors:
-  model_metrics:
-    flush_interval: 300ms
-exporters:
-  prometheus: { endpoint: "127.0.0.1:0" }
-  debug:
-service:
-  telemetry:
-    metrics: { level: none }
-  pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
-    metrics: { receivers: [model_metrics], exporters: [prometheus] }
-"#,
-    );
+    let c = Collector::start(common::MODEL_METRICS_TO_PROMETHEUS);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/model_service.py");
     let endpoint = c.grpc();
     let out = tokio::task::spawn_blocking(move || {

@@ -71,25 +71,6 @@ service:
     ))
 }
 
-const SINGLE: &str = r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: { endpoint: "127.0.0.1:0" }
-processors:
-  model_metrics:
-    flush_interval: 300ms
-exporters:
-  prometheus: { endpoint: "127.0.0.1:0" }
-  debug:
-service:
-  telemetry:
-    metrics: { level: none }
-  pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
-    metrics: { receivers: [model_metrics], exporters: [prometheus] }
-"#;
-
 const GATEWAY: &str = r#"
 receivers:
   otlp:
@@ -157,7 +138,7 @@ fn exact(ids: std::ops::Range<u64>, q: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_and_a_gateway_match_one_collector() {
     common::install_crypto();
-    let single = Collector::start(SINGLE);
+    let single = Collector::start(common::MODEL_METRICS_TO_PROMETHEUS);
     let gateway = Collector::start(GATEWAY);
     let gateway_grpc = gateway.address("OTLP/gRPC");
     let a = agent(&gateway_grpc);

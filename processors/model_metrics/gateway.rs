@@ -18,10 +18,10 @@ use infercol_pipelines::{
     ProcessorFactory, Signal, config_as,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
-    metric::Data as MetricData, summary_data_point::ValueAtQuantile,
+    AggregationTemporality, Metric, Summary, SummaryDataPoint, metric::Data as MetricData,
+    summary_data_point::ValueAtQuantile,
 };
 use serde::Deserialize;
 
@@ -212,20 +212,7 @@ impl crate::ticker::Flush for Inner {
                 ..Default::default()
             })
             .collect();
-        let request = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "infercol/model_quantiles".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
+        let request = infercol_pipelines::data::metrics_request(Vec::new(), "infercol/model_quantiles", metrics);
         self.next.consume(Data::metrics(request)).await
     }
 }

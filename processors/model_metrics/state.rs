@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Exemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
-    exemplar, exponential_histogram_data_point::Buckets, metric::Data as MetricData, number_data_point,
+    HistogramDataPoint, Metric, NumberDataPoint, Sum, Summary, SummaryDataPoint, exemplar,
+    exponential_histogram_data_point::Buckets, metric::Data as MetricData, number_data_point,
     summary_data_point::ValueAtQuantile,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use infercol_pipelines::ReplicaDirectory;
 
@@ -568,21 +567,7 @@ impl State {
         if metrics.is_empty() {
             return (None, expired.lost);
         }
-        let request = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(Resource::default()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "infercol/model_metrics".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
+        let request = infercol_pipelines::data::metrics_request(Vec::new(), "infercol/model_metrics", metrics);
         (Some(request), expired.lost)
     }
 }

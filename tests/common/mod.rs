@@ -280,3 +280,23 @@ pub fn traces_request(
         }],
     }
 }
+
+/// otlp (gRPC, free port) -> model_metrics (300 ms flushes) -> prometheus (free port); spans to debug.
+pub const MODEL_METRICS_TO_PROMETHEUS: &str = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: { endpoint: "127.0.0.1:0" }
+processors:
+  model_metrics:
+    flush_interval: 300ms
+exporters:
+  prometheus: { endpoint: "127.0.0.1:0" }
+  debug:
+service:
+  telemetry:
+    metrics: { level: none }
+  pipelines:
+    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    metrics: { receivers: [model_metrics], exporters: [prometheus] }
+"#;
