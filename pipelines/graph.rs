@@ -511,6 +511,9 @@ impl Service {
             stop_exporters(exporters).await;
             return Err(e);
         }
+        // The pipeline tasks own the processors from here on: a processor that emits metrics holds an entry of
+        // a metrics pipeline, which closes only when the last reference to that processor is gone.
+        drop(started_processors);
         drop(queues);
 
         // The collector's own metrics.
@@ -724,6 +727,25 @@ mod tests {
         }
     }
 
+    /// A receiver whose start always fails (as `nvml` with `required: true` does on a machine without a GPU).
+    struct Failing;
+    crate::factory!(Failing, "failing", Empty, &[Signal::Traces]);
+    struct FailingReceiver;
+    #[async_trait]
+    impl Receiver for FailingReceiver {
+        async fn start(&mut self) -> Result<(), ComponentError> {
+            Err(ComponentError::new("no device"))
+        }
+        async fn shutdown(&mut self) -> Result<(), ComponentError> {
+            Ok(())
+        }
+    }
+    impl ReceiverFactory for Failing {
+        fn create(&self, _: &AnyConfig, _: ReceiverContext) -> Result<Box<dyn Receiver>, ComponentError> {
+            Ok(Box::new(FailingReceiver))
+        }
+    }
+
     /// A processor that passes spans on and, at shutdown only, emits one gauge point with the spans it saw.
     struct Counting;
     crate::factory!(Counting, "counting", Empty, &[Signal::Traces, Signal::Metrics]);
@@ -812,6 +834,54 @@ mod tests {
         fn create(&self, _: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
             Ok(Arc::new(KeepExporter(ctx.id.to_string(), self.clone())))
         }
+    }
+
+    /// A receiver failing after others started, with a processor that emits metrics: the start stops what it
+    /// started and returns the error (it used to wait forever for the metrics pipeline to close).
+    #[tokio::test]
+    async fn a_receiver_failing_to_start_stops_the_graph_and_returns_its_error() {
+        let kept = Keep::default();
+        let registry = Registry::default()
+            .receiver(Burst)
+            .receiver(Failing)
+            .processor(Counting)
+            .exporter(kept.clone());
+        let config = Config::parse(
+            r#"
+receivers:
+  burst:
+  failing:
+processors:
+  counting:
+exporters:
+  keep/a:
+  keep/m:
+service:
+  telemetry: { metrics: { level: none } }
+  pipelines:
+    traces: { receivers: [burst, failing], processors: [counting], exporters: [keep/a] }
+    metrics: { receivers: [counting], exporters: [keep/m] }
+"#,
+            &registry,
+        )
+        .unwrap();
+        let started = tokio::time::timeout(Duration::from_secs(10), Service::start(config, &registry))
+            .await
+            .expect("a failed start returns instead of hanging");
+        let Err(e) = started else {
+            panic!("the start should fail")
+        };
+        assert!(e.to_string().contains("receivers.failing: no device"), "{e}");
+        let kept = kept.0.lock().unwrap();
+        let spans: usize = kept
+            .iter()
+            .filter(|(id, _)| id == "keep/a")
+            .map(|(_, d)| d.items())
+            .sum();
+        assert_eq!(
+            spans, 15,
+            "what the first receiver sent before the failure is still delivered"
+        );
     }
 
     #[tokio::test]
