@@ -147,7 +147,7 @@ impl Inner {
         let Ok(mut state) = self.state.lock() else { return };
         for rs in &request.resource_spans {
             let resource: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-            let resource_dims = self.dims(resource, None);
+            let resource_dims = state.intern(self.dims(resource, None));
             let mut replica_active = false;
             for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
                 let is_request = self.classifier.is_request(span);
@@ -159,9 +159,9 @@ impl Inner {
                     continue;
                 }
                 let dims = if per_span_dims {
-                    self.dims(resource, Some(&span.attributes))
+                    state.intern(self.dims(resource, Some(&span.attributes)))
                 } else {
-                    resource_dims.clone()
+                    resource_dims
                 };
                 let count = adjusted_count(&span.trace_state);
                 // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
@@ -175,7 +175,7 @@ impl Inner {
                             trace_id: &span.trace_id,
                             span_id: &span.span_id,
                         };
-                        if state.record(metric, &dims, obs, now) {
+                        if state.record(metric, dims, obs, now) {
                             overflowed.push(metric.name());
                         }
                     }
@@ -186,7 +186,8 @@ impl Inner {
                 }
                 if is_enqueue && let Some(id) = self.classifier.message_id(span) {
                     let model = infercol_pipelines::replicas::model_dims(resource);
-                    state.queue.enqueue(&id, &dims, model, std::time::Instant::now());
+                    let values = state.dims(dims).clone();
+                    state.queue.enqueue(&id, &values, model, std::time::Instant::now());
                 }
                 if is_queue {
                     let duration = Classifier::duration(span, &mut rejected);
@@ -197,7 +198,7 @@ impl Inner {
                 }
                 if is_request {
                     let r = self.classifier.request(span, &mut rejected);
-                    let counted_in_overflow = state.count_request(&dims, &r.status, count, now);
+                    let counted_in_overflow = state.count_request(dims, &r.status, count, now);
                     record(&mut state, HistogramMetric::RequestDuration, r.duration);
                     record(&mut state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
                     record(&mut state, HistogramMetric::RequestSize, r.request_size);

@@ -160,14 +160,63 @@ pub struct Observation<'a> {
     pub span_id: &'a [u8],
 }
 
+/// A handle on interned dimension values: series maps are keyed by it, so that recording a span hashes and
+/// compares one integer instead of the dimension strings (the strings are looked up once per resource).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DimsId(u32);
+
+/// Dimension values in use, each once, with a stable handle; handles no series uses any more are reused.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Dims, DimsId>,
+    values: Vec<Option<Dims>>,
+    free: Vec<u32>,
+}
+
+impl Interner {
+    fn intern(&mut self, dims: Dims) -> DimsId {
+        if let Some(id) = self.ids.get(&dims) {
+            return *id;
+        }
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.values[i as usize] = Some(dims.clone());
+                DimsId(i)
+            }
+            None => {
+                self.values.push(Some(dims.clone()));
+                DimsId((self.values.len() - 1) as u32)
+            }
+        };
+        self.ids.insert(dims, id);
+        id
+    }
+
+    fn get(&self, id: DimsId) -> &Dims {
+        self.values[id.0 as usize].as_ref().expect("a live handle")
+    }
+
+    /// Forgets every handle for which `used` says no.
+    fn retain(&mut self, used: impl Fn(DimsId) -> bool) {
+        for i in 0..self.values.len() {
+            if self.values[i].is_some() && !used(DimsId(i as u32)) {
+                let dims = self.values[i].take().expect("checked");
+                self.ids.remove(&dims);
+                self.free.push(i as u32);
+            }
+        }
+    }
+}
+
 /// `None` is the overflow series.
-type RequestKey = Option<(Dims, Status)>;
+type RequestKey = Option<(DimsId, Status)>;
 
 pub struct State {
     config: Arc<ModelMetricsConfig>,
     explicit_bounds: Option<[Arc<[f64]>; 3]>,
+    interner: Interner,
     requests: HashMap<RequestKey, CounterSeries>,
-    histograms: Vec<HashMap<Option<Dims>, HistogramSeries>>,
+    histograms: Vec<HashMap<Option<DimsId>, HistogramSeries>>,
     last_flush_ns: u64,
     rng: u64,
     pub queue: super::queue::QueueTracker,
@@ -200,6 +249,7 @@ impl State {
         State {
             config,
             explicit_bounds,
+            interner: Interner::default(),
             requests: HashMap::new(),
             histograms: HistogramMetric::ALL.iter().map(|_| HashMap::new()).collect(),
             last_flush_ns: now_ns,
@@ -216,10 +266,19 @@ impl State {
         self.rng
     }
 
+    /// The handle on `dims`, for `count_request` and `record`; valid until the next `flush`.
+    pub fn intern(&mut self, dims: Dims) -> DimsId {
+        self.interner.intern(dims)
+    }
+
+    pub fn dims(&self, id: DimsId) -> &Dims {
+        self.interner.get(id)
+    }
+
     /// Counts one request (with its sampling weight); returns whether it went to the overflow series.
-    pub fn count_request(&mut self, dims: &Dims, status: &Status, weight: f64, now_ns: u64) -> bool {
+    pub fn count_request(&mut self, dims: DimsId, status: &Status, weight: f64, now_ns: u64) -> bool {
         let limit = self.config.cardinality_limit;
-        let key: RequestKey = Some((dims.clone(), *status));
+        let key: RequestKey = Some((dims, *status));
         let add = |series: &mut CounterSeries| {
             series.value += weight;
             series.last_seen_ns = now_ns;
@@ -245,7 +304,7 @@ impl State {
     }
 
     /// Records one value; returns whether it went to the overflow series.
-    pub fn record(&mut self, metric: HistogramMetric, dims: &Dims, obs: Observation<'_>, now_ns: u64) -> bool {
+    pub fn record(&mut self, metric: HistogramMetric, dims: DimsId, obs: Observation<'_>, now_ns: u64) -> bool {
         let index = metric as usize;
         let limit = self.config.cardinality_limit;
         let window = self.config.quantile_window;
@@ -261,7 +320,7 @@ impl State {
         let exemplars_on = self.config.exemplars.enabled;
         let random = self.next_random();
         let map = &mut self.histograms[index];
-        let key = Some(dims.clone());
+        let key = Some(dims);
         let mut overflow = false;
         if !map.contains_key(&key) {
             overflow = series_count(map) >= limit;
@@ -324,7 +383,11 @@ impl State {
         h + self.requests.len() * (std::mem::size_of::<CounterSeries>() + std::mem::size_of::<RequestKey>())
     }
 
-    fn attributes(&self, dims: Option<&Dims>, extra: &[(&str, &str)]) -> Vec<KeyValue> {
+    fn attributes(&self, dims: Option<DimsId>, extra: &[(&str, &str)]) -> Vec<KeyValue> {
+        self.attributes_of(dims.map(|id| self.interner.get(id)), extra)
+    }
+
+    fn attributes_of(&self, dims: Option<&Dims>, extra: &[(&str, &str)]) -> Vec<KeyValue> {
         let Some(dims) = dims else {
             return vec![kv("otel_metric_overflow", "true")];
         };
@@ -350,8 +413,12 @@ impl State {
         let mut metrics = Vec::new();
 
         let mut points = Vec::new();
+        // Ordered by dimension values, then status.
         let mut keys: Vec<&RequestKey> = self.requests.keys().collect();
-        keys.sort();
+        keys.sort_by(|a, b| {
+            let value = |k: &RequestKey| k.map(|(id, status)| (self.interner.get(id).clone(), status));
+            value(a).cmp(&value(b))
+        });
         for key in keys {
             let s = &self.requests[key];
             if delta && !s.dirty {
@@ -359,7 +426,7 @@ impl State {
             }
             let attributes = match key {
                 Some((dims, status)) => self.attributes(
-                    Some(dims),
+                    Some(*dims),
                     &[
                         ("protocol", status.protocol.as_str()),
                         ("status_code", &status.code.to_string()),
@@ -396,11 +463,11 @@ impl State {
             let mut explicit_points = Vec::new();
             let mut summary_points = Vec::new();
             let mut map = std::mem::take(&mut self.histograms[metric as usize]);
-            let mut ordered: Vec<Option<Dims>> = map.keys().cloned().collect();
-            ordered.sort();
+            let mut ordered: Vec<Option<DimsId>> = map.keys().copied().collect();
+            ordered.sort_by_key(|k| k.map(|id| self.interner.get(id)));
             for key in ordered {
                 let Some(series) = map.get_mut(&key) else { continue };
-                let attributes = self.attributes(key.as_ref(), &[]);
+                let attributes = self.attributes(key, &[]);
                 if !delta || series.dirty {
                     let exemplars = take_exemplars(&mut series.exemplars);
                     let start = if delta { interval_start } else { series.start_ns };
@@ -517,7 +584,7 @@ impl State {
             if replicas.reports_queue_size(&model, reported_within) {
                 continue;
             }
-            queue_points.push(gauge_point(self.attributes(Some(&dims), &[]), now_ns, size as f64));
+            queue_points.push(gauge_point(self.attributes_of(Some(&dims), &[]), now_ns, size as f64));
         }
         if !queue_points.is_empty() {
             metrics.push(gauge(
@@ -562,6 +629,15 @@ impl State {
         for map in &mut self.histograms {
             map.retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) < expiration);
         }
+        // Handles of expired series go; the ones left stay as they are.
+        let mut used = vec![false; self.interner.values.len()];
+        for (id, _) in self.requests.keys().flatten() {
+            used[id.0 as usize] = true;
+        }
+        for id in self.histograms.iter().flat_map(|m| m.keys()).flatten() {
+            used[id.0 as usize] = true;
+        }
+        self.interner.retain(|id| used[id.0 as usize]);
         self.last_flush_ns = now_ns;
 
         if metrics.is_empty() {

@@ -561,7 +561,8 @@ fn memory_per_series_is_bounded_and_reported() {
             trace_id: &[1; 16],
             span_id: &[2; 8],
         };
-        state.record(HistogramMetric::RequestDuration, &dims, obs, now);
+        let id = state.intern(dims.clone());
+        state.record(HistogramMetric::RequestDuration, id, obs, now);
     }
     let bytes = state.heap_bytes();
     eprintln!("one latency series after 100k heavy-tailed values over 60 s: {bytes} bytes");
@@ -734,4 +735,58 @@ async fn a_service_reporting_its_own_queue_size_wins() {
         None,
         "its own gauge wins"
     );
+}
+
+/// Series are keyed by handles on interned dimension values; a handle freed by expiry is reused by new values,
+/// and what is emitted carries the new values only.
+#[test]
+fn expired_dimension_handles_are_reused_with_the_right_labels() {
+    use super::state::{HistogramMetric, Observation, State};
+    let config = Arc::new(ModelMetricsConfig {
+        metrics_expiration: Duration::from_secs(60),
+        ..Default::default()
+    });
+    let replicas = infercol_pipelines::replicas::ReplicaDirectory::default();
+    let now = now_ns();
+    let mut state = State::new(config, now);
+    let record = |state: &mut State, model: &str, at: u64| {
+        let id = state.intern(vec![model.to_string(), "d".into(), "e".into()].into());
+        let obs = Observation {
+            value: 0.5,
+            weight: 1,
+            end_ns: at,
+            trace_id: &[],
+            span_id: &[],
+        };
+        state.record(HistogramMetric::RequestDuration, id, obs, at);
+        id
+    };
+    let old = record(&mut state, "old-model", now);
+    let models = |state: &mut State, at: u64| -> Vec<String> {
+        let (request, _) = state.flush(at, &replicas);
+        let mut out: Vec<String> = request
+            .into_iter()
+            .flat_map(|r| r.resource_metrics)
+            .flat_map(|r| r.scope_metrics)
+            .flat_map(|s| s.metrics)
+            .filter(|m| m.name == "model.request.duration")
+            .flat_map(|m| match m.data {
+                Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::ExponentialHistogram(h)) => h.data_points,
+                _ => Vec::new(),
+            })
+            .flat_map(|p| p.attributes)
+            .filter(|kv| kv.key == "model")
+            .map(|kv| format!("{:?}", kv.value.and_then(|v| v.value)))
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(models(&mut state, now + 1), vec!["Some(StringValue(\"old-model\"))"]);
+    // Two minutes later the old series has expired and its handle is free again.
+    let later = now + 120_000_000_000;
+    models(&mut state, later);
+    let new = record(&mut state, "new-model", later);
+    assert_eq!(new, old, "the freed handle is reused");
+    assert_eq!(state.dims(new)[0], "new-model");
+    assert_eq!(models(&mut state, later + 1), vec!["Some(StringValue(\"new-model\"))"]);
 }

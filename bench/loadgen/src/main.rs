@@ -7,6 +7,11 @@
 //! request spans with the contract's attributes (HTTP status mix, body sizes, tokens, a first-token event) and half
 //! their `predict` children. Without `--rate` it sends as fast as the collector acknowledges. It ends with one line
 //! of JSON: `sent`, `acknowledged`, `refused` (spans), `requests` (request spans acknowledged) and `spans_per_sec`.
+//!
+//! For the other measurements of `bench/run`: `--models N` spreads the spans over N model names (many series),
+//! `--heavy-tail` gives every span one resource and heavy-tailed request durations (lognormal with 2% outliers 10 to
+//! 100 times longer), and `--once` sends each pre-encoded request exactly once; the JSON line then also holds the
+//! exact quantiles of the request spans' durations (`duration_quantiles`, seconds), to compare collectors' answers with.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +46,22 @@ struct Args {
     /// Distinct pre-encoded requests to cycle through.
     #[arg(long, default_value_t = 64)]
     variants: usize,
+    /// Distinct model names (`service.name`) the spans are spread over.
+    #[arg(long, default_value_t = 4)]
+    models: usize,
+    /// One resource, heavy-tailed request durations.
+    #[arg(long)]
+    heavy_tail: bool,
+    /// Send every pre-encoded request once, then stop (`--duration` still caps the run).
+    #[arg(long)]
+    once: bool,
+}
+
+/// How the spans of a request are shaped.
+struct Shape {
+    batch: usize,
+    models: usize,
+    heavy_tail: bool,
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -58,17 +79,49 @@ fn unit(n: u64) -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// One pre-encoded request: its bytes, its spans and its request spans.
+/// One pre-encoded request: its bytes, its spans, its request spans and their durations.
 struct Variant {
     body: Bytes,
     spans: u64,
     requests: u64,
+    durations: Vec<f64>,
+}
+
+/// The default four models, or `model-0` .. `model-{n-1}`.
+fn model_name(i: usize, models: usize) -> String {
+    const NAMES: [&str; 4] = ["llama-3-8b", "whisper-large", "sdxl", "bert-base"];
+    if models <= NAMES.len() {
+        NAMES[i % models].to_string()
+    } else {
+        format!("model-{}", i % models)
+    }
+}
+
+/// Seconds of a request: log-uniform over 0.05..2.7 s, or (heavy tail) lognormal around 80 ms with 2% outliers.
+fn seconds(n: u64, heavy_tail: bool) -> f64 {
+    if !heavy_tail {
+        return (unit(n) * 4.0 - 3.0).exp();
+    }
+    // Box-Muller from two uniforms.
+    let (u1, u2) = (unit(n ^ 11).max(1e-12), unit(n ^ 12));
+    let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    let base = (0.08f64.ln() + 0.9 * normal).exp();
+    if unit(n ^ 13) < 0.02 {
+        base * (10.0 + 90.0 * unit(n ^ 14))
+    } else {
+        base
+    }
 }
 
 /// One request of `batch` spans (half request spans).
-fn request(variant: u64, batch: usize, now: u64) -> Variant {
-    let models = ["llama-3-8b", "whisper-large", "sdxl", "bert-base"];
-    let per_resource = (batch / 4).max(2) & !1;
+fn request(variant: u64, shape: &Shape, now: u64) -> Variant {
+    let batch = shape.batch;
+    let per_resource = if shape.heavy_tail {
+        batch
+    } else {
+        (batch / 4).max(2) & !1
+    };
+    let mut durations = Vec::new();
     let mut resource_spans = Vec::new();
     let mut requests = 0;
     let mut n = variant * batch as u64;
@@ -76,18 +129,19 @@ fn request(variant: u64, batch: usize, now: u64) -> Variant {
     let mut r = 0;
     while left > 0 {
         let count = per_resource.min(left);
-        let model = models[(variant as usize + r) % models.len()];
+        let model = model_name(variant as usize * 4 + r, shape.models);
         let mut spans = Vec::with_capacity(count);
         for i in 0..count {
             n += 1;
             let is_request = i % 2 == 0;
-            let seconds = (unit(n) * 4.0 - 3.0).exp();
+            let seconds = seconds(n, shape.heavy_tail);
             let end = now - (unit(n ^ 9) * 5e9) as u64;
             let start = end - (seconds * 1e9) as u64;
             // Never all zero: an all-zero id is invalid and the collector would reject the span.
             let trace = [(n / 2 + 1).to_be_bytes(), (variant + 1).to_be_bytes()].concat();
             let span = if is_request {
                 requests += 1;
+                durations.push(((seconds * 1e9) as u64) as f64 / 1e9);
                 let code = match n % 40 {
                     0 => 500,
                     1 | 2 => 429,
@@ -144,7 +198,7 @@ fn request(variant: u64, batch: usize, now: u64) -> Variant {
         resource_spans.push(ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
-                    kv("service.name", Value::StringValue(model.into())),
+                    kv("service.name", Value::StringValue(model.clone())),
                     kv("service.version", Value::StringValue(format!("v{}", r % 3))),
                     kv(
                         "deployment.environment.name",
@@ -167,19 +221,25 @@ fn request(variant: u64, batch: usize, now: u64) -> Variant {
         body: Bytes::from(ExportTraceServiceRequest { resource_spans }.encode_to_vec()),
         spans: batch as u64,
         requests,
+        durations,
     }
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let shape = Shape {
+        batch: args.batch.max(2),
+        models: args.models.max(1),
+        heavy_tail: args.heavy_tail,
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let variants: Arc<Vec<Variant>> = Arc::new(
         (0..args.variants.max(1) as u64)
-            .map(|v| request(v, args.batch.max(2), now))
+            .map(|v| request(v, &shape, now))
             .collect(),
     );
     let endpoint = if args.endpoint.contains("://") {
@@ -206,7 +266,8 @@ async fn main() {
         .rate
         .map(|rate| Duration::from_secs_f64(args.batch as f64 * args.concurrency as f64 / rate.max(1.0)));
     let mut tasks = Vec::new();
-    for w in 0..args.concurrency.max(1) {
+    let (once, workers) = (args.once, args.concurrency.max(1));
+    for w in 0..workers {
         let (variants, channel) = (variants.clone(), channel.clone());
         let (sent, acked, refused, requests) = (sent.clone(), acked.clone(), refused.clone(), requests.clone());
         tasks.push(tokio::spawn(async move {
@@ -215,12 +276,12 @@ async fn main() {
                 http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
             let mut ticks = per_worker_interval.map(tokio::time::interval);
             let mut i = w;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && !(once && i >= variants.len()) {
                 if let Some(t) = &mut ticks {
                     t.tick().await;
                 }
                 let variant = &variants[i % variants.len()];
-                i += 1;
+                i += workers;
                 let spans = variant.spans;
                 sent.fetch_add(spans, Ordering::Relaxed);
                 if grpc.ready().await.is_err() {
@@ -259,15 +320,22 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let acknowledged = acked.load(Ordering::Relaxed);
-    println!(
-        "{}",
-        serde_json::json!({
+    let mut line = serde_json::json!({
             "sent": sent.load(Ordering::Relaxed),
             "acknowledged": acknowledged,
             "refused": refused.load(Ordering::Relaxed),
             "requests": requests.load(Ordering::Relaxed),
             "spans_per_sec": (acknowledged as f64 / elapsed).round(),
             "seconds": (elapsed * 1000.0).round() / 1000.0,
-        })
-    );
+    });
+    if args.once {
+        let mut all: Vec<f64> = variants.iter().flat_map(|v| v.durations.iter().copied()).collect();
+        all.sort_by(f64::total_cmp);
+        // The nearest-rank quantile, as a collector that kept every value would report it.
+        let rank = |q: f64| all[((q * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
+        line["duration_quantiles"] = serde_json::json!({
+            "0.5": rank(0.5), "0.9": rank(0.9), "0.95": rank(0.95), "0.99": rank(0.99),
+        });
+    }
+    println!("{line}");
 }

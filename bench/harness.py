@@ -1,0 +1,408 @@
+"""The side-by-side benchmark behind `bash bench/run`: one system after another on the same load, each collector
+pinned to core 0 and the load generator to core 1. Writes bench/RESULTS.md and bench/results.png.
+
+Measured per system: the sustained spans/s with nothing refused (as fast as acknowledged, 32 requests in flight),
+CPU seconds per million spans, peak resident memory, whether the derived counts match what was sent, memory over a
+soak at half the measured rate, and (collectors that derive latency) the error of their p50..p99 against the exact
+quantiles of heavy-tailed data. For infercol also: what a scrape of 10,000 series costs while spans flow.
+
+Usage: python3 bench/harness.py --infercol BIN --loadgen BIN --otelcol BIN --rotel BIN [--quick]
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+QUANTILES = ["0.5", "0.9", "0.95", "0.99"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+class System:
+    """A collector under test: its command line (given its OTLP and Prometheus ports) and how to read it."""
+
+    def __init__(self, name, describe, command, count_family=None, count_match="", latency=None):
+        self.name, self.describe, self.command = name, describe, command
+        self.count_family, self.count_match, self.latency = count_family, count_match, latency
+        self.proc = None
+
+    def start(self, work):
+        self.otlp, self.prom = free_port(), free_port()
+        cmd = ["taskset", "-c", "0"] + self.command(work, self.otlp, self.prom)
+        self.log = open(os.path.join(work, f"{self.name}.log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        wait_port(self.otlp)
+        time.sleep(1)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def metrics_url(self):
+        return f"http://127.0.0.1:{self.prom}/metrics"
+
+    def counted(self):
+        total = 0.0
+        for line in scrape(self.metrics_url()).splitlines():
+            if line.startswith(self.count_family + "{") and self.count_match in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+
+def loadgen(args, port, duration, *extra):
+    cmd = ["taskset", "-c", "1", args.loadgen, "--endpoint", f"127.0.0.1:{port}", "--duration", str(duration)]
+    out = subprocess.run(cmd + [str(e) for e in extra], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def throughput(args, system, work):
+    system.start(work)
+    pid = system.proc.pid
+    t0 = cpu_seconds(pid)
+    load = loadgen(args, system.otlp, args.duration, "--batch", 1000, "--concurrency", 32)
+    t1 = cpu_seconds(pid)
+    time.sleep(3)
+    row = {
+        "spans_per_sec": load["spans_per_sec"],
+        "refused": load["refused"],
+        "cpu_per_million": (t1 - t0) / (load["acknowledged"] / 1e6) if load["acknowledged"] else float("nan"),
+        "peak_mib": status_kib(pid, "VmHWM") / 1024,
+    }
+    if system.count_family:
+        want, got = load["requests"], system.counted()
+        row["counts"] = f"yes ({got:,} requests)" if got == want else f"NO: {got:,} counted, {want:,} sent"
+    else:
+        row["counts"] = "n/a (derives nothing)"
+    system.stop()
+    return row
+
+
+def soak(args, system, work, rate, seconds):
+    """Half the measured rate for `seconds`; resident memory sampled every 2 s."""
+    system.start(work)
+    pid = system.proc.pid
+    samples = []
+    proc = subprocess.Popen(
+        ["taskset", "-c", "1", args.loadgen, "--endpoint", f"127.0.0.1:{system.otlp}", "--duration", str(seconds),
+         "--rate", str(int(rate)), "--batch", "1000", "--concurrency", "8"],
+        stdout=subprocess.PIPE, text=True)
+    start = time.time()
+    while proc.poll() is None:
+        samples.append((time.time() - start, status_kib(pid, "VmRSS") / 1024))
+        time.sleep(2)
+    load = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    system.stop()
+    # Flat means: from the end of the first quarter (warm-up: buffers, series, windows filling) to the end.
+    settled = [m for t, m in samples if t >= seconds / 4]
+    first, last = settled[0], settled[-1]
+    return {
+        "rate": load["spans_per_sec"], "refused": load["refused"], "seconds": seconds,
+        "rss_settled": first, "rss_end": last, "rss_max": max(settled),
+        "growth": (last - first) / first * 100, "series": samples,
+    }
+
+
+def histogram_quantile(q, buckets):
+    """Prometheus' histogram_quantile over cumulative (le, count) pairs: linear inside the bucket."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_count) / max(count - prev_count, 1e-12)
+        prev_le, prev_count = le, count
+    return buckets[-1][0]
+
+
+def buckets_of(text, family, scale, match=""):
+    sums = {}
+    for line in text.splitlines():
+        if line.startswith(family + "_bucket{") and match in line:
+            le = re.search(r'le="([^"]+)"', line).group(1)
+            le = float("inf") if le == "+Inf" else float(le) * scale
+            sums[le] = sums.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return list(sums.items())
+
+
+def quantile_error(args, system, work):
+    """Heavy-tailed request durations, sent once; each system's p50..p99 against the exact quantiles."""
+    system.start(work)
+    load = loadgen(args, system.otlp, 60, "--once", "--heavy-tail", "--variants", 40, "--batch", 1000,
+                   "--concurrency", 4)
+    exact = load["duration_quantiles"]
+    time.sleep(3)
+    text = scrape(system.metrics_url())
+    system.stop()
+    out = {}
+    for label, how in system.latency(text).items():
+        out[label] = {q: (how(q) - exact[q]) / exact[q] * 100 for q in QUANTILES}
+    return exact, out
+
+
+def scrape_cost(args, system, work, rate, seconds, models):
+    """Spans over many models; scrapes once a second while the load runs at `rate`."""
+    system.start(work)
+    # Fill the series first: every model at least once.
+    loadgen(args, system.otlp, 60, "--once", "--models", models, "--variants", models // 4 + 1,
+            "--batch", 1000, "--concurrency", 4)
+    time.sleep(2.5)
+    proc = subprocess.Popen(
+        ["taskset", "-c", "1", args.loadgen, "--endpoint", f"127.0.0.1:{system.otlp}", "--duration", str(seconds),
+         "--rate", str(int(rate)), "--batch", "1000", "--concurrency", "8", "--models", str(models),
+         "--variants", str(models // 4 + 1)],
+        stdout=subprocess.PIPE, text=True)
+    timings, sizes, series = [], [], 0
+    time.sleep(1)
+    while proc.poll() is None:
+        t = time.perf_counter()
+        text = scrape(system.metrics_url())
+        timings.append((time.perf_counter() - t) * 1000)
+        sizes.append(len(text))
+        series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+        time.sleep(1)
+    load = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    system.stop()
+    return {
+        "models": models, "series": series, "bytes": statistics.median(sizes), "scrapes": len(timings),
+        "median_ms": statistics.median(timings), "max_ms": max(timings), "rate": load["spans_per_sec"],
+        "target": rate, "refused": load["refused"],
+    }
+
+
+def plot(path, systems, rows, soaks):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [s.name for s in systems]
+    a.bar(names, [rows[n]["spans_per_sec"] / 1e6 for n in names], color=["#2b8a3e", "#1c7ed6", "#868e96"])
+    a.set_ylabel("million spans/s on one core")
+    a.set_title("Sustained ingest, nothing refused")
+    for n in names:
+        series = soaks[n]["series"]
+        b.plot([t / 60 for t, _ in series], [m for _, m in series], label=n)
+    b.set_xlabel("minutes at half the measured rate")
+    b.set_ylabel("resident memory (MiB)")
+    b.set_title("Soak")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ["infercol", "loadgen", "otelcol", "rotel", "rotel_version", "otelcol_version", "sampling"]:
+        p.add_argument("--" + name.replace("_", "-"), default="")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    args.duration = 5 if args.quick else 20
+    soak_infercol = 20 if args.quick else 600
+    soak_peer = 15 if args.quick else 60
+    work = tempfile.mkdtemp()
+    started = time.time()
+
+    def infercol_cmd(work, otlp, prom):
+        path = os.path.join(work, "infercol.yaml")
+        with open(path, "w") as f:
+            f.write(f"""receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{otlp}" }} }} }} }}
+processors: {{ model_metrics: {{ flush_interval: 1s }} }}
+exporters: {{ prometheus: {{ endpoint: "127.0.0.1:{prom}" }}, debug: {{ verbosity: basic }} }}
+service:
+  telemetry: {{ metrics: {{ level: none }} }}
+  pipelines:
+    traces: {{ receivers: [otlp], processors: [model_metrics], exporters: [debug] }}
+    metrics: {{ receivers: [model_metrics], exporters: [prometheus] }}
+""")
+        return [args.infercol, "--config", path]
+
+    def otelcol_cmd(work, otlp, prom):
+        path = os.path.join(work, "otelcol.yaml")
+        with open(path, "w") as f:
+            f.write(f"""receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{otlp}" }} }} }} }}
+connectors: {{ spanmetrics: {{ metrics_flush_interval: 1s }} }}
+exporters: {{ prometheus: {{ endpoint: "127.0.0.1:{prom}" }} }}
+service:
+  telemetry: {{ metrics: {{ level: none }} }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [spanmetrics] }}
+    metrics: {{ receivers: [spanmetrics], exporters: [prometheus] }}
+""")
+        return [args.otelcol, "--config", path]
+
+    def rotel_cmd(work, otlp, prom):
+        return [args.rotel, "start", "--otlp-grpc-endpoint", f"127.0.0.1:{otlp}", "--exporter", "blackhole"]
+
+    def infercol_latency(text):
+        window = {}
+        for line in text.splitlines():
+            m = re.match(r'model_request_duration_seconds_window\{.*quantile="([^"]+)".*\} (\S+)', line)
+            if m:
+                window[m.group(1)] = float(m.group(2))
+        buckets = buckets_of(text, "model_request_duration_seconds", 1.0)
+        return {
+            "infercol window quantiles (model_request_duration_seconds_window)": lambda q: window[q],
+            "infercol buckets through histogram_quantile": lambda q: histogram_quantile(float(q), buckets),
+        }
+
+    def otelcol_latency(text):
+        buckets = buckets_of(text, "traces_span_metrics_duration_milliseconds", 1e-3, "SPAN_KIND_SERVER")
+        return {"Collector spanmetrics default buckets through histogram_quantile":
+                lambda q: histogram_quantile(float(q), buckets)}
+
+    systems = [
+        System("infercol", "otlp -> model_metrics -> prometheus (traces -> debug)", infercol_cmd,
+               "model_requests_total", "", infercol_latency),
+        System("otelcol", f"OpenTelemetry Collector {args.otelcol_version}: otlp -> spanmetrics -> prometheus",
+               otelcol_cmd, "traces_span_metrics_calls_total", "SPAN_KIND_SERVER", otelcol_latency),
+        System("rotel", f"rotel {args.rotel_version}: otlp -> blackhole (ingest only, derives nothing)", rotel_cmd),
+    ]
+
+    rows, soaks, errors = {}, {}, {}
+    for s in systems:
+        print(f"throughput: {s.name}", file=sys.stderr)
+        rows[s.name] = throughput(args, s, work)
+    for s in systems:
+        seconds = soak_infercol if s.name == "infercol" else soak_peer
+        print(f"soak: {s.name}, {seconds} s", file=sys.stderr)
+        soaks[s.name] = soak(args, s, work, rows[s.name]["spans_per_sec"] / 2, seconds)
+    exact = None
+    for s in systems:
+        if s.latency:
+            print(f"quantile error: {s.name}", file=sys.stderr)
+            exact, errors[s.name] = quantile_error(args, s, work)
+    scrapes = []
+    # About 800 series per model (counters per status code, seven histograms with their buckets, window quantiles):
+    # 13 models pass 10,000 series; 200 models show how the cost grows.
+    for models in [13, 200]:
+        print(f"scrape cost: infercol, {models} models", file=sys.stderr)
+        scrapes.append(scrape_cost(args, systems[0], work, rows["infercol"]["spans_per_sec"] / 2,
+                                   10 if args.quick else 30, models))
+    plotted = plot(os.path.join(os.path.dirname(__file__), "results.png"), systems, rows, soaks)
+
+    r = {n: rows[n]["spans_per_sec"] for n in rows}
+    cpu = open("/proc/cpuinfo").read()
+    model = re.search(r"model name\s*:\s*(.*)", cpu)
+    total = int(re.search(r"MemTotal:\s+(\d+)", open("/proc/meminfo").read()).group(1)) / 1048576
+    lines = [
+        "# Benchmark results", "",
+        f"Written by `bash bench/run{' --quick' if args.quick else ''}` on {time.strftime('%Y-%m-%d', time.gmtime())} "
+        f"in {(time.time() - started) / 60:.1f} minutes of measuring. Machine: {os.cpu_count()} cores "
+        f"({model.group(1) if model else 'unknown CPU'}), {total:.0f} GiB. Each collector pinned to core 0, "
+        "`infercol-loadgen` pinned to core 1.", "",
+        "## Ratios (same run)", "",
+        f"- infercol / OpenTelemetry Collector, sustained spans/s per core: **{r['infercol'] / r['otelcol']:.2f}x** "
+        "(target 10x: not met).",
+        f"- infercol / rotel (which derives nothing): **{r['infercol'] / r['rotel']:.2f}x** (target: above 1x).",
+        f"- infercol spans/s on one core: **{r['infercol']:,.0f}** (target 1,000,000).",
+        f"- infercol CPU per million spans: {rows['infercol']['cpu_per_million']:.2f} s, "
+        f"the Collector's {rows['otelcol']['cpu_per_million']:.2f} s.", "",
+        "## Sustained ingest", "",
+        "`infercol-loadgen --duration {} --batch 1000 --concurrency 32`: as fast as acknowledged; each request holds "
+        "half SERVER request spans with the contract's attributes and half `predict` children over several "
+        "resources. \"Refused\" counts spans answered with an error or rejected by partial success; every row "
+        "below refused none, so the rate is the highest sustained rate with nothing refused at this concurrency. "
+        "Counts: the derived request counter summed over the Prometheus endpoint, against what was acknowledged."
+        .format(args.duration), "",
+        "| system | spans/s on one core | refused | CPU s per million spans | peak RSS | counts match |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in systems:
+        x = rows[s.name]
+        lines.append(f"| {s.name} | {x['spans_per_sec']:,.0f} | {x['refused']:,} | {x['cpu_per_million']:.2f} | "
+                     f"{x['peak_mib']:.0f} MiB | {x['counts']} |")
+    lines += ["", "## Soak at half the measured rate", "",
+              f"infercol {soak_infercol} s, the peers {soak_peer} s each (a full run's budget holds one long soak). "
+              "Resident memory from the end of the first quarter (warm-up) to the end.", "",
+              "| system | spans/s | refused | RSS after warm-up | RSS at the end | max | change |",
+              "|---|---|---|---|---|---|---|"]
+    for s in systems:
+        x = soaks[s.name]
+        lines.append(f"| {s.name} ({x['seconds']} s) | {x['rate']:,.0f} | {x['refused']:,} | "
+                     f"{x['rss_settled']:.1f} MiB | {x['rss_end']:.1f} MiB | {x['rss_max']:.1f} MiB | "
+                     f"{x['growth']:+.1f}% |")
+    lines += ["", "## Quantile error on heavy-tailed data", "",
+              "40,000 spans sent once (`--once --heavy-tail`): 20,000 request durations, lognormal around 80 ms "
+              "with 2% outliers 10-100 times longer, one resource. Error of each answer against the exact quantile.",
+              "", "| quantile | exact | " + " | ".join(k for v in errors.values() for k in v) + " |",
+              "|---|---|" + "---|" * sum(len(v) for v in errors.values())]
+    for q in QUANTILES:
+        cells = [f"{v[k][q]:+.1f}%" for v in errors.values() for k in v]
+        lines.append(f"| p{float(q) * 100:g} | {exact[q] * 1000:.1f} ms | " + " | ".join(cells) + " |")
+    lines += ["", "## Scrape cost", "",
+              "infercol's Prometheus endpoint (text format, classic buckets) scraped once a second while spans over "
+              "many models flow at half the measured rate; series = sample lines on the page (what Prometheus "
+              "stores as series).", "",
+              "| models | series | page | scrape median | scrape max | scrapes | ingest meanwhile (target) | refused |",
+              "|---|---|---|---|---|---|---|---|"]
+    for x in scrapes:
+        lines.append(f"| {x['models']} | {x['series']:,} | {x['bytes'] / 1e6:.1f} MB | {x['median_ms']:.1f} ms | "
+                     f"{x['max_ms']:.1f} ms | {x['scrapes']} | {x['rate']:,.0f} ({x['target']:,.0f}) spans/s | "
+                     f"{x['refused']:,} |")
+    lines += ["", "## Systems", ""]
+    for s in systems:
+        lines.append(f"- {s.name}: {s.describe}")
+    if args.sampling:
+        lines += ["", f"hostmetrics + nvml at default intervals cost {args.sampling} (`bash bench/sampling-cost`)."]
+    if plotted:
+        lines += ["", "![throughput and soak](results.png)"]
+    with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
