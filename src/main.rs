@@ -60,6 +60,7 @@ fn registry() -> Registry {
         .processor(infercol_processors::memory_limiter::MemoryLimiterFactory)
         .processor(infercol_processors::model_metrics::ModelMetricsFactory)
         .processor(infercol_processors::model_metrics::gateway::ModelQuantilesFactory)
+        .exporter(infercol_exporters::dashboard::DashboardExporterFactory)
         .exporter(infercol_exporters::debug::DebugExporterFactory)
         .exporter(infercol_exporters::file::FileExporterFactory)
         .exporter(infercol_exporters::otlp::OtlpExporterFactory)

@@ -199,7 +199,22 @@ fn components_and_version() {
     let out = Command::new(BIN).arg("components").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["otlp", "batch", "debug", "file", "otlphttp"] {
+    // Every component type the contract names.
+    for name in [
+        "otlp",
+        "hostmetrics",
+        "nvml",
+        "replica_probe",
+        "model_metrics",
+        "batch",
+        "memory_limiter",
+        "otlphttp",
+        "prometheus",
+        "prometheusremotewrite",
+        "file",
+        "debug",
+        "dashboard",
+    ] {
         assert!(text.contains(name), "components should list {name}:\n{text}");
     }
     let out = Command::new(BIN).arg("--version").output().unwrap();
@@ -217,7 +232,8 @@ fn the_embedded_default_configuration_is_valid() {
             .replace("127.0.0.1:4317", "127.0.0.1:0")
             .replace("127.0.0.1:4318", "127.0.0.1:0")
             .replace("127.0.0.1:8888", "127.0.0.1:0")
-            .replace("127.0.0.1:9464", "127.0.0.1:0"),
+            .replace("127.0.0.1:9464", "127.0.0.1:0")
+            .replace("127.0.0.1:9465", "127.0.0.1:0"),
     );
     assert!(ok, "{text}");
 }
@@ -237,6 +253,7 @@ fn every_example_configuration_validates() {
                 .env("INFERCOL_OTLP_HTTP_ENDPOINT", "127.0.0.1:0")
                 .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
                 .env("INFERCOL_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
+                .env("INFERCOL_DASHBOARD_ENDPOINT", "127.0.0.1:0")
                 .output()
                 .unwrap();
             assert!(

@@ -411,6 +411,7 @@ async fn the_default_configuration_receives_spans_and_writes_spans_jsonl() {
         .env("INFERCOL_OTLP_HTTP_ENDPOINT", "127.0.0.1:0")
         .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
         .env("INFERCOL_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
+        .env("INFERCOL_DASHBOARD_ENDPOINT", "127.0.0.1:0")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -430,6 +431,14 @@ async fn the_default_configuration_receives_spans_and_writes_spans_jsonl() {
     });
     assert_eq!(spans_of(&lines).len(), 2);
     c.wait_for_log("debug: traces: 2 spans in 1 resources", Duration::from_secs(10));
+    // The dashboard is part of the default: its page answers.
+    let page = reqwest::get(c.address("dashboard"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("infercol · Metrics"), "{page}");
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
 }

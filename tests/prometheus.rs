@@ -5,115 +5,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::prometheus::{Prometheus, which};
 use common::{Collector, free_port, kv, server_span, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::any_value;
 
 /// A port that was free a moment ago (Prometheus cannot report a port it chose itself).
-fn which(binary: &str) -> String {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {binary}"))
-        .output()
-        .unwrap();
-    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
-    assert!(
-        !path.is_empty(),
-        "`{binary}` is not installed: `bash tests/run` installs Debian's prometheus package"
-    );
-    path
-}
-
-struct Prometheus {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    async fn start(target: &str, flags: &[&str]) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: infercol\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new(which("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Prometheus {
-            child,
-            _dir: dir,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/-/ready", p.url)).await
-                && r.status().is_success()
-            {
-                return p;
-            }
-            assert!(Instant::now() < deadline, "Prometheus did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The value of an instant query with one result, if it has one.
-    async fn query(&self, q: &str) -> Option<f64> {
-        let encoded: String = q
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let r = reqwest::get(format!("{}/api/v1/query?query={encoded}", self.url))
-            .await
-            .ok()?;
-        let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
-        let result = body["data"]["result"].as_array()?;
-        if result.len() != 1 {
-            return None;
-        }
-        result[0]["value"][1].as_str()?.parse().ok()
-    }
-
-    /// Polls a query until `accept` says yes; returns the last value.
-    async fn wait_for(&self, q: &str, accept: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(45);
-        let mut last = None;
-        while Instant::now() < deadline {
-            last = self.query(q).await;
-            if last.is_some_and(&accept) {
-                return last.unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!("`{q}` never gave the expected value; last: {last:?}");
-    }
-}
-
-/// The latency of request `i`: lognormal-like, spread over two decades.
 fn latency(i: u64) -> f64 {
     let u = ((i.wrapping_mul(2654435761) % 1009) as f64 + 0.5) / 1009.0;
     (u * 4.6 - 2.3).exp() * 0.2

@@ -1,0 +1,238 @@
+//! Exporter `dashboard`: a page with the Metrics tab of a hosted inference platform, served from memory.
+//!
+//! It keeps the metrics of its pipelines for `retention` (see `store`) and serves, on `endpoint`:
+//! - `/` — the page (embedded in the binary, with its chart library: it needs no network access);
+//! - `/api/labels` — the values of the filters (`model`, `environment`, `deployment`), `empty` (true until
+//!   metrics derived from spans arrive) and `series` (how many series are kept);
+//! - `/api/panels?range=1h&model=..&environment=..&deployment=..&latency=request&size=request` — the eight panels'
+//!   series (see `panels`).
+
+pub mod panels;
+pub mod store;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::Query as QueryString;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use infercol_pipelines::config::duration;
+use infercol_pipelines::{
+    AnyConfig, ComponentConfig, ComponentError, Data, Endpoint, ExportError, Exporter, ExporterContext,
+    ExporterFactory, Payload, Signal, config_as,
+};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use store::Store;
+
+/// `exporters.dashboard`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    pub endpoint: Endpoint,
+    /// How long points are kept (the longest range the page shows is 6h).
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// Series kept at most; points of further series are not kept (counted, logged once).
+    pub max_series: usize,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            endpoint: Endpoint::new("127.0.0.1:9465"),
+            retention: Duration::from_secs(6 * 3600),
+            max_series: 20_000,
+        }
+    }
+}
+
+impl ComponentConfig for DashboardConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.retention < Duration::from_secs(60) {
+            return Err("retention: must be at least 1m".into());
+        }
+        if self.max_series == 0 {
+            return Err("max_series: must be more than 0".into());
+        }
+        Ok(())
+    }
+
+    fn listen_endpoints(&self) -> Vec<(&'static str, &Endpoint)> {
+        vec![("endpoint", &self.endpoint)]
+    }
+}
+
+pub struct DashboardExporterFactory;
+
+infercol_pipelines::factory!(
+    DashboardExporterFactory,
+    "dashboard",
+    DashboardConfig,
+    &[Signal::Metrics]
+);
+
+impl ExporterFactory for DashboardExporterFactory {
+    fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
+        let config = config_as::<DashboardConfig>(config)?.clone();
+        Ok(Arc::new(DashboardExporter {
+            id: ctx.id.to_string(),
+            store: Arc::new(RwLock::new(Store::new(config.retention, config.max_series))),
+            config,
+            server: Mutex::new(None),
+        }))
+    }
+}
+
+pub struct DashboardExporter {
+    id: String,
+    config: DashboardConfig,
+    store: Arc<RwLock<Store>>,
+    server: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+}
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP: &str = include_str!("assets/app.js");
+const UPLOT_JS: &str = include_str!("assets/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("assets/uPlot.min.css");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], axum::Json(value)).into_response()
+}
+
+fn router(store: Arc<RwLock<Store>>) -> axum::Router {
+    use axum::routing::get;
+    let labels_store = store.clone();
+    axum::Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP) }),
+        )
+        .route(
+            "/assets/uPlot.iife.min.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UPLOT_JS) }),
+        )
+        .route(
+            "/assets/uPlot.min.css",
+            get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
+        )
+        .route(
+            "/api/labels",
+            get(move || {
+                let store = labels_store.clone();
+                async move {
+                    let Ok(s) = store.read() else {
+                        return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
+                    };
+                    json(
+                        StatusCode::OK,
+                        serde_json::json!({
+                            "empty": s.no_model_data(),
+                            "series": s.series.len(),
+                            "labels": s.label_values(),
+                        }),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/api/panels",
+            get(
+                move |q: Result<QueryString<panels::Query>, axum::extract::rejection::QueryRejection>| {
+                    let store = store.clone();
+                    async move {
+                        let q = match q {
+                            Ok(QueryString(q)) => q,
+                            Err(e) => {
+                                return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.body_text()}));
+                            }
+                        };
+                        if let Ok(mut s) = store.write() {
+                            s.expire(now_ms());
+                        }
+                        let Ok(s) = store.read() else {
+                            return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
+                        };
+                        match panels::panels(&s, &q, now_ms()) {
+                            Ok(body) => json(StatusCode::OK, body),
+                            Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+                        }
+                    }
+                },
+            ),
+        )
+}
+
+#[async_trait]
+impl Exporter for DashboardExporter {
+    async fn start(&self) -> Result<(), ComponentError> {
+        let endpoint = &self.config.endpoint;
+        let listener = tokio::net::TcpListener::bind(&endpoint.address)
+            .await
+            .map_err(|e| ComponentError::new(format!("endpoint {}: cannot listen: {e}", endpoint.describe())))?;
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let app = router(self.store.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let id = self.id.clone();
+        tracing::info!(exporter = %id, "dashboard on http://{address}/");
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(exporter = %id, "dashboard endpoint: {e}");
+            }
+        });
+        if let Ok(mut server) = self.server.lock() {
+            *server = Some((stop, task));
+        }
+        Ok(())
+    }
+
+    async fn export(&self, data: Data) -> Result<(), ExportError> {
+        let Payload::Metrics(request) = data.payload() else {
+            return Ok(());
+        };
+        let mut store = self
+            .store
+            .write()
+            .map_err(|_| ExportError::permanent("dashboard store lock poisoned"))?;
+        store.ingest(request);
+        // Old points go as new ones come, whether or not anyone looks at the page.
+        store.expire(now_ms());
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<(), ComponentError> {
+        let server = self.server.lock().ok().and_then(|mut s| s.take());
+        if let Some((stop, task)) = server {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,456 @@
+//! The eight panels of the page, computed from the store for a time range and a selection: the body of
+//! `GET /api/panels`. Every panel holds series of values aligned on one list of times (seconds), one value per step
+//! (`null` where nothing was received).
+//!
+//! How several series are combined when a selection matches more than one (several models, deployments):
+//! counts and gauges are added up; percentiles are the window quantiles weighted by each window's count (an
+//! estimate that lies between the smallest and the largest of the series' own quantiles; pick one model for the
+//! exact figure, or use the Prometheus exporter's histograms, which merge exactly).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use super::store::{FILTERS, Kind, Series, Store};
+
+pub const QUANTILES: [(&str, &str); 4] = [("0.5", "p50"), ("0.9", "p90"), ("0.95", "p95"), ("0.99", "p99")];
+
+/// The query string of `/api/panels`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Query {
+    /// `15m`, `1h`, `6h`, or seconds.
+    pub range: Option<String>,
+    pub model: Option<String>,
+    pub environment: Option<String>,
+    pub deployment: Option<String>,
+    /// `request` (end-to-end), `inference` or `ttfb`.
+    pub latency: Option<String>,
+    /// `request`, `response`, `input_tokens` or `output_tokens`.
+    pub size: Option<String>,
+}
+
+/// A range as the page and the API name it, in seconds.
+pub fn parse_range(range: Option<&str>) -> Result<i64, String> {
+    let r = range.unwrap_or("1h").trim();
+    let (digits, unit) = r.split_at(r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len()));
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("range: `{r}` is not like 15m, 1h, 6h or 900"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("range: `{r}` is not like 15m, 1h, 6h or 900")),
+    };
+    if !(60..=7 * 24 * 3600).contains(&seconds) {
+        return Err(format!("range: `{r}` must be between 1 minute and 7 days"));
+    }
+    Ok(seconds)
+}
+
+#[derive(Clone, Copy)]
+struct Grid {
+    start: i64,
+    step: i64,
+    bins: usize,
+}
+
+impl Grid {
+    fn bin(&self, t: i64) -> Option<usize> {
+        let i = (t - self.start).div_euclid(self.step);
+        (0..self.bins as i64).contains(&i).then_some(i as usize)
+    }
+}
+
+struct Selection<'a> {
+    filters: Vec<(&'static str, &'a str)>,
+}
+
+impl Selection<'_> {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.filters
+            .iter()
+            .all(|(k, v)| labels.get(*k).is_some_and(|have| have == v))
+    }
+}
+
+type Values = Vec<Option<f64>>;
+
+/// The last value of a series in each step.
+fn last_per_bin(s: &Series, grid: &Grid) -> Values {
+    let mut out = vec![None; grid.bins];
+    for p in &s.points {
+        if let Some(i) = grid.bin(p.t) {
+            out[i] = Some(p.v);
+        }
+    }
+    out
+}
+
+/// Adds `b` into `a`, where either has a value.
+fn add_into(a: &mut Values, b: &Values) {
+    for (x, y) in a.iter_mut().zip(b) {
+        if let Some(y) = y {
+            *x = Some(x.unwrap_or(0.0) + y);
+        }
+    }
+}
+
+fn round(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let digits = 6 - v.abs().log10().ceil() as i32;
+    let f = 10f64.powi(digits.clamp(0, 12));
+    (v * f).round() / f
+}
+
+fn series(name: &str, values: &Values, extra: Json) -> Json {
+    let mut s = json!({
+        "name": name,
+        "values": values.iter().map(|v| v.map(round)).collect::<Vec<_>>(),
+    });
+    if let (Some(obj), Json::Object(more)) = (s.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    s
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    grid: Grid,
+    sel: Selection<'a>,
+}
+
+impl Ctx<'_> {
+    fn matching<'s>(&'s self, name: &'s str) -> impl Iterator<Item = (&'s BTreeMap<String, String>, &'s Series)> + 's {
+        self.store
+            .series
+            .iter()
+            .filter(move |((n, labels), _)| n == name && self.sel.matches(labels))
+            .map(|((_, labels), s)| (labels, s))
+    }
+
+    /// Requests per second by status group: the class for HTTP, the code for gRPC and WebSocket.
+    fn volume(&self) -> Json {
+        let mut groups: BTreeMap<(String, String), Values> = BTreeMap::new();
+        let step_s = self.grid.step as f64 / 1000.0;
+        for (labels, s) in self.matching("model.requests") {
+            if s.kind != Kind::Increase {
+                continue;
+            }
+            let class = labels.get("status_class").cloned().unwrap_or_else(|| "2xx".into());
+            let code = labels.get("status_code").cloned().unwrap_or_default();
+            let name = match labels.get("protocol").map(String::as_str) {
+                Some("grpc") => format!("gRPC {code}"),
+                Some("websocket") => format!("WebSocket {code}"),
+                _ => class.clone(),
+            };
+            let mut values = vec![None; self.grid.bins];
+            for p in &s.points {
+                if let Some(i) = self.grid.bin(p.t) {
+                    values[i] = Some(values[i].unwrap_or(0.0) + p.v / step_s);
+                }
+            }
+            add_into(
+                groups
+                    .entry((class, name))
+                    .or_insert_with(|| vec![None; self.grid.bins]),
+                &values,
+            );
+        }
+        // Steps between the first and last report are zero, not gaps: nothing was requested then.
+        let reported: Vec<bool> = (0..self.grid.bins)
+            .map(|i| groups.values().any(|v| v[i].is_some()))
+            .collect();
+        let first = reported.iter().position(|r| *r);
+        let last = reported.iter().rposition(|r| *r);
+        let list: Vec<Json> = groups
+            .iter()
+            .map(|((class, name), values)| {
+                let filled: Values = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match (first, last) {
+                        (Some(f), Some(l)) if i >= f && i <= l => Some(v.unwrap_or(0.0)),
+                        _ => *v,
+                    })
+                    .collect();
+                series(name, &filled, json!({ "class": class }))
+            })
+            .collect();
+        json!({ "id": "volume", "title": "Inference volume", "unit": "req/s", "stacked": true, "series": list })
+    }
+
+    /// p50..p99 of a window summary, combined over the matching series by their window counts.
+    fn quantiles(&self, name: &str) -> (Vec<Json>, usize) {
+        // Per series (labels without `quantile`): each quantile's values and the count.
+        let mut by_base: BTreeMap<BTreeMap<String, String>, BTreeMap<String, Values>> = BTreeMap::new();
+        for (labels, s) in self.matching(name) {
+            let Some(q) = labels.get("quantile") else { continue };
+            let mut base = labels.clone();
+            base.remove("quantile");
+            by_base
+                .entry(base)
+                .or_default()
+                .insert(q.clone(), last_per_bin(s, &self.grid));
+        }
+        let mut out = Vec::new();
+        for (q, label) in QUANTILES {
+            let mut values = vec![None; self.grid.bins];
+            for (i, v) in values.iter_mut().enumerate() {
+                let (mut sum, mut weight) = (0.0, 0.0);
+                for qs in by_base.values() {
+                    let value = qs.get(q).and_then(|v| v[i]);
+                    let count = qs.get("count").and_then(|v| v[i]).unwrap_or(1.0);
+                    if let Some(value) = value
+                        && count > 0.0
+                    {
+                        sum += value * count;
+                        weight += count;
+                    }
+                }
+                if weight > 0.0 {
+                    *v = Some(sum / weight);
+                }
+            }
+            out.push(series(label, &values, json!({})));
+        }
+        (out, by_base.len())
+    }
+
+    fn percentile_panel(&self, id: &str, title: &str, unit: &str, metric: &str, choice: Option<Json>) -> Json {
+        let (list, combined) = self.quantiles(metric);
+        let mut panel = json!({ "id": id, "title": title, "unit": unit, "series": list, "combined": combined });
+        if let Some(c) = choice {
+            panel["choice"] = c;
+        }
+        panel
+    }
+
+    /// Gauges added up over the matching series, one line per value of `by` (or one line).
+    fn gauge_sum(
+        &self,
+        metric: &str,
+        by: Option<&str>,
+        only: &dyn Fn(&BTreeMap<String, String>) -> bool,
+    ) -> BTreeMap<String, Values> {
+        let mut groups: BTreeMap<String, Values> = BTreeMap::new();
+        for (labels, s) in self.matching(metric) {
+            if !only(labels) {
+                continue;
+            }
+            let group = by.and_then(|b| labels.get(b)).cloned().unwrap_or_default();
+            let values = last_per_bin(s, &self.grid);
+            add_into(
+                groups.entry(group).or_insert_with(|| vec![None; self.grid.bins]),
+                &values,
+            );
+        }
+        groups
+    }
+
+    fn replicas(&self) -> Json {
+        let groups = self.gauge_sum("model.replicas", Some("state"), &|_| true);
+        let list: Vec<Json> = ["active", "starting"]
+            .iter()
+            .filter_map(|state| groups.get(*state).map(|v| series(state, v, json!({}))))
+            .collect();
+        json!({ "id": "replicas", "title": "Replicas", "unit": "", "series": list })
+    }
+
+    /// The selection's replica processes when any report, else the host.
+    fn cpu_memory(&self) -> Json {
+        let replica = |l: &BTreeMap<String, String>| l.contains_key("model");
+        let cpu = self.gauge_sum("process.cpu.utilization", None, &replica);
+        let memory = self.gauge_sum("process.memory.usage", None, &replica);
+        let (cpu, memory, source) = if cpu.is_empty() && memory.is_empty() {
+            let host = Ctx {
+                store: self.store,
+                grid: self.grid,
+                sel: Selection { filters: Vec::new() },
+            };
+            let used = |l: &BTreeMap<String, String>| l.get("system.memory.state").is_none_or(|s| s == "used");
+            (
+                host.gauge_sum("system.cpu.utilization", None, &|_| true),
+                host.gauge_sum("system.memory.usage", None, &used),
+                "host",
+            )
+        } else {
+            (cpu, memory, "replicas")
+        };
+        let mut list = Vec::new();
+        if let Some(v) = cpu.get("") {
+            let percent: Values = v.iter().map(|x| x.map(|r| r * 100.0)).collect();
+            list.push(series("CPU", &percent, json!({ "unit": "%", "axis": "left" })));
+        }
+        if let Some(v) = memory.get("") {
+            list.push(series("memory", v, json!({ "unit": "By", "axis": "right" })));
+        }
+        json!({ "id": "cpu_memory", "title": "CPU and memory", "unit": "%", "right_unit": "By", "source": source, "series": list })
+    }
+
+    /// Every GPU's utilisation and memory; with a selection, the GPUs its replicas hold memory on.
+    fn gpu(&self) -> Json {
+        let held: std::collections::BTreeSet<String> = self
+            .matching("process.gpu.memory.usage")
+            .filter_map(|(l, _)| l.get("hw.id").cloned())
+            .collect();
+        let selected = !self.sel.filters.is_empty();
+        let all = Ctx {
+            store: self.store,
+            grid: self.grid,
+            sel: Selection { filters: Vec::new() },
+        };
+        let on = |l: &BTreeMap<String, String>| !selected || l.get("hw.id").is_some_and(|id| held.contains(id));
+        let name_of = |id: &str| -> String {
+            let index = all
+                .matching("hw.gpu.utilization")
+                .chain(all.matching("hw.gpu.memory.usage"))
+                .find(|(l, _)| l.get("hw.id").map(String::as_str) == Some(id))
+                .and_then(|(l, _)| l.get("hw.gpu.index").cloned());
+            format!("GPU {}", index.unwrap_or_else(|| id.chars().take(12).collect()))
+        };
+        let mut list = Vec::new();
+        for (id, v) in all.gauge_sum("hw.gpu.utilization", Some("hw.id"), &on) {
+            let percent: Values = v.iter().map(|x| x.map(|r| r * 100.0)).collect();
+            list.push(series(
+                &format!("{} busy", name_of(&id)),
+                &percent,
+                json!({ "unit": "%", "axis": "left" }),
+            ));
+        }
+        for (id, v) in all.gauge_sum("hw.gpu.memory.usage", Some("hw.id"), &on) {
+            list.push(series(
+                &format!("{} memory", name_of(&id)),
+                &v,
+                json!({ "unit": "By", "axis": "right" }),
+            ));
+        }
+        if selected {
+            let model = self.gauge_sum("process.gpu.memory.usage", None, &|_| true);
+            if let Some(v) = model.get("") {
+                list.push(series(
+                    "selection's memory",
+                    v,
+                    json!({ "unit": "By", "axis": "right" }),
+                ));
+            }
+        }
+        json!({ "id": "gpu", "title": "GPU usage and memory", "unit": "%", "right_unit": "By", "series": list })
+    }
+
+    fn queue_size(&self) -> Json {
+        let groups = self.gauge_sum("model.async_queue.size", None, &|_| true);
+        let list: Vec<Json> = groups
+            .get("")
+            .map(|v| series("waiting", v, json!({})))
+            .into_iter()
+            .collect();
+        json!({ "id": "queue_size", "title": "Async queue size", "unit": "", "series": list })
+    }
+}
+
+/// The body of `GET /api/panels`.
+pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
+    let range_ms = parse_range(q.range.as_deref())? * 1000;
+    let resolution = store.resolution_ms();
+    // About 180 steps over the range, never finer than the data arrives.
+    let step = ((range_ms / 180).max(resolution) + 999) / 1000 * 1000;
+    let bins = (range_ms / step) as usize;
+    let end = (now_ms / step + 1) * step;
+    let grid = Grid {
+        start: end - bins as i64 * step,
+        step,
+        bins,
+    };
+    let selected: Vec<(&'static str, &str)> = FILTERS
+        .iter()
+        .zip([&q.model, &q.environment, &q.deployment])
+        .filter_map(|(k, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| (*k, v)))
+        .collect();
+    let times: Vec<f64> = (0..bins)
+        .map(|i| (grid.start + (i as i64 + 1) * step) as f64 / 1000.0)
+        .collect();
+    let ctx = Ctx {
+        store,
+        grid,
+        sel: Selection { filters: selected },
+    };
+    let latency = q.latency.as_deref().unwrap_or("request");
+    let latency_metric = match latency {
+        "request" => "model.request.duration_seconds_window",
+        "inference" => "model.inference.duration_seconds_window",
+        "ttfb" => "model.time_to_first_byte_seconds_window",
+        other => return Err(format!("latency: `{other}` is not request, inference or ttfb")),
+    };
+    let size = q.size.as_deref().unwrap_or("request");
+    let (size_metric, size_unit) = match size {
+        "request" => ("model.request.size_bytes_window", "By"),
+        "response" => ("model.response.size_bytes_window", "By"),
+        "input_tokens" => ("model.input_tokens_window", "tokens"),
+        "output_tokens" => ("model.output_tokens_window", "tokens"),
+        other => {
+            return Err(format!(
+                "size: `{other}` is not request, response, input_tokens or output_tokens"
+            ));
+        }
+    };
+    let list = vec![
+        ctx.volume(),
+        ctx.percentile_panel(
+            "latency",
+            "Response time",
+            "s",
+            latency_metric,
+            Some(json!({ "key": "latency", "selected": latency, "options": [
+                ["request", "End-to-end"], ["inference", "Inference"], ["ttfb", "Time to first byte"]] })),
+        ),
+        ctx.percentile_panel(
+            "size",
+            "Request and response size",
+            size_unit,
+            size_metric,
+            Some(json!({ "key": "size", "selected": size, "options": [
+                ["request", "Request size"], ["response", "Response size"],
+                ["input_tokens", "Input tokens"], ["output_tokens", "Output tokens"]] })),
+        ),
+        ctx.replicas(),
+        ctx.cpu_memory(),
+        ctx.gpu(),
+        ctx.percentile_panel(
+            "queue_time",
+            "Time in async queue",
+            "s",
+            "model.async_queue.duration_seconds_window",
+            None,
+        ),
+        ctx.queue_size(),
+    ];
+    Ok(json!({
+        "from": (ctx.grid.start / 1000),
+        "to": end / 1000,
+        "step": step / 1000,
+        "times": times,
+        "empty": store.no_model_data(),
+        "series": store.series.len(),
+        "panels": list,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(Some("15m")), Ok(900));
+        assert_eq!(parse_range(Some("6h")), Ok(21_600));
+        assert_eq!(parse_range(None), Ok(3600));
+        assert_eq!(parse_range(Some("120")), Ok(120));
+        assert!(parse_range(Some("1x")).unwrap_err().contains("15m"));
+        assert!(parse_range(Some("10s")).unwrap_err().contains("between"));
+    }
+}

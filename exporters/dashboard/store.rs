@@ -1,0 +1,401 @@
+//! The dashboard's memory: every number its pipelines deliver, as time series at the resolution they arrive in
+//! (the model_metrics flush, the receivers' collection interval), kept for `retention`.
+//!
+//! A series is a metric name plus its point's attributes; a point is 16 bytes (time in ms, value). Monotonic sums
+//! are kept as the increase since the series' previous point (whatever the temporality), gauges as they are,
+//! window summaries as one series per quantile plus one of the window's count (to weigh quantiles when several
+//! series are combined). Histogram buckets are not kept: the window quantiles answer the percentile panels.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, metric::Data as MetricData, number_data_point};
+
+/// The labels the dashboard filters on.
+pub const FILTERS: [&str; 3] = ["model", "environment", "deployment"];
+
+/// Bytes one stored point takes.
+pub const POINT_BYTES: usize = std::mem::size_of::<Point>();
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// Milliseconds since the Unix epoch (the point's own time, not its arrival).
+    pub t: i64,
+    pub v: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Increase since the previous point.
+    Increase,
+    Gauge,
+    /// One quantile of a window summary (label `quantile`), or (label `quantile` = `count`) the window's count.
+    Quantile,
+}
+
+#[derive(Debug)]
+pub struct Series {
+    pub kind: Kind,
+    pub points: VecDeque<Point>,
+    /// A cumulative sum's last (start time, value), to turn it into increases.
+    last_cumulative: Option<(u64, f64)>,
+}
+
+/// Metric name and sorted attributes.
+pub type Key = (String, BTreeMap<String, String>);
+
+pub struct Store {
+    pub retention: Duration,
+    pub max_series: usize,
+    pub series: HashMap<Key, Series>,
+    /// Points refused because `max_series` was reached (counted, logged once).
+    pub dropped: u64,
+    /// The typical spacing of points, in ms (the median over recent arrivals), for the query step.
+    gaps: VecDeque<i64>,
+}
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The model labels a resource implies (contract section 1), for points that do not carry them.
+fn resource_labels(resource: &[KeyValue]) -> BTreeMap<String, String> {
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| resource.iter().find(|kv| kv.key == *k).map(|kv| text(&kv.value)))
+    };
+    let mut out = BTreeMap::new();
+    for (label, keys) in [
+        ("model", &["service.name"][..]),
+        (
+            "deployment",
+            &["deployment.id", "deployment.name", "service.version"][..],
+        ),
+        (
+            "environment",
+            &["deployment.environment.name", "deployment.environment"][..],
+        ),
+    ] {
+        if let Some(v) = first(keys) {
+            out.insert(label.to_string(), v);
+        }
+    }
+    out
+}
+
+impl Store {
+    pub fn new(retention: Duration, max_series: usize) -> Store {
+        Store {
+            retention,
+            max_series,
+            series: HashMap::new(),
+            dropped: 0,
+            gaps: VecDeque::new(),
+        }
+    }
+
+    /// The spacing to bin queries at: the median gap between a series' points, 10 s before any is known.
+    pub fn resolution_ms(&self) -> i64 {
+        if self.gaps.is_empty() {
+            return 10_000;
+        }
+        let mut g: Vec<i64> = self.gaps.iter().copied().collect();
+        g.sort_unstable();
+        g[g.len() / 2].max(1_000)
+    }
+
+    /// Bytes held by the points (the README's memory figure is this over series and hours).
+    pub fn point_bytes(&self) -> usize {
+        self.series.values().map(|s| s.points.capacity() * POINT_BYTES).sum()
+    }
+
+    fn push(&mut self, key: Key, kind: Kind, t: i64, value: f64, cumulative: Option<u64>) {
+        if !value.is_finite() {
+            return;
+        }
+        let full = self.series.len() >= self.max_series;
+        let series = match self.series.get_mut(&key) {
+            Some(s) => s,
+            None if full => {
+                if self.dropped == 0 {
+                    tracing::warn!(
+                        "dashboard: {} series kept, the limit (max_series); new series are not shown",
+                        self.max_series
+                    );
+                }
+                self.dropped += 1;
+                return;
+            }
+            None => self.series.entry(key).or_insert(Series {
+                kind,
+                points: VecDeque::new(),
+                last_cumulative: None,
+            }),
+        };
+        let v = match cumulative {
+            Some(start) => {
+                let increase = match series.last_cumulative {
+                    Some((s, last)) if s == start && value >= last => value - last,
+                    // First sight, or a restart (new start time, or a value that went down): all of it is new.
+                    _ => value,
+                };
+                series.last_cumulative = Some((start, value));
+                increase
+            }
+            None => value,
+        };
+        if let Some(last) = series.points.back() {
+            if t < last.t {
+                return; // Out of order: a series only moves forward.
+            }
+            let gap = t - last.t;
+            if gap > 0 {
+                self.gaps.push_back(gap);
+                if self.gaps.len() > 256 {
+                    self.gaps.pop_front();
+                }
+            }
+        }
+        series.points.push_back(Point { t, v });
+    }
+
+    /// Keeps what `request` holds.
+    pub fn ingest(&mut self, request: &ExportMetricsServiceRequest) {
+        for rm in &request.resource_metrics {
+            let resource = rm.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+            let implied = resource_labels(resource);
+            for metric in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
+                let labels = |attributes: &[KeyValue]| {
+                    let mut l: BTreeMap<String, String> =
+                        attributes.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect();
+                    // A point without model labels but from a model's resource belongs to that model.
+                    if !l.contains_key("model") {
+                        for (k, v) in &implied {
+                            l.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
+                    }
+                    l
+                };
+                let ms = |ns: u64| (ns / 1_000_000) as i64;
+                match &metric.data {
+                    Some(MetricData::Sum(sum)) => {
+                        let cumulative = sum.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                        for p in &sum.data_points {
+                            let value = match p.value {
+                                Some(number_data_point::Value::AsDouble(d)) => d,
+                                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                                None => continue,
+                            };
+                            let kind = if sum.is_monotonic { Kind::Increase } else { Kind::Gauge };
+                            let start = (cumulative && sum.is_monotonic).then_some(p.start_time_unix_nano);
+                            self.push(
+                                (metric.name.clone(), labels(&p.attributes)),
+                                kind,
+                                ms(p.time_unix_nano),
+                                value,
+                                start,
+                            );
+                        }
+                    }
+                    Some(MetricData::Gauge(g)) => {
+                        for p in &g.data_points {
+                            let value = match p.value {
+                                Some(number_data_point::Value::AsDouble(d)) => d,
+                                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                                None => continue,
+                            };
+                            let key = (metric.name.clone(), labels(&p.attributes));
+                            self.push(key, Kind::Gauge, ms(p.time_unix_nano), value, None);
+                        }
+                    }
+                    Some(MetricData::Summary(s)) => {
+                        for p in &s.data_points {
+                            let base = labels(&p.attributes);
+                            let t = ms(p.time_unix_nano);
+                            for q in &p.quantile_values {
+                                let mut l = base.clone();
+                                l.insert("quantile".into(), q.quantile.to_string());
+                                self.push((metric.name.clone(), l), Kind::Quantile, t, q.value, None);
+                            }
+                            let mut l = base;
+                            l.insert("quantile".into(), "count".into());
+                            self.push((metric.name.clone(), l), Kind::Quantile, t, p.count as f64, None);
+                        }
+                    }
+                    // Buckets are for Prometheus and OTLP backends; the percentile panels use the window quantiles.
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Drops points older than the retention, and series left empty.
+    pub fn expire(&mut self, now_ms: i64) {
+        let oldest = now_ms - self.retention.as_millis() as i64;
+        self.series.retain(|_, s| {
+            while s.points.front().is_some_and(|p| p.t < oldest) {
+                s.points.pop_front();
+            }
+            if s.points.len() * 4 < s.points.capacity() && s.points.capacity() > 64 {
+                s.points.shrink_to_fit();
+            }
+            !s.points.is_empty()
+        });
+    }
+
+    /// Whether nothing derived from spans has arrived yet (host and GPU samples may have).
+    pub fn no_model_data(&self) -> bool {
+        !self.series.keys().any(|(name, _)| name.starts_with("model."))
+    }
+
+    /// The values each filter label takes, sorted.
+    pub fn label_values(&self) -> BTreeMap<&'static str, Vec<String>> {
+        let mut out: BTreeMap<&'static str, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for ((name, labels), _) in self.series.iter() {
+            if !name.starts_with("model.") && !labels.contains_key("model") {
+                continue;
+            }
+            for f in FILTERS {
+                if let Some(v) = labels.get(f) {
+                    out.entry(f).or_default().insert(v.clone());
+                }
+            }
+        }
+        FILTERS
+            .iter()
+            .map(|f| (*f, out.remove(f).map(|s| s.into_iter().collect()).unwrap_or_default()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
+    };
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(metric: Metric) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![metric],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn counter(value: f64, start: u64, at_s: u64, temporality: AggregationTemporality) -> Metric {
+        Metric {
+            name: "model.requests".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    attributes: vec![kv("model", "m"), kv("status_class", "2xx")],
+                    start_time_unix_nano: start,
+                    time_unix_nano: at_s * 1_000_000_000,
+                    value: Some(number_data_point::Value::AsDouble(value)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: temporality as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn values(store: &Store, name: &str) -> Vec<f64> {
+        let (_, s) = store.series.iter().find(|((n, _), _)| n == name).unwrap();
+        s.points.iter().map(|p| p.v).collect()
+    }
+
+    #[test]
+    fn cumulative_sums_become_increases_and_restarts_count_from_zero() {
+        let mut store = Store::new(Duration::from_secs(3600), 100);
+        for (value, start, at) in [(5.0, 1, 10), (12.0, 1, 20), (12.0, 1, 30), (3.0, 2, 40)] {
+            store.ingest(&request(counter(value, start, at, AggregationTemporality::Cumulative)));
+        }
+        assert_eq!(values(&store, "model.requests"), vec![5.0, 7.0, 0.0, 3.0]);
+        assert_eq!(store.resolution_ms(), 10_000);
+    }
+
+    #[test]
+    fn delta_sums_are_kept_as_they_are() {
+        let mut store = Store::new(Duration::from_secs(3600), 100);
+        for (value, at) in [(5.0, 10), (7.0, 20)] {
+            store.ingest(&request(counter(value, 0, at, AggregationTemporality::Delta)));
+        }
+        assert_eq!(values(&store, "model.requests"), vec![5.0, 7.0]);
+    }
+
+    #[test]
+    fn retention_and_the_series_limit_bound_memory() {
+        let mut store = Store::new(Duration::from_secs(60), 2);
+        for i in 0..5 {
+            let metric = Metric {
+                name: format!("g{i}"),
+                data: Some(Data::Gauge(Gauge {
+                    data_points: vec![NumberDataPoint {
+                        time_unix_nano: 1_000_000_000 * 100,
+                        value: Some(number_data_point::Value::AsDouble(1.0)),
+                        ..Default::default()
+                    }],
+                })),
+                ..Default::default()
+            };
+            store.ingest(&request(metric));
+        }
+        assert_eq!(store.series.len(), 2, "past max_series new series are refused");
+        assert_eq!(store.dropped, 3);
+        store.expire(100_000 + 59_000);
+        assert_eq!(store.series.len(), 2, "within the retention");
+        store.expire(100_000 + 61_000);
+        assert!(store.series.is_empty(), "older than the retention: gone");
+    }
+
+    /// The README's figure: one series at the default 10 s flush holds 360 points an hour, 16 bytes each.
+    #[test]
+    fn memory_per_series_and_hour() {
+        let mut store = Store::new(Duration::from_secs(3600), 100);
+        for i in 0..720u64 {
+            let metric = Metric {
+                name: "model.async_queue.size".into(),
+                data: Some(Data::Gauge(Gauge {
+                    data_points: vec![NumberDataPoint {
+                        time_unix_nano: i * 10_000_000_000,
+                        value: Some(number_data_point::Value::AsDouble(i as f64)),
+                        ..Default::default()
+                    }],
+                })),
+                ..Default::default()
+            };
+            store.ingest(&request(metric));
+            store.expire((i * 10_000) as i64);
+        }
+        let points: usize = store.series.values().map(|s| s.points.len()).sum();
+        assert_eq!(points, 361, "an hour of 10 s points (both ends)");
+        assert_eq!(POINT_BYTES, 16);
+        let bytes = store.point_bytes();
+        assert!(bytes <= 8 * 1024, "{bytes} bytes for one series-hour");
+    }
+}

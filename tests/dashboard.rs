@@ -1,0 +1,672 @@
+//! The Metrics tab: the `dashboard` exporter's page in a real headless Chromium (driven over WebDriver by Debian's
+//! chromedriver), and the Grafana dashboard in `examples/grafana/infercol.json` against a real Prometheus scraping
+//! the same collector. Both get the same workload: two models over HTTP, gRPC and WebSocket, streaming and async
+//! requests, this test process as a model replica (host CPU and memory), and GPU samples as another agent's nvml
+//! receiver would send them over OTLP.
+//!
+//! With `INFERCOL_SCREENSHOT=FILE` the browser test also saves a screenshot of the page with data (the README's).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::prometheus::{Prometheus, which};
+use common::{Collector, free_port, kv};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::{
+    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event};
+use serde_json::{Value as Json, json};
+
+const CONFIG: &str = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: { endpoint: "127.0.0.1:0" }
+  hostmetrics: { collection_interval: 1s, sample_interval: 250ms }
+processors:
+  model_metrics: { flush_interval: 1s }
+exporters:
+  dashboard: { endpoint: "127.0.0.1:0" }
+  prometheus: { endpoint: "127.0.0.1:0" }
+  debug:
+service:
+  telemetry:
+    metrics: { level: none }
+  pipelines:
+    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    metrics: { receivers: [otlp, model_metrics, hostmetrics], exporters: [dashboard, prometheus] }
+"#;
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn s(v: &str) -> Value {
+    Value::StringValue(v.into())
+}
+
+fn hostname() -> String {
+    let out = Command::new("hostname").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn resource(model: &str, environment: &str, deployment: &str, replica: bool) -> Resource {
+    let mut attributes = vec![
+        kv("service.name", s(model)),
+        kv("deployment.environment.name", s(environment)),
+        kv("deployment.id", s(deployment)),
+    ];
+    if replica {
+        // This test process plays the replica: its CPU and memory are the model's.
+        attributes.push(kv("host.name", s(&hostname())));
+        attributes.push(kv("process.pid", Value::IntValue(i64::from(std::process::id()))));
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+fn span(n: u64, name: &str, kind: i32, start: u64, end: u64, attributes: Vec<KeyValue>) -> Span {
+    Span {
+        trace_id: [n.to_be_bytes(), [7; 8]].concat(),
+        span_id: (n + 1).to_be_bytes().to_vec(),
+        name: name.into(),
+        kind,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// One round of traffic: `chat-llm` (prod, v1) streams over HTTP with 2xx and 429s, tokens and an async queue;
+/// `vision` (staging, v2) answers over HTTP with 500s, over gRPC and over WebSocket.
+fn round(r: u64) -> ExportTraceServiceRequest {
+    let now = now_ns();
+    let mut chat = Vec::new();
+    let mut vision = Vec::new();
+    // The load swells and ebbs from round to round.
+    for i in 0..24 + (r * 7) % 24 {
+        let n = r * 1000 + i;
+        let seconds = 0.05 + (i % 10) as f64 * 0.03;
+        let start = now - (seconds * 1e9) as u64;
+        let code = if i % 8 == 0 { 429 } else { 200 };
+        let mut request = span(
+            n * 4,
+            "POST /v1/chat",
+            2,
+            start,
+            now,
+            vec![
+                kv("http.response.status_code", Value::IntValue(code)),
+                kv("http.request.body.size", Value::IntValue(200 + 10 * i as i64)),
+                kv("http.response.body.size", Value::IntValue(2000 + 100 * i as i64)),
+                kv("gen_ai.usage.input_tokens", Value::IntValue(50 + i as i64)),
+                kv("gen_ai.usage.output_tokens", Value::IntValue(200 + 3 * i as i64)),
+            ],
+        );
+        request.events.push(Event {
+            name: "first_token".into(),
+            time_unix_nano: start + (seconds * 0.2e9) as u64,
+            ..Default::default()
+        });
+        chat.push(request);
+        chat.push(span(
+            n * 4 + 1,
+            "predict",
+            1,
+            start,
+            start + (seconds * 0.7e9) as u64,
+            vec![],
+        ));
+        // Async: enqueued, then waited `i` x 20 ms in the queue; every fourth one is still waiting.
+        let id = kv("messaging.message.id", s(&format!("job-{r}-{i}")));
+        chat.push(span(
+            n * 4 + 2,
+            "async.enqueue",
+            4,
+            now - 1_000_000,
+            now - 900_000,
+            vec![id.clone()],
+        ));
+        if i % 4 != 0 {
+            let waited = (i + 1) * 20_000_000;
+            chat.push(span(n * 4 + 3, "async.queue", 1, now - waited, now, vec![id]));
+        }
+
+        let attributes = match i % 4 {
+            0 => vec![kv("http.response.status_code", Value::IntValue(500))],
+            1 => vec![
+                kv("rpc.system", s("grpc")),
+                kv("rpc.grpc.status_code", Value::IntValue(14)),
+            ],
+            2 => vec![
+                kv("rpc.system", s("grpc")),
+                kv("rpc.grpc.status_code", Value::IntValue(0)),
+            ],
+            _ => vec![kv("websocket.close_code", Value::IntValue(1011))],
+        };
+        vision.push(span(n * 4 + 500_000, "Predict", 2, start, now + 20_000_000, attributes));
+    }
+    let rs = |resource: Resource, spans: Vec<Span>| ResourceSpans {
+        resource: Some(resource),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            rs(resource("chat-llm", "prod", "v1", true), chat),
+            rs(resource("vision", "staging", "v2", false), vision),
+        ],
+    }
+}
+
+/// GPU samples as another agent's nvml receiver sends them (this machine may have no GPU).
+fn gpu_samples(r: u64) -> ExportMetricsServiceRequest {
+    let now = now_ns();
+    let gpu = "GPU-5f0c1c2e-0000-4000-8000-00000000beef";
+    let point = |v: f64, attributes: Vec<KeyValue>| NumberDataPoint {
+        attributes,
+        time_unix_nano: now,
+        value: Some(number_data_point::Value::AsDouble(v)),
+        ..Default::default()
+    };
+    let device = || {
+        vec![
+            kv("hw.id", s(gpu)),
+            kv("hw.name", s("NVIDIA H200")),
+            kv("hw.gpu.index", Value::IntValue(0)),
+        ]
+    };
+    let gauge = |name: &str, unit: &str, points: Vec<NumberDataPoint>| Metric {
+        name: name.into(),
+        unit: unit.into(),
+        data: Some(Data::Gauge(Gauge { data_points: points })),
+        ..Default::default()
+    };
+    let mut process = vec![
+        kv("hw.id", s(gpu)),
+        kv("process.pid", Value::IntValue(4242)),
+        kv("model", s("chat-llm")),
+        kv("deployment", s("v1")),
+        kv("environment", s("prod")),
+    ];
+    process.push(kv("service.instance.id", s("agent-b:4242")));
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![kv("host.name", s("gpu-agent-b"))],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    gauge(
+                        "hw.gpu.utilization",
+                        "1",
+                        vec![point(0.6 + 0.05 * (r % 4) as f64, device())],
+                    ),
+                    gauge("hw.gpu.memory.usage", "By", vec![point(40e9, device())]),
+                    gauge("hw.gpu.memory.limit", "By", vec![point(141e9, device())]),
+                    gauge("process.gpu.memory.usage", "By", vec![point(38e9, process)]),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Sends a round every 500 ms for `rounds` rounds.
+async fn traffic(grpc: String, rounds: u64) {
+    let mut traces = TraceServiceClient::connect(grpc.clone()).await.unwrap();
+    let mut metrics = MetricsServiceClient::connect(grpc).await.unwrap();
+    for r in 0..rounds {
+        traces.export(round(r)).await.unwrap();
+        metrics.export(gpu_samples(r)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A WebDriver session on Debian's chromedriver and headless Chromium.
+struct Browser {
+    driver: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new(which("chromedriver"))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::new();
+        let root = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{root}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut browser = Browser {
+            driver,
+            base: root.clone(),
+            http,
+        };
+        let session = browser
+            .call(
+                "POST",
+                "/session",
+                json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
+                    "binary": which("chromium"),
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             "--window-size=1400,1500"] } } } }),
+            )
+            .await;
+        let id = session["sessionId"].as_str().expect("a WebDriver session").to_string();
+        browser.base = format!("{root}/session/{id}");
+        browser
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Json) -> Json {
+        let url = format!("{}{path}", self.base);
+        let request = match method {
+            "POST" => self.http.post(url).body(body.to_string()),
+            _ => self.http.get(url),
+        };
+        let response = request.header("content-type", "application/json").send().await.unwrap();
+        let value: Json = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert!(value["value"]["error"].is_null(), "WebDriver {path}: {value}");
+        value["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call("POST", "/url", json!({ "url": url })).await;
+    }
+
+    async fn run(&self, script: &str) -> Json {
+        self.call("POST", "/execute/sync", json!({ "script": script, "args": [] }))
+            .await
+    }
+
+    /// Waits until `script` returns true (it runs in the page).
+    async fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.run(script).await == Json::Bool(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the page never showed {what}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+const PANELS: [&str; 8] = [
+    "volume",
+    "latency",
+    "size",
+    "replicas",
+    "cpu_memory",
+    "gpu",
+    "queue_time",
+    "queue_size",
+];
+
+/// The page of a running collector: the empty state before spans, every panel drawn after, filters that change
+/// what is shown, and the choices of the latency panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_draws_every_panel_and_follows_the_filters() {
+    let c = Collector::start(CONFIG);
+    let page = c.address("dashboard");
+    let browser = Browser::start().await;
+
+    // Before any span: the empty state says what to send.
+    browser.goto(&page).await;
+    browser
+        .wait_until(
+            "the empty state",
+            "return window.infercol.updates > 0 && !document.getElementById('empty').classList.contains('hidden')",
+        )
+        .await;
+    let text = browser.run("return document.getElementById('empty').innerText").await;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && text.contains("SERVER"),
+        "{text}"
+    );
+
+    // Traffic: every panel draws. (For the README's screenshot, INFERCOL_SCREENSHOT_ROUNDS sends more.)
+    let rounds = std::env::var("INFERCOL_SCREENSHOT_ROUNDS").map_or(16, |r| r.parse().unwrap());
+    let sender = tokio::spawn(traffic(c.grpc(), rounds));
+    let all_drawn = format!(
+        "return window.infercol.empty === false && {}",
+        PANELS
+            .iter()
+            .map(|p| format!(
+                "Number((document.getElementById('panel-{p}') || {{dataset: {{}}}}).dataset.points || 0) > 0"
+            ))
+            .collect::<Vec<_>>()
+            .join(" && ")
+    );
+    browser.wait_until("data in every panel", &all_drawn).await;
+    let hidden = browser
+        .run("return document.getElementById('empty').classList.contains('hidden')")
+        .await;
+    assert_eq!(hidden, Json::Bool(true), "the empty state goes once spans arrive");
+    // Each panel holds a uPlot chart: a canvas with the plot drawn.
+    for p in PANELS {
+        let canvas = browser
+            .run(&format!(
+                "const c = document.querySelector('#panel-{p} canvas'); return c ? c.width * c.height : 0"
+            ))
+            .await;
+        assert!(canvas.as_f64().unwrap_or(0.0) > 0.0, "panel {p} has no chart");
+    }
+    sender.await.unwrap();
+
+    let names = |panel: &str| format!("return document.getElementById('panel-{panel}').dataset.names");
+    // All models: HTTP classes of both, gRPC and WebSocket codes of `vision`.
+    browser
+        .wait_until(
+            "every status group",
+            &format!("{}.includes('WebSocket 1011')", names("volume")),
+        )
+        .await;
+    let all = browser.run(&names("volume")).await;
+    let all = all.as_str().unwrap();
+    for group in ["2xx", "4xx", "5xx", "gRPC UNAVAILABLE", "gRPC OK", "WebSocket 1011"] {
+        assert!(all.contains(group), "volume shows {group}: {all}");
+    }
+
+    // The model filter: chat-llm has no 5xx, no gRPC and no WebSocket.
+    browser
+        .run("const m = document.getElementById('model'); m.value = 'chat-llm'; m.dispatchEvent(new Event('change')); return m.value")
+        .await;
+    browser
+        .wait_until(
+            "the volume of chat-llm alone",
+            "return document.getElementById('panel-volume').dataset.names === '2xx|4xx'",
+        )
+        .await;
+    assert!(
+        browser
+            .run("return location.search")
+            .await
+            .as_str()
+            .unwrap()
+            .contains("model=chat-llm")
+    );
+    // The environment filter on top: chat-llm runs in prod only, so staging leaves nothing.
+    browser
+        .run("const e = document.getElementById('environment'); e.value = 'staging'; e.dispatchEvent(new Event('change')); return 1")
+        .await;
+    browser
+        .wait_until(
+            "an empty selection",
+            "return document.getElementById('panel-volume').dataset.points === '0'",
+        )
+        .await;
+    // vision in staging: its 5xx, gRPC and WebSocket codes, and no 4xx.
+    browser
+        .run("const m = document.getElementById('model'); m.value = 'vision'; m.dispatchEvent(new Event('change')); return 1")
+        .await;
+    browser
+        .wait_until(
+            "the volume of vision alone",
+            "const n = document.getElementById('panel-volume').dataset.names || ''; return n.includes('5xx') && n.includes('gRPC OK') && !n.includes('4xx')",
+        )
+        .await;
+
+    // The latency choice: time to first byte of chat-llm is a fifth of its end-to-end time.
+    browser
+        .run(
+            "for (const [id, v] of [['model', 'chat-llm'], ['environment', '']]) { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('change')); } return 1",
+        )
+        .await;
+    // The latest p50 the latency panel drew.
+    const P50: &str = "const s = (window.infercol.panels || []).find(p => p.id === 'latency'); \
+        const v = s ? s.series[0].values.filter(x => x != null) : []; return v.length ? v[v.length - 1] : null";
+    browser
+        .wait_until(
+            "chat-llm's latency",
+            &format!(
+                "return document.getElementById('panel-volume').dataset.names === '2xx|4xx' && \
+                 (function() {{ {P50} }})() != null"
+            ),
+        )
+        .await;
+    let end_to_end = browser.run(P50).await.as_f64().unwrap();
+    browser
+        .run("const c = document.querySelector('#panel-latency select.choice'); c.value = 'ttfb'; c.dispatchEvent(new Event('change')); return 1")
+        .await;
+    browser
+        .wait_until(
+            "the time to first byte",
+            "return location.search.includes('latency=ttfb')",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ttfb = browser.run(P50).await.as_f64().unwrap();
+    assert!(
+        (ttfb / end_to_end - 0.2).abs() < 0.05,
+        "time to first byte p50 {ttfb} against end-to-end {end_to_end}"
+    );
+
+    // The range picker.
+    browser
+        .run("document.querySelector('#ranges button[data-range=\"15m\"]').click(); return 1")
+        .await;
+    browser
+        .wait_until("the 15m range", "return location.search.includes('range=15m')")
+        .await;
+
+    if let Ok(path) = std::env::var("INFERCOL_SCREENSHOT") {
+        use base64::Engine;
+        browser
+            .run(
+                "for (const [id, v] of [['model', ''], ['environment', '']]) { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('change')); } document.querySelector('#panel-latency select.choice').value = 'request'; document.querySelector('#panel-latency select.choice').dispatchEvent(new Event('change')); return 1",
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let png = browser.call("GET", "/screenshot", Json::Null).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// The JSON API on its own: the ranges and choices it accepts, and clear errors for the rest.
+#[tokio::test]
+async fn the_api_answers_and_refuses_clearly() {
+    let c = Collector::start(CONFIG);
+    let page = c.address("dashboard");
+    let get = |path: &str| {
+        let url = format!("{}{}", page.trim_end_matches('/'), path);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                serde_json::from_slice::<Json>(&r.bytes().await.unwrap()).unwrap_or(Json::Null),
+            )
+        }
+    };
+    let (status, labels) = get("/api/labels").await;
+    assert_eq!(status, 200);
+    assert_eq!(labels["empty"], true);
+    traffic(c.grpc(), 4).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, labels) = get("/api/labels").await;
+        if labels["labels"]["model"] == json!(["chat-llm", "vision"]) {
+            assert_eq!(labels["labels"]["environment"], json!(["prod", "staging"]));
+            assert_eq!(labels["labels"]["deployment"], json!(["v1", "v2"]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "labels never listed both models: {labels}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for range in ["15m", "1h", "6h"] {
+        let (status, body) = get(&format!("/api/panels?range={range}&model=vision")).await;
+        assert_eq!(status, 200, "{body}");
+        let ids: Vec<&str> = body["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, PANELS);
+        assert!(
+            body["times"].as_array().unwrap().len() >= 60,
+            "{range}: enough steps to draw"
+        );
+    }
+    let (status, body) = get("/api/panels?range=2x").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("range"), "{body}");
+    let (status, body) = get("/api/panels?latency=p99").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("latency"), "{body}");
+    let (status, _) = get("/api/nothing-here").await;
+    assert_eq!(status, 404);
+}
+
+/// Every query of examples/grafana/infercol.json returns data from a real Prometheus scraping the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grafana_query_returns_data_from_prometheus() {
+    let c = Collector::start(CONFIG);
+    let target = c
+        .address("Prometheus metrics")
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let prometheus = Prometheus::start(&target, &[]).await;
+    let sender = tokio::spawn(traffic(c.grpc(), 24));
+
+    let dashboard: Json =
+        serde_json::from_str(&std::fs::read_to_string("examples/grafana/infercol.json").unwrap()).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let options = |name: &str| -> Vec<String> {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| {
+                v["options"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o["value"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap()
+    };
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().to_string();
+            let mut expanded = vec![expr];
+            for (variable, values) in [("latency", options("latency")), ("size", options("size"))] {
+                expanded = expanded
+                    .into_iter()
+                    .flat_map(|e| {
+                        if e.contains(&format!("${{{variable}}}")) {
+                            values
+                                .iter()
+                                .map(|v| e.replace(&format!("${{{variable}}}"), v))
+                                .collect()
+                        } else {
+                            vec![e]
+                        }
+                    })
+                    .collect();
+            }
+            for e in expanded {
+                let e = e
+                    .replace("$model", ".*")
+                    .replace("$environment", ".*")
+                    .replace("$deployment", ".*")
+                    .replace("$__rate_interval", "1m");
+                queries.push((panel["title"].as_str().unwrap().to_string(), e));
+            }
+        }
+    }
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut missing = queries.clone();
+    while !missing.is_empty() {
+        let mut still = Vec::new();
+        for (title, q) in missing {
+            let result = prometheus.query_vector(&q).await;
+            let has_value = result.iter().any(|r| {
+                r["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v.is_finite())
+            });
+            if !has_value {
+                still.push((title, q));
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Grafana queries without data:\n{}",
+            missing
+                .iter()
+                .map(|(t, q)| format!("{t}: {q}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // And the variables: every model and environment the workload used.
+    let values = |q: &'static str, label: &'static str| {
+        let prometheus = &prometheus;
+        async move {
+            let mut v: Vec<String> = prometheus
+                .query_vector(q)
+                .await
+                .iter()
+                .filter_map(|r| r["metric"][label].as_str().map(String::from))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(
+        values("group by (model) (model_requests_total)", "model").await,
+        ["chat-llm", "vision"]
+    );
+    assert_eq!(
+        values("group by (environment) (model_requests_total)", "environment").await,
+        ["prod", "staging"]
+    );
+    sender.abort();
+}
