@@ -211,9 +211,10 @@ def scrape_cost(args, system, work, rate, seconds, models):
         series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
         time.sleep(1)
     load = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    peak = status_kib(system.proc.pid, "VmHWM") / 1024
     system.stop()
     return {
-        "models": models, "series": series, "bytes": statistics.median(sizes), "scrapes": len(timings),
+        "peak_mib": peak, "models": models, "series": series, "bytes": statistics.median(sizes), "scrapes": len(timings),
         "median_ms": statistics.median(timings), "max_ms": max(timings), "rate": load["spans_per_sec"],
         "target": rate, "refused": load["refused"],
     }
@@ -386,12 +387,13 @@ service:
               "infercol's Prometheus endpoint (text format, classic buckets) scraped once a second while spans over "
               "many models flow at half the measured rate; series = sample lines on the page (what Prometheus "
               "stores as series).", "",
-              "| models | series | page | scrape median | scrape max | scrapes | ingest meanwhile (target) | refused |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| models | series | page | scrape median | scrape max | scrapes | ingest meanwhile (target) | refused | "
+              "peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for x in scrapes:
         lines.append(f"| {x['models']} | {x['series']:,} | {x['bytes'] / 1e6:.1f} MB | {x['median_ms']:.1f} ms | "
                      f"{x['max_ms']:.1f} ms | {x['scrapes']} | {x['rate']:,.0f} ({x['target']:,.0f}) spans/s | "
-                     f"{x['refused']:,} |")
+                     f"{x['refused']:,} | {x['peak_mib']:.0f} MiB |")
     lines += ["", "## Systems", ""]
     for s in systems:
         lines.append(f"- {s.name}: {s.describe}")
