@@ -13,7 +13,7 @@ use common::{Collector, free_port, kv, server_span, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::any_value;
 
-/// A port that was free a moment ago (Prometheus cannot report a port it chose itself).
+/// The latency of request `i`: lognormal-like, spread over two decades.
 fn latency(i: u64) -> f64 {
     let u = ((i.wrapping_mul(2654435761) % 1009) as f64 + 0.5) / 1009.0;
     (u * 4.6 - 2.3).exp() * 0.2

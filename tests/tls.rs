@@ -77,17 +77,20 @@ exporters:
   file: {{ path: "{{dir}}/out.jsonl" }}
   prometheus:
     endpoint: "127.0.0.1:0"
-    tls: {{ cert_file: "{}", key_file: "{}" }}
+    tls: {{ cert_file: "{cert}", key_file: "{key}" }}
+  dashboard:
+    endpoint: "127.0.0.1:0"
+    tls: {{ cert_file: "{cert}", key_file: "{key}" }}
 service:
   telemetry:
     metrics: {{ level: none }}
   pipelines:
     traces: {{ receivers: [otlp], exporters: [file] }}
     logs: {{ receivers: [otlp], exporters: [file] }}
-    metrics: {{ receivers: [otlp], exporters: [prometheus] }}
+    metrics: {{ receivers: [otlp], exporters: [prometheus, dashboard] }}
 "#,
-        p.server_cert.display(),
-        p.server_key.display()
+        cert = p.server_cert.display(),
+        key = p.server_key.display()
     ));
     let grpc = server.address("OTLP/gRPC");
     let https = server.address("OTLP/HTTP");
@@ -202,5 +205,16 @@ service:
     assert!(
         !plain.is_ok_and(|r| r.status().is_success()),
         "no plain HTTP on a TLS endpoint"
+    );
+
+    // The dashboard over TLS.
+    let page = server.address("dashboard");
+    assert!(page.starts_with("https://"), "{page}");
+    let body = scraper.get(&page).send().await.unwrap().text().await.unwrap();
+    assert!(body.contains("infercol · Metrics"));
+    let plain = reqwest::get(page.replace("https://", "http://")).await;
+    assert!(
+        !plain.is_ok_and(|r| r.status().is_success()),
+        "no plain HTTP on the TLS dashboard"
     );
 }

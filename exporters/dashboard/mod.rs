@@ -33,6 +33,8 @@ use store::Store;
 #[serde(deny_unknown_fields, default)]
 pub struct DashboardConfig {
     pub endpoint: Endpoint,
+    /// Serve over TLS (and require client certificates with `client_ca_file`), as the Prometheus exporter does.
+    pub tls: Option<infercol_pipelines::tls::ServerTls>,
     /// How long points are kept (the longest range the page shows is 6h).
     #[serde(with = "duration")]
     pub retention: Duration,
@@ -44,6 +46,7 @@ impl Default for DashboardConfig {
     fn default() -> Self {
         DashboardConfig {
             endpoint: Endpoint::new("127.0.0.1:9465"),
+            tls: None,
             retention: Duration::from_secs(6 * 3600),
             max_series: 20_000,
         }
@@ -57,6 +60,9 @@ impl ComponentConfig for DashboardConfig {
         }
         if self.max_series == 0 {
             return Err("max_series: must be more than 0".into());
+        }
+        if let Some(tls) = &self.tls {
+            tls.rustls()?;
         }
         Ok(())
     }
@@ -196,6 +202,15 @@ impl Exporter for DashboardExporter {
         let app = router(self.store.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let id = self.id.clone();
+        if let Some(tls) = &self.config.tls {
+            let tls = tls.rustls().map_err(ComponentError::new)?;
+            tracing::info!(exporter = %id, "dashboard on https://{address}/");
+            let task = tokio::spawn(infercol_pipelines::tls::serve_https(listener, app, tls, stopped));
+            if let Ok(mut server) = self.server.lock() {
+                *server = Some((stop, task));
+            }
+            return Ok(());
+        }
         tracing::info!(exporter = %id, "dashboard on http://{address}/");
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)

@@ -79,7 +79,7 @@ impl ComponentConfig for PrometheusConfig {
             return Err("metric_expiration: must be more than 0".into());
         }
         if let Some(tls) = &self.tls {
-            tls.validate("")?;
+            tls.rustls()?;
         }
         check_labels("const_labels", &self.const_labels)
     }

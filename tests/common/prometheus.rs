@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
+/// The path of an installed program; a missing one fails the test with what `tests/run` installs.
 pub fn which(binary: &str) -> String {
     let found = Command::new("sh")
         .arg("-c")
@@ -14,7 +15,7 @@ pub fn which(binary: &str) -> String {
     let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
     assert!(
         !path.is_empty(),
-        "`{binary}` is not installed: `bash tests/run` installs Debian's prometheus package"
+        "`{binary}` is not installed: `bash tests/run` installs it (Debian's prometheus, chromium, chromium-driver)"
     );
     path
 }
@@ -97,8 +98,6 @@ impl Prometheus {
         panic!("`{q}` never gave the expected value; last: {last:?}");
     }
 }
-
-/// The latency of request `i`: lognormal-like, spread over two decades.
 
 impl Prometheus {
     /// The series an instant query returns (empty when none).
