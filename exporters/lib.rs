@@ -9,7 +9,65 @@ pub mod prometheus;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use infercol_pipelines::ComponentError;
+use infercol_pipelines::{ComponentError, Endpoint};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// An HTTP(S) server an exporter runs (the Prometheus endpoint, the dashboard), stopped with the exporter.
+pub(crate) struct Server(std::sync::Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>);
+
+impl Server {
+    pub(crate) fn new() -> Server {
+        Server(std::sync::Mutex::new(None))
+    }
+
+    /// Listens on `endpoint` (over TLS when `tls` is set) and serves `app`; logs `{what} on URL{path}`.
+    pub(crate) async fn start(
+        &self,
+        id: &str,
+        what: &str,
+        endpoint: &Endpoint,
+        tls: Option<&infercol_pipelines::tls::ServerTls>,
+        app: axum::Router,
+        path: &str,
+    ) -> Result<(), ComponentError> {
+        let listener = tokio::net::TcpListener::bind(&endpoint.address)
+            .await
+            .map_err(|e| ComponentError::new(format!("endpoint {}: cannot listen: {e}", endpoint.describe())))?;
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = if let Some(tls) = tls {
+            let tls = tls.rustls().map_err(ComponentError::new)?;
+            tracing::info!(exporter = %id, "{what} on https://{address}{path}");
+            tokio::spawn(infercol_pipelines::tls::serve_https(listener, app, tls, stopped))
+        } else {
+            tracing::info!(exporter = %id, "{what} on http://{address}{path}");
+            let (id, what) = (id.to_string(), what.to_string());
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(exporter = %id, "{what}: {e}");
+                }
+            })
+        };
+        if let Ok(mut server) = self.0.lock() {
+            *server = Some((stop, task));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn stop(&self) {
+        let server = self.0.lock().ok().and_then(|mut s| s.take());
+        if let Some((stop, task)) = server {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
 
 /// The server's throttle delay from a `Retry-After` header (seconds).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

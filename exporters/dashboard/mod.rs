@@ -10,7 +10,7 @@
 pub mod panels;
 pub mod store;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,8 +23,6 @@ use infercol_pipelines::{
     ExporterFactory, Payload, Signal, config_as,
 };
 use serde::Deserialize;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use store::Store;
 
@@ -88,7 +86,7 @@ impl ExporterFactory for DashboardExporterFactory {
             id: ctx.id.to_string(),
             store: Arc::new(RwLock::new(Store::new(config.retention, config.max_series))),
             config,
-            server: Mutex::new(None),
+            server: crate::Server::new(),
         }))
     }
 }
@@ -97,7 +95,7 @@ pub struct DashboardExporter {
     id: String,
     config: DashboardConfig,
     store: Arc<RwLock<Store>>,
-    server: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    server: crate::Server,
 }
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -194,38 +192,11 @@ fn router(store: Arc<RwLock<Store>>) -> axum::Router {
 #[async_trait]
 impl Exporter for DashboardExporter {
     async fn start(&self) -> Result<(), ComponentError> {
-        let endpoint = &self.config.endpoint;
-        let listener = tokio::net::TcpListener::bind(&endpoint.address)
-            .await
-            .map_err(|e| ComponentError::new(format!("endpoint {}: cannot listen: {e}", endpoint.describe())))?;
-        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let app = router(self.store.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let id = self.id.clone();
-        if let Some(tls) = &self.config.tls {
-            let tls = tls.rustls().map_err(ComponentError::new)?;
-            tracing::info!(exporter = %id, "dashboard on https://{address}/");
-            let task = tokio::spawn(infercol_pipelines::tls::serve_https(listener, app, tls, stopped));
-            if let Ok(mut server) = self.server.lock() {
-                *server = Some((stop, task));
-            }
-            return Ok(());
-        }
-        tracing::info!(exporter = %id, "dashboard on http://{address}/");
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(exporter = %id, "dashboard endpoint: {e}");
-            }
-        });
-        if let Ok(mut server) = self.server.lock() {
-            *server = Some((stop, task));
-        }
-        Ok(())
+        let tls = self.config.tls.as_ref();
+        self.server
+            .start(&self.id, "dashboard", &self.config.endpoint, tls, app, "/")
+            .await
     }
 
     async fn export(&self, data: Data) -> Result<(), ExportError> {
@@ -243,11 +214,7 @@ impl Exporter for DashboardExporter {
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        let server = self.server.lock().ok().and_then(|mut s| s.take());
-        if let Some((stop, task)) = server {
-            let _ = stop.send(());
-            let _ = task.await;
-        }
+        self.server.stop().await;
         Ok(())
     }
 }

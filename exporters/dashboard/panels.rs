@@ -120,6 +120,7 @@ fn series(name: &str, values: &Values, extra: Json) -> Json {
 
 struct Ctx<'a> {
     store: &'a Store,
+    now_ms: i64,
     grid: Grid,
     sel: Selection<'a>,
 }
@@ -160,6 +161,14 @@ impl Ctx<'_> {
                     .or_insert_with(|| vec![None; self.grid.bins]),
                 &values,
             );
+        }
+        // The step in progress is left out: its rate would read low until the step is over.
+        for values in groups.values_mut() {
+            if let Some(last) = values.last_mut()
+                && self.grid.start + self.grid.bins as i64 * self.grid.step > self.now_ms
+            {
+                *last = None;
+            }
         }
         // Steps between the first and last report are zero, not gaps: nothing was requested then.
         let reported: Vec<bool> = (0..self.grid.bins)
@@ -269,6 +278,7 @@ impl Ctx<'_> {
         let (cpu, memory, source) = if cpu.is_empty() && memory.is_empty() {
             let host = Ctx {
                 store: self.store,
+                now_ms: self.now_ms,
                 grid: self.grid,
                 sel: Selection { filters: Vec::new() },
             };
@@ -301,6 +311,7 @@ impl Ctx<'_> {
         let selected = !self.sel.filters.is_empty();
         let all = Ctx {
             store: self.store,
+            now_ms: self.now_ms,
             grid: self.grid,
             sel: Selection { filters: Vec::new() },
         };
@@ -376,6 +387,7 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
         .collect();
     let ctx = Ctx {
         store,
+        now_ms,
         grid,
         sel: Selection { filters: selected },
     };
@@ -443,6 +455,148 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+        metric::Data, number_data_point, summary_data_point::ValueAtQuantile,
+    };
+    use std::time::Duration;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn panel<'a>(body: &'a Json, id: &str) -> &'a Json {
+        body["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap()
+    }
+
+    /// Requests per second per status class from delta counts, the step in progress left out; percentiles of two
+    /// models weighted by their windows' counts; filters narrow both.
+    #[test]
+    fn volume_rates_and_weighted_percentiles() {
+        let mut store = Store::new(Duration::from_secs(3600), 1000);
+        let t0: i64 = 1_800_000_000_000; // ms, a multiple of the 10 s step
+        for k in 0..6i64 {
+            let at = ((t0 + k * 10_000) * 1_000_000) as u64;
+            let count = |model: &str, class: &str, v: f64| NumberDataPoint {
+                attributes: vec![kv("model", model), kv("protocol", "http"), kv("status_class", class)],
+                time_unix_nano: at,
+                value: Some(number_data_point::Value::AsDouble(v)),
+                ..Default::default()
+            };
+            let window = |model: &str, p50: f64, n: u64| SummaryDataPoint {
+                attributes: vec![kv("model", model)],
+                time_unix_nano: at,
+                count: n,
+                quantile_values: vec![ValueAtQuantile {
+                    quantile: 0.5,
+                    value: p50,
+                }],
+                ..Default::default()
+            };
+            store.ingest(&request(vec![
+                Metric {
+                    name: "model.requests".into(),
+                    data: Some(Data::Sum(Sum {
+                        data_points: vec![count("a", "2xx", 50.0), count("b", "5xx", 20.0)],
+                        aggregation_temporality: AggregationTemporality::Delta as i32,
+                        is_monotonic: true,
+                    })),
+                    ..Default::default()
+                },
+                Metric {
+                    name: "model.request.duration_seconds_window".into(),
+                    data: Some(Data::Summary(Summary {
+                        data_points: vec![window("a", 1.0, 1), window("b", 2.0, 3)],
+                    })),
+                    ..Default::default()
+                },
+            ]));
+        }
+        // Now is 2 s into the step after the last point's.
+        let now = t0 + 5 * 10_000 + 2_000;
+        let q = Query {
+            range: Some("15m".into()),
+            ..Default::default()
+        };
+        let body = panels(&store, &q, now).unwrap();
+        assert_eq!(body["step"], 10);
+        let volume = panel(&body, "volume");
+        let series = |name: &str| -> Vec<f64> {
+            volume["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .unwrap()["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_f64())
+                .collect()
+        };
+        assert_eq!(
+            series("2xx"),
+            vec![5.0; 5],
+            "50 a step of 10 s; the step in progress is left out"
+        );
+        assert_eq!(series("5xx"), vec![2.0; 5]);
+        let p50: Vec<f64> = panel(&body, "latency")["series"][0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        assert_eq!(p50, vec![1.75; 6], "(1 x 1 + 2 x 3) / 4");
+        assert_eq!(panel(&body, "latency")["combined"], 2);
+
+        let only_b = Query {
+            range: Some("15m".into()),
+            model: Some("b".into()),
+            ..Default::default()
+        };
+        let body = panels(&store, &only_b, now).unwrap();
+        let names: Vec<&str> = panel(&body, "volume")["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["5xx"]);
+        assert_eq!(
+            panel(&body, "latency")["series"][0]["values"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap(),
+            2.0
+        );
+    }
 
     #[test]
     fn ranges() {

@@ -7,7 +7,7 @@ pub mod text;
 pub mod translate;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,8 +19,6 @@ use infercol_pipelines::{
     ExporterFactory, Payload, RetryOnFailure, SendingQueue, Signal, config_as,
 };
 use serde::Deserialize;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use store::{Store, TranslateOptions, flatten};
 use text::Format;
@@ -117,7 +115,7 @@ impl ExporterFactory for PrometheusExporterFactory {
             options: config.options(),
             store: Arc::new(RwLock::new(Store::new(config.metric_expiration))),
             config,
-            server: Mutex::new(None),
+            server: crate::Server::new(),
         }))
     }
 }
@@ -127,7 +125,7 @@ pub struct PrometheusExporter {
     config: PrometheusConfig,
     options: TranslateOptions,
     store: Arc<RwLock<Store>>,
-    server: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+    server: crate::Server,
 }
 
 /// The format a scraper asked for in `Accept`.
@@ -189,11 +187,6 @@ fn scrape(store: &RwLock<Store>, headers: &HeaderMap) -> Response {
 #[async_trait]
 impl Exporter for PrometheusExporter {
     async fn start(&self) -> Result<(), ComponentError> {
-        let endpoint = &self.config.endpoint;
-        let listener = tokio::net::TcpListener::bind(&endpoint.address)
-            .await
-            .map_err(|e| ComponentError::new(format!("endpoint {}: cannot listen: {e}", endpoint.describe())))?;
-        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let store = self.store.clone();
         let app = axum::Router::new().route(
             "/metrics",
@@ -202,32 +195,17 @@ impl Exporter for PrometheusExporter {
                 async move { scrape(&store, &headers) }
             }),
         );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let id = self.id.clone();
-        if let Some(tls) = &self.config.tls {
-            let tls = tls.rustls().map_err(ComponentError::new)?;
-            tracing::info!(exporter = %id, "Prometheus metrics on https://{address}/metrics");
-            let task = tokio::spawn(infercol_pipelines::tls::serve_https(listener, app, tls, stopped));
-            if let Ok(mut server) = self.server.lock() {
-                *server = Some((stop, task));
-            }
-            return Ok(());
-        }
-        tracing::info!(exporter = %id, "Prometheus metrics on http://{address}/metrics");
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(exporter = %id, "Prometheus endpoint: {e}");
-            }
-        });
-        if let Ok(mut server) = self.server.lock() {
-            *server = Some((stop, task));
-        }
-        Ok(())
+        let tls = self.config.tls.as_ref();
+        self.server
+            .start(
+                &self.id,
+                "Prometheus metrics",
+                &self.config.endpoint,
+                tls,
+                app,
+                "/metrics",
+            )
+            .await
     }
 
     async fn export(&self, data: Data) -> Result<(), ExportError> {
@@ -245,11 +223,7 @@ impl Exporter for PrometheusExporter {
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        let server = self.server.lock().ok().and_then(|mut s| s.take());
-        if let Some((stop, task)) = server {
-            let _ = stop.send(());
-            let _ = task.await;
-        }
+        self.server.stop().await;
         Ok(())
     }
 }
