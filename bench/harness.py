@@ -6,7 +6,7 @@ CPU seconds per million spans, peak resident memory, whether the derived counts 
 soak at half the measured rate, and (collectors that derive latency) the error of their p50..p99 against the exact
 quantiles of heavy-tailed data. For infercol also: what a scrape of 10,000 series costs while spans flow.
 
-Usage: python3 bench/harness.py --infercol BIN --loadgen BIN --otelcol BIN --rotel BIN [--quick]
+Usage: python3 bench/harness.py --infercol BIN --loadgen BIN [--quick]   (bash bench/run builds both first)
 """
 
 import argparse
@@ -244,9 +244,53 @@ def plot(path, systems, rows, soaks):
     return True
 
 
+def prepare_peers(quick, work):
+    """Starts, in the background: the Collector's build from the Go module proxy, rotel and matplotlib from PyPI
+    (when missing), and (full runs) the sampling-cost measurement."""
+    log = open(os.path.join(work, "peers.log"), "w")
+    jobs = {
+        "otelcol": subprocess.Popen(["nice", "-n", "19", "bash", "bench/build-otelcol"], stdout=subprocess.PIPE,
+                                    stderr=log, text=True),
+        "pip": subprocess.Popen(
+            ["nice", "-n", "19", "bash", "-c",
+             "pip() { python3 -m pip install --quiet --disable-pip-version-check \"$@\"; }; "
+             "python3 -c 'import rotel' 2>/dev/null || pip rotel; "
+             "python3 -c 'import matplotlib' 2>/dev/null || pip matplotlib || echo 'no matplotlib: no plot'"],
+            stdout=log, stderr=log),
+    }
+    if not quick:
+        jobs["sampling"] = subprocess.Popen(["bash", "bench/sampling-cost"], stdout=subprocess.PIPE, stderr=log,
+                                            text=True)
+    return jobs
+
+
+def finish_peers(args, jobs):
+    out, _ = jobs["otelcol"].communicate()
+    if jobs["otelcol"].returncode != 0:
+        sys.exit("bench: the OpenTelemetry Collector could not be built (bench/build-otelcol)")
+    args.otelcol = out.strip().splitlines()[-1]
+    args.otelcol_version = "v" + os.path.basename(os.path.dirname(args.otelcol)).replace("otelcol-", "")
+    jobs["pip"].wait()
+    import importlib
+    import importlib.util
+    if importlib.util.find_spec("rotel") is None:
+        sys.exit("bench: rotel could not be installed from PyPI")
+    importlib.invalidate_caches()
+    rotel = importlib.import_module("rotel")
+    args.rotel = os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
+    try:
+        args.rotel_version = importlib.import_module("rotel.__about__").__version__
+    except Exception:  # noqa: BLE001 (a version string is only shown)
+        args.rotel_version = "?"
+    args.sampling = ""
+    if "sampling" in jobs:
+        out, _ = jobs["sampling"].communicate()
+        args.sampling = out.strip().split("= ")[-1] if out.strip() else ""
+
+
 def main():
     p = argparse.ArgumentParser()
-    for name in ["infercol", "loadgen", "otelcol", "rotel", "rotel_version", "otelcol_version", "sampling"]:
+    for name in ["infercol", "loadgen"]:
         p.add_argument("--" + name.replace("_", "-"), default="")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
@@ -304,22 +348,29 @@ service:
         return {"Collector spanmetrics default buckets through histogram_quantile":
                 lambda q: histogram_quantile(float(q), buckets)}
 
+    infercol = System("infercol", "otlp -> model_metrics -> prometheus (traces -> debug)", infercol_cmd,
+                      "model_requests_total", "", infercol_latency)
+    rows, soaks, errors = {}, {}, {}
+    print("throughput: infercol", file=sys.stderr)
+    rows["infercol"] = throughput(args, infercol, work)
+    # The peers are built and installed during infercol's soak (niced, on the cores the soak leaves idle), so that
+    # a fresh machine's run fits its time; the sampling cost (CPU seconds, not wall time) is measured meanwhile.
+    jobs = prepare_peers(args.quick, work)
+    print(f"soak: infercol, {soak_infercol} s (building the peers meanwhile)", file=sys.stderr)
+    soaks["infercol"] = soak(args, infercol, work, rows["infercol"]["spans_per_sec"] / 2, soak_infercol)
+    finish_peers(args, jobs)
     systems = [
-        System("infercol", "otlp -> model_metrics -> prometheus (traces -> debug)", infercol_cmd,
-               "model_requests_total", "", infercol_latency),
+        infercol,
         System("otelcol", f"OpenTelemetry Collector {args.otelcol_version}: otlp -> spanmetrics -> prometheus",
                otelcol_cmd, "traces_span_metrics_calls_total", "SPAN_KIND_SERVER", otelcol_latency),
         System("rotel", f"rotel {args.rotel_version}: otlp -> blackhole (ingest only, derives nothing)", rotel_cmd),
     ]
-
-    rows, soaks, errors = {}, {}, {}
-    for s in systems:
+    for s in systems[1:]:
         print(f"throughput: {s.name}", file=sys.stderr)
         rows[s.name] = throughput(args, s, work)
-    for s in systems:
-        seconds = soak_infercol if s.name == "infercol" else soak_peer
-        print(f"soak: {s.name}, {seconds} s", file=sys.stderr)
-        soaks[s.name] = soak(args, s, work, rows[s.name]["spans_per_sec"] / 2, seconds)
+    for s in systems[1:]:
+        print(f"soak: {s.name}, {soak_peer} s", file=sys.stderr)
+        soaks[s.name] = soak(args, s, work, rows[s.name]["spans_per_sec"] / 2, soak_peer)
     exact = None
     for s in systems:
         if s.latency:
@@ -332,7 +383,9 @@ service:
         print(f"scrape cost: infercol, {models} models", file=sys.stderr)
         scrapes.append(scrape_cost(args, systems[0], work, rows["infercol"]["spans_per_sec"] / 2,
                                    10 if args.quick else 30, models))
-    plotted = plot(os.path.join(os.path.dirname(__file__), "results.png"), systems, rows, soaks)
+    # A quick run does not overwrite the full run's figures.
+    suffix = "-quick" if args.quick else ""
+    plotted = plot(os.path.join(os.path.dirname(__file__), f"results{suffix}.png"), systems, rows, soaks)
 
     r = {n: rows[n]["spans_per_sec"] for n in rows}
     cpu = open("/proc/cpuinfo").read()
@@ -400,8 +453,8 @@ service:
     if args.sampling:
         lines += ["", f"hostmetrics + nvml at default intervals cost {args.sampling} (`bash bench/sampling-cost`)."]
     if plotted:
-        lines += ["", "![throughput and soak](results.png)"]
-    with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "w") as f:
+        lines += ["", f"![throughput and soak](results{suffix}.png)"]
+    with open(os.path.join(os.path.dirname(__file__), f"RESULTS{suffix}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
