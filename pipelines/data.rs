@@ -5,7 +5,7 @@
 //! sends those bytes instead of encoding again.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -108,12 +108,20 @@ impl Drop for Ack {
 }
 
 /// One export request travelling through a pipeline.
+///
+/// A trace request that arrived as protobuf is kept as its bytes and a borrowed view of them
+/// (`crate::lite`): what reads spans (model_metrics) reads the view, what forwards OTLP sends the bytes, and the
+/// owned types are decoded only when a component asks for `payload()`.
 #[derive(Clone, Debug)]
 pub struct Data {
-    payload: Payload,
+    signal: Signal,
+    /// The owned form: set from the start, or decoded from `encoded` on first use when `view` is set.
+    payload: OnceLock<Payload>,
+    view: Option<Arc<crate::lite::LiteTraces>>,
     /// The protobuf encoding of `payload`, kept when it is known (as received, or encoded once already).
     encoded: Option<Bytes>,
     items: usize,
+    resources: usize,
     /// Receivers waiting for this request to be safe (empty unless a pipeline has a durable queue).
     acks: Vec<Arc<Ack>>,
 }
@@ -131,8 +139,40 @@ impl Data {
         Data::new(Payload::Logs(Arc::new(request)), None)
     }
 
-    /// Decodes a protobuf export request of `signal`, keeping its bytes for exporters that forward OTLP.
+    /// Decodes a protobuf export request of `signal`, keeping its bytes for exporters that forward OTLP. A trace
+    /// request whose view holds all of it, and whose spans are all acceptable, is not decoded further (see
+    /// `crate::lite`); every other request is decoded with the owned types, which give prost's answer.
     pub fn decode(signal: Signal, bytes: Bytes) -> Result<Data, prost::DecodeError> {
+        if signal == Signal::Traces
+            && let Some(view) = crate::lite::decode_exact(bytes.clone())
+        {
+            let spans = || {
+                view.resource_spans
+                    .iter()
+                    .flat_map(|rs| &rs.scope_spans)
+                    .flat_map(|ss| &ss.spans)
+            };
+            if spans().all(|s| {
+                id_problem(
+                    &s.trace_id,
+                    &s.span_id,
+                    &s.parent_span_id,
+                    s.start_time_unix_nano,
+                    s.end_time_unix_nano,
+                )
+                .is_none()
+            }) {
+                return Ok(Data {
+                    signal,
+                    payload: OnceLock::new(),
+                    items: spans().count(),
+                    resources: view.resource_spans.len(),
+                    view: Some(Arc::new(view)),
+                    encoded: Some(bytes),
+                    acks: Vec::new(),
+                });
+            }
+        }
         let payload = match signal {
             Signal::Traces => Payload::Traces(Arc::new(ExportTraceServiceRequest::decode(bytes.clone())?)),
             Signal::Metrics => Payload::Metrics(Arc::new(ExportMetricsServiceRequest::decode(bytes.clone())?)),
@@ -153,12 +193,30 @@ impl Data {
 
     pub fn new(payload: Payload, encoded: Option<Bytes>) -> Data {
         let items = count_items(&payload);
+        let (signal, resources) = match &payload {
+            Payload::Traces(r) => (Signal::Traces, r.resource_spans.len()),
+            Payload::Metrics(r) => (Signal::Metrics, r.resource_metrics.len()),
+            Payload::Logs(r) => (Signal::Logs, r.resource_logs.len()),
+        };
         Data {
-            payload,
+            signal,
+            payload: OnceLock::from(payload),
+            view: None,
             encoded,
             items,
+            resources,
             acks: Vec::new(),
         }
+    }
+
+    /// The borrowed view of a trace request that arrived as protobuf, when it has one.
+    pub fn view(&self) -> Option<&crate::lite::LiteTraces> {
+        self.view.as_deref()
+    }
+
+    /// How many resources the request holds.
+    pub fn resources(&self) -> usize {
+        self.resources
     }
 
     /// Attaches acknowledgements (a receiver's, or those of requests merged into this one).
@@ -179,19 +237,25 @@ impl Data {
     }
 
     pub fn signal(&self) -> Signal {
-        match self.payload {
-            Payload::Traces(_) => Signal::Traces,
-            Payload::Metrics(_) => Signal::Metrics,
-            Payload::Logs(_) => Signal::Logs,
-        }
+        self.signal
     }
 
+    /// The owned form (decoded now, once, for a request that so far travelled as its view).
     pub fn payload(&self) -> &Payload {
-        &self.payload
+        self.payload.get_or_init(|| {
+            // The view holds everything the bytes hold and the owned types accept them (`lite::decode_exact`).
+            let bytes = self.encoded.clone().unwrap_or_default();
+            let request = ExportTraceServiceRequest::decode(bytes).unwrap_or_else(|e| {
+                tracing::error!("a request the view held did not decode: {e}; decoding its re-encoding");
+                let again = self.view.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default();
+                ExportTraceServiceRequest::decode(again.as_slice()).unwrap_or_default()
+            });
+            Payload::Traces(Arc::new(request))
+        })
     }
 
     pub fn into_payload(self) -> Payload {
-        self.payload
+        self.payload().clone()
     }
 
     /// The signal and protobuf bytes, as the durable queue stores them.
@@ -209,7 +273,7 @@ impl Data {
         if let Some(bytes) = &self.encoded {
             return bytes.clone();
         }
-        match &self.payload {
+        match self.payload() {
             Payload::Traces(r) => Bytes::from(r.encode_to_vec()),
             Payload::Metrics(r) => Bytes::from(r.encode_to_vec()),
             Payload::Logs(r) => Bytes::from(r.encode_to_vec()),
@@ -218,7 +282,7 @@ impl Data {
 
     /// The OTLP/JSON encoding, one line, as the OpenTelemetry Collector's file exporter writes it.
     pub fn to_json(&self) -> String {
-        let result = match &self.payload {
+        let result = match self.payload() {
             Payload::Traces(r) => serde_json::to_string(r.as_ref()),
             Payload::Metrics(r) => serde_json::to_string(r.as_ref()),
             Payload::Logs(r) => serde_json::to_string(r.as_ref()),
@@ -230,16 +294,26 @@ impl Data {
 
 /// Why a span inside a valid request cannot be accepted, or `None` when it can.
 pub fn span_problem(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<&'static str> {
-    if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
+    id_problem(
+        &span.trace_id,
+        &span.span_id,
+        &span.parent_span_id,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+    )
+}
+
+fn id_problem(trace_id: &[u8], span_id: &[u8], parent: &[u8], start: u64, end: u64) -> Option<&'static str> {
+    if trace_id.len() != 16 || trace_id.iter().all(|b| *b == 0) {
         return Some("trace id is not 16 bytes, or all zero");
     }
-    if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
+    if span_id.len() != 8 || span_id.iter().all(|b| *b == 0) {
         return Some("span id is not 8 bytes, or all zero");
     }
-    if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
+    if !parent.is_empty() && parent.len() != 8 {
         return Some("parent span id is not 8 bytes");
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
+    if end < start {
         return Some("span ends before it starts");
     }
     None
@@ -250,7 +324,11 @@ impl Data {
     /// returns the data to pass on, how many spans were rejected and why (the first reason). Untouched data keeps
     /// its encoded bytes.
     pub fn without_invalid_spans(self) -> (Data, u64, Option<String>) {
-        let Payload::Traces(request) = &self.payload else {
+        // A request kept as its view was checked span by span when it was decoded.
+        if self.view.is_some() {
+            return (self, 0, None);
+        }
+        let Payload::Traces(request) = self.payload() else {
             return (self, 0, None);
         };
         let mut first = None;

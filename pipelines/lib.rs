@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod disk_queue;
 pub mod graph;
 pub mod histogram;
+pub mod lite;
 pub mod raw_codec;
 pub mod replicas;
 pub mod telemetry;

@@ -100,11 +100,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The text the exporter writes for one request.
 pub fn render(id: &str, data: &Data, verbosity: Verbosity) -> String {
     let mut out = String::new();
-    let resources = match data.payload() {
-        Payload::Traces(r) => r.resource_spans.len(),
-        Payload::Metrics(r) => r.resource_metrics.len(),
-        Payload::Logs(r) => r.resource_logs.len(),
-    };
+    let resources = data.resources();
     let _ = writeln!(
         out,
         "{id}: {}: {} {} in {resources} resources",

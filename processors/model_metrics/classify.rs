@@ -1,9 +1,160 @@
 //! What a span means (contract section 2): request or not, protocol, status code and class, durations, sizes,
-//! tokens, and its sampling weight. Pure functions over the OTLP span, so every rule is tested on its own.
+//! tokens, and its sampling weight. Pure functions over a span, so every rule is tested on its own; a span is
+//! either the owned OTLP type or the borrowed view of `infercol_pipelines::lite` (see `SpanLike`).
 
+use infercol_pipelines::lite::{LiteAnyValue, LiteKeyValue, LiteSpan, LiteValue, text as lite_text};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatus;
+
+/// An attribute's value as classification reads it, borrowed from either form of a span.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Val<'a> {
+    Str(&'a str),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    /// A value of another type (bytes, array, map), or none.
+    Other,
+}
+
+impl<'a> From<&'a AnyValue> for Val<'a> {
+    fn from(v: &'a AnyValue) -> Val<'a> {
+        match v.value.as_ref() {
+            Some(Value::StringValue(s)) => Val::Str(s),
+            Some(Value::IntValue(i)) => Val::Int(*i),
+            Some(Value::DoubleValue(d)) => Val::Double(*d),
+            Some(Value::BoolValue(b)) => Val::Bool(*b),
+            _ => Val::Other,
+        }
+    }
+}
+
+impl<'a> From<&'a LiteAnyValue> for Val<'a> {
+    fn from(v: &'a LiteAnyValue) -> Val<'a> {
+        match v.value.as_ref() {
+            Some(LiteValue::StringValue(s)) => Val::Str(lite_text(s)),
+            Some(LiteValue::IntValue(i)) => Val::Int(*i),
+            Some(LiteValue::DoubleValue(d)) => Val::Double(*d),
+            Some(LiteValue::BoolValue(b)) => Val::Bool(*b),
+            _ => Val::Other,
+        }
+    }
+}
+
+/// A list of attributes: the first one with a key, and its value (`None` inside when it carries none).
+pub trait Attributes {
+    fn attribute(&self, key: &str) -> Option<Option<Val<'_>>>;
+}
+
+impl Attributes for [KeyValue] {
+    fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
+        self.iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| kv.value.as_ref().map(Val::from))
+    }
+}
+
+impl Attributes for [LiteKeyValue] {
+    fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
+        self.iter()
+            .find(|kv| kv.key == key.as_bytes())
+            .map(|kv| kv.value.as_ref().map(Val::from))
+    }
+}
+
+/// What classification reads of a span; both the owned OTLP span and the borrowed view give it.
+pub trait SpanLike {
+    type Attrs: Attributes + ?Sized;
+    fn kind(&self) -> i32;
+    /// The name as bytes (compared without decoding its text again).
+    fn name(&self) -> &[u8];
+    fn start(&self) -> u64;
+    fn end(&self) -> u64;
+    fn attributes(&self) -> &Self::Attrs;
+    /// The earliest time of an event with one of `names`.
+    fn first_event(&self, names: &[String]) -> Option<u64>;
+    fn status_is_error(&self) -> bool;
+    fn trace_state(&self) -> &str;
+    fn trace_id(&self) -> &[u8];
+    fn span_id(&self) -> &[u8];
+}
+
+impl SpanLike for Span {
+    type Attrs = [KeyValue];
+    fn kind(&self) -> i32 {
+        self.kind
+    }
+    fn name(&self) -> &[u8] {
+        self.name.as_bytes()
+    }
+    fn start(&self) -> u64 {
+        self.start_time_unix_nano
+    }
+    fn end(&self) -> u64 {
+        self.end_time_unix_nano
+    }
+    fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+    fn first_event(&self, names: &[String]) -> Option<u64> {
+        self.events
+            .iter()
+            .filter(|e| names.iter().any(|n| n == &e.name))
+            .map(|e| e.time_unix_nano)
+            .min()
+    }
+    fn status_is_error(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.code == OtlpStatus::Error as i32)
+    }
+    fn trace_state(&self) -> &str {
+        &self.trace_state
+    }
+    fn trace_id(&self) -> &[u8] {
+        &self.trace_id
+    }
+    fn span_id(&self) -> &[u8] {
+        &self.span_id
+    }
+}
+
+impl SpanLike for LiteSpan {
+    type Attrs = [LiteKeyValue];
+    fn kind(&self) -> i32 {
+        self.kind
+    }
+    fn name(&self) -> &[u8] {
+        &self.name
+    }
+    fn start(&self) -> u64 {
+        self.start_time_unix_nano
+    }
+    fn end(&self) -> u64 {
+        self.end_time_unix_nano
+    }
+    fn attributes(&self) -> &[LiteKeyValue] {
+        &self.attributes
+    }
+    fn first_event(&self, names: &[String]) -> Option<u64> {
+        self.events
+            .iter()
+            .filter(|e| names.iter().any(|n| n.as_bytes() == e.name))
+            .map(|e| e.time_unix_nano)
+            .min()
+    }
+    fn status_is_error(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.code == OtlpStatus::Error as i32)
+    }
+    fn trace_state(&self) -> &str {
+        lite_text(&self.trace_state)
+    }
+    fn trace_id(&self) -> &[u8] {
+        &self.trace_id
+    }
+    fn span_id(&self) -> &[u8] {
+        &self.span_id
+    }
+}
 
 use super::config::SpanRules;
 
@@ -128,10 +279,10 @@ const GRPC_CODES: [(&str, i64); 17] = [
 
 /// A gRPC status (integer, integer as text, or name such as `UNAVAILABLE` / `StatusCode.UNAVAILABLE`) as
 /// (name, HTTP equivalent).
-pub fn grpc_status(value: &AnyValue) -> Option<(&'static str, i64)> {
-    let code = match value.value.as_ref()? {
-        Value::IntValue(i) => *i,
-        Value::StringValue(s) => {
+pub fn grpc_status<'a>(value: impl Into<Val<'a>>) -> Option<(&'static str, i64)> {
+    let code = match value.into() {
+        Val::Int(i) => i,
+        Val::Str(s) => {
             let s = s.trim();
             match s.parse::<i64>() {
                 Ok(i) => i,
@@ -156,42 +307,46 @@ pub fn websocket_class(code: i64) -> Option<StatusClass> {
     }
 }
 
-/// The first attribute of `keys` (in that order) that the span carries.
-pub fn find<'a>(attributes: &'a [KeyValue], keys: &[String]) -> Option<&'a AnyValue> {
-    keys.iter()
-        .find_map(|k| attributes.iter().find(|kv| &kv.key == k))
-        .and_then(|kv| kv.value.as_ref())
+/// The value of the first attribute of `keys` (in that order) that the span carries; `None` when that attribute
+/// carries no value.
+pub fn find<'a, A: Attributes + ?Sized>(attributes: &'a A, keys: &[String]) -> Option<Val<'a>> {
+    keys.iter().find_map(|k| attributes.attribute(k)).flatten()
 }
 
 /// A number from an int, a double, or a numeric string.
-pub fn number(value: &AnyValue) -> Option<f64> {
-    match value.value.as_ref()? {
-        Value::IntValue(i) => Some(*i as f64),
-        Value::DoubleValue(d) => Some(*d),
-        Value::StringValue(s) => s.trim().parse::<f64>().ok(),
+pub fn number(value: Val<'_>) -> Option<f64> {
+    match value {
+        Val::Int(i) => Some(i as f64),
+        Val::Double(d) => Some(d),
+        Val::Str(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     }
 }
 
 /// An integer from an int, an integral double, or an integer string.
-fn integer(value: &AnyValue) -> Option<i64> {
-    match value.value.as_ref()? {
-        Value::IntValue(i) => Some(*i),
-        Value::DoubleValue(d) if d.fract() == 0.0 && d.is_finite() => Some(*d as i64),
-        Value::StringValue(s) => s.trim().parse::<i64>().ok(),
+fn integer(value: Val<'_>) -> Option<i64> {
+    match value {
+        Val::Int(i) => Some(i),
+        Val::Double(d) if d.fract() == 0.0 && d.is_finite() => Some(d as i64),
+        Val::Str(s) => s.trim().parse::<i64>().ok(),
         _ => None,
     }
 }
 
-fn text(value: &AnyValue) -> Option<&str> {
-    match value.value.as_ref()? {
-        Value::StringValue(s) => Some(s),
+fn text(value: Val<'_>) -> Option<&str> {
+    match value {
+        Val::Str(s) => Some(s),
         _ => None,
     }
 }
 
 /// A non-negative finite quantity (size, tokens, seconds), or the rejection.
-fn quantity(attributes: &[KeyValue], keys: &[String], why: Rejection, rejected: &mut Vec<Rejection>) -> Option<f64> {
+fn quantity<A: Attributes + ?Sized>(
+    attributes: &A,
+    keys: &[String],
+    why: Rejection,
+    rejected: &mut Vec<Rejection>,
+) -> Option<f64> {
     let value = find(attributes, keys)?;
     match number(value) {
         Some(v) if v.is_finite() && v >= 0.0 => Some(v),
@@ -213,50 +368,63 @@ impl Classifier {
         Classifier { rules, request_kinds }
     }
 
-    pub fn is_request(&self, span: &Span) -> bool {
-        self.request_kinds.contains(&span.kind)
+    pub fn is_request(&self, span: &impl SpanLike) -> bool {
+        self.request_kinds.contains(&span.kind())
     }
 
     /// Whether the span's duration is inference time.
-    pub fn is_inference(&self, span: &Span) -> bool {
-        self.rules.inference_span_names.iter().any(|n| n == &span.name)
-            || find(&span.attributes, &self.rules.inference_span_attributes).is_some()
+    pub fn is_inference<S: SpanLike>(&self, span: &S) -> bool {
+        self.rules
+            .inference_span_names
+            .iter()
+            .any(|n| n.as_bytes() == span.name())
+            || find(span.attributes(), &self.rules.inference_span_attributes).is_some()
     }
 
-    pub fn is_async_queue(&self, span: &Span) -> bool {
-        self.rules.async_queue_span_names.iter().any(|n| n == &span.name)
+    pub fn is_async_queue(&self, span: &impl SpanLike) -> bool {
+        self.rules
+            .async_queue_span_names
+            .iter()
+            .any(|n| n.as_bytes() == span.name())
     }
 
-    pub fn is_async_enqueue(&self, span: &Span) -> bool {
-        self.rules.async_enqueue_span_names.iter().any(|n| n == &span.name)
+    pub fn is_async_enqueue(&self, span: &impl SpanLike) -> bool {
+        self.rules
+            .async_enqueue_span_names
+            .iter()
+            .any(|n| n.as_bytes() == span.name())
     }
 
-    pub fn is_model_load(&self, span: &Span) -> bool {
-        span.end_time_unix_nano > 0 && self.rules.model_load_span_names.iter().any(|n| n == &span.name)
+    pub fn is_model_load(&self, span: &impl SpanLike) -> bool {
+        span.end() > 0
+            && self
+                .rules
+                .model_load_span_names
+                .iter()
+                .any(|n| n.as_bytes() == span.name())
     }
 
     /// The message id tying an enqueue to its queue span.
-    pub fn message_id(&self, span: &Span) -> Option<String> {
-        let v = find(&span.attributes, &self.rules.message_id_attributes)?;
-        match v.value.as_ref()? {
-            Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
-            Value::IntValue(i) => Some(i.to_string()),
+    pub fn message_id<S: SpanLike>(&self, span: &S) -> Option<String> {
+        match find(span.attributes(), &self.rules.message_id_attributes)? {
+            Val::Str(s) if !s.is_empty() => Some(s.to_string()),
+            Val::Int(i) => Some(i.to_string()),
             _ => None,
         }
     }
 
     /// The span's duration in seconds, or the rejection when it ends before it starts (or has no times).
-    pub fn duration(span: &Span, rejected: &mut Vec<Rejection>) -> Option<f64> {
-        if span.start_time_unix_nano == 0 || span.end_time_unix_nano < span.start_time_unix_nano {
+    pub fn duration(span: &impl SpanLike, rejected: &mut Vec<Rejection>) -> Option<f64> {
+        if span.start() == 0 || span.end() < span.start() {
             rejected.push(Rejection::EndBeforeStart);
             return None;
         }
-        Some((span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9)
+        Some((span.end() - span.start()) as f64 / 1e9)
     }
 
-    pub fn status(&self, span: &Span, rejected: &mut Vec<Rejection>) -> Status {
+    pub fn status<S: SpanLike>(&self, span: &S, rejected: &mut Vec<Rejection>) -> Status {
         let rules = &self.rules;
-        let attrs = &span.attributes;
+        let attrs = span.attributes();
         let grpc_code = find(attrs, &rules.grpc_status_code_attributes);
         let is_grpc = grpc_code.is_some()
             || find(attrs, &rules.rpc_system_attributes)
@@ -300,12 +468,8 @@ impl Classifier {
     }
 
     /// Without a status code: an ERROR status or an exception event is a server error (a prediction exception).
-    fn class_without_code(&self, span: &Span) -> StatusClass {
-        let error = span.status.as_ref().is_some_and(|s| s.code == OtlpStatus::Error as i32)
-            || span
-                .events
-                .iter()
-                .any(|e| self.rules.exception_event_names.iter().any(|n| n == &e.name));
+    fn class_without_code(&self, span: &impl SpanLike) -> StatusClass {
+        let error = span.status_is_error() || span.first_event(&self.rules.exception_event_names).is_some();
         if error {
             StatusClass::SERVER_ERROR
         } else {
@@ -313,21 +477,14 @@ impl Classifier {
         }
     }
 
-    pub fn request(&self, span: &Span, rejected: &mut Vec<Rejection>) -> Request {
+    pub fn request<S: SpanLike>(&self, span: &S, rejected: &mut Vec<Rejection>) -> Request {
         let rules = &self.rules;
         let status = self.status(span, rejected);
         let duration = Self::duration(span, rejected);
-        let attrs = &span.attributes;
-        let from_event = span
-            .events
-            .iter()
-            .filter(|e| rules.first_byte_event_names.iter().any(|n| n == &e.name))
-            .map(|e| e.time_unix_nano)
-            .min();
+        let attrs = span.attributes();
+        let from_event = span.first_event(&rules.first_byte_event_names);
         let time_to_first_byte = match from_event {
-            Some(t) if duration.is_some() && t >= span.start_time_unix_nano => {
-                Some((t - span.start_time_unix_nano) as f64 / 1e9)
-            }
+            Some(t) if duration.is_some() && t >= span.start() => Some((t - span.start()) as f64 / 1e9),
             Some(_) => {
                 rejected.push(Rejection::InvalidTimeToFirstByte);
                 None

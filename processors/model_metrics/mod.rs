@@ -25,12 +25,11 @@ use infercol_pipelines::{
     AnyConfig, ComponentError, ConsumeError, Consumer, Data, Payload, Processor, ProcessorContext, ProcessorFactory,
     Signal, config_as,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use classify::{Classifier, Rejection, adjusted_count};
+use classify::{Attributes, Classifier, Rejection, SpanLike, Val, adjusted_count};
 use config::{ModelMetricsConfig, Source};
 pub use state::HistogramMetric;
 use state::{Dims, Observation, State};
@@ -109,109 +108,133 @@ struct Inner {
 }
 
 /// The value of a string attribute (other types as their text), when present.
-fn attribute_text(attributes: &[KeyValue], keys: &[String]) -> Option<String> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    let value = classify::find(attributes, keys)?;
-    match value.value.as_ref()? {
-        Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
-        Value::StringValue(_) => None,
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
-        Value::BoolValue(b) => Some(b.to_string()),
+fn attribute_text<A: Attributes + ?Sized>(attributes: &A, keys: &[String]) -> Option<String> {
+    match classify::find(attributes, keys)? {
+        Val::Str(s) if !s.is_empty() => Some(s.to_string()),
+        Val::Int(i) => Some(i.to_string()),
+        Val::Double(d) => Some(d.to_string()),
+        Val::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }
 
 impl Inner {
-    fn dims(&self, resource: &[KeyValue], span: Option<&[KeyValue]>) -> Dims {
+    fn dims<A: Attributes + ?Sized>(&self, resource: &[KeyValue], span: Option<&A>) -> Dims {
         self.config
             .dimensions
             .iter()
             .map(|d| {
-                let from = match d.source {
-                    Source::Resource => Some(resource),
-                    Source::Span => span,
+                let text = match d.source {
+                    Source::Resource => attribute_text(resource, &d.from),
+                    Source::Span => span.and_then(|attrs| attribute_text(attrs, &d.from)),
                 };
-                from.and_then(|attrs| attribute_text(attrs, &d.from))
-                    .unwrap_or_else(|| d.default.clone())
+                text.unwrap_or_else(|| d.default.clone())
             })
             .collect::<Vec<_>>()
             .into()
     }
 
-    fn observe(&self, request: &ExportTraceServiceRequest) {
-        let now = now_ns();
+    fn observe_resource<'s, S: SpanLike + 's>(
+        &self,
+        state: &mut State,
+        resource: &[KeyValue],
+        spans: impl Iterator<Item = &'s S>,
+        now: u64,
+        rejected: &mut Vec<Rejection>,
+        overflowed: &mut Vec<&'static str>,
+    ) {
         let per_span_dims = self.config.dimensions.iter().any(|d| d.source == Source::Span);
+        let resource_dims = state.intern(self.dims::<S::Attrs>(resource, None));
+        let mut replica_active = false;
+        for span in spans {
+            let is_request = self.classifier.is_request(span);
+            let is_inference = self.classifier.is_inference(span);
+            let is_queue = self.classifier.is_async_queue(span);
+            let is_enqueue = self.classifier.is_async_enqueue(span);
+            replica_active |= is_request || self.classifier.is_model_load(span);
+            if !is_request && !is_inference && !is_queue && !is_enqueue {
+                continue;
+            }
+            let dims = if per_span_dims {
+                state.intern(self.dims(resource, Some(span.attributes())))
+            } else {
+                resource_dims
+            };
+            let count = adjusted_count(span.trace_state());
+            // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
+            let weight = count.round().max(1.0) as u64;
+            let mut record = |state: &mut State, metric: HistogramMetric, value: Option<f64>| {
+                if let Some(value) = value {
+                    let obs = Observation {
+                        value,
+                        weight,
+                        end_ns: span.end(),
+                        trace_id: span.trace_id(),
+                        span_id: span.span_id(),
+                    };
+                    if state.record(metric, dims, obs, now) {
+                        overflowed.push(metric.name());
+                    }
+                }
+            };
+            if is_inference {
+                let duration = Classifier::duration(span, rejected);
+                record(state, HistogramMetric::InferenceDuration, duration);
+            }
+            if is_enqueue && let Some(id) = self.classifier.message_id(span) {
+                let model = infercol_pipelines::replicas::model_dims(resource);
+                let values = state.dims(dims).clone();
+                state.queue.enqueue(&id, &values, model, std::time::Instant::now());
+            }
+            if is_queue {
+                let duration = Classifier::duration(span, rejected);
+                record(state, HistogramMetric::AsyncQueueDuration, duration);
+                if let Some(id) = self.classifier.message_id(span) {
+                    state.queue.dequeue(&id, std::time::Instant::now());
+                }
+            }
+            if is_request {
+                let r = self.classifier.request(span, rejected);
+                let counted_in_overflow = state.count_request(dims, &r.status, count, now);
+                record(state, HistogramMetric::RequestDuration, r.duration);
+                record(state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
+                record(state, HistogramMetric::RequestSize, r.request_size);
+                record(state, HistogramMetric::ResponseSize, r.response_size);
+                record(state, HistogramMetric::InputTokens, r.input_tokens);
+                record(state, HistogramMetric::OutputTokens, r.output_tokens);
+                if counted_in_overflow {
+                    overflowed.push("model.requests");
+                }
+            }
+        }
+        if replica_active {
+            self.replicas.seen(resource, true);
+        }
+    }
+
+    /// Records the spans of a request: the owned form, or the borrowed view of `data` when it has one (no string
+    /// of a span is copied then).
+    fn observe(&self, data: &Data) {
+        let now = now_ns();
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut overflowed: Vec<&'static str> = Vec::new();
         let Ok(mut state) = self.state.lock() else { return };
-        for rs in &request.resource_spans {
-            let resource: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-            let resource_dims = state.intern(self.dims(resource, None));
-            let mut replica_active = false;
-            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                let is_request = self.classifier.is_request(span);
-                let is_inference = self.classifier.is_inference(span);
-                let is_queue = self.classifier.is_async_queue(span);
-                let is_enqueue = self.classifier.is_async_enqueue(span);
-                replica_active |= is_request || self.classifier.is_model_load(span);
-                if !is_request && !is_inference && !is_queue && !is_enqueue {
-                    continue;
-                }
-                let dims = if per_span_dims {
-                    state.intern(self.dims(resource, Some(&span.attributes)))
-                } else {
-                    resource_dims
-                };
-                let count = adjusted_count(&span.trace_state);
-                // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
-                let weight = count.round().max(1.0) as u64;
-                let mut record = |state: &mut State, metric: HistogramMetric, value: Option<f64>| {
-                    if let Some(value) = value {
-                        let obs = Observation {
-                            value,
-                            weight,
-                            end_ns: span.end_time_unix_nano,
-                            trace_id: &span.trace_id,
-                            span_id: &span.span_id,
-                        };
-                        if state.record(metric, dims, obs, now) {
-                            overflowed.push(metric.name());
-                        }
-                    }
-                };
-                if is_inference {
-                    let duration = Classifier::duration(span, &mut rejected);
-                    record(&mut state, HistogramMetric::InferenceDuration, duration);
-                }
-                if is_enqueue && let Some(id) = self.classifier.message_id(span) {
-                    let model = infercol_pipelines::replicas::model_dims(resource);
-                    let values = state.dims(dims).clone();
-                    state.queue.enqueue(&id, &values, model, std::time::Instant::now());
-                }
-                if is_queue {
-                    let duration = Classifier::duration(span, &mut rejected);
-                    record(&mut state, HistogramMetric::AsyncQueueDuration, duration);
-                    if let Some(id) = self.classifier.message_id(span) {
-                        state.queue.dequeue(&id, std::time::Instant::now());
-                    }
-                }
-                if is_request {
-                    let r = self.classifier.request(span, &mut rejected);
-                    let counted_in_overflow = state.count_request(dims, &r.status, count, now);
-                    record(&mut state, HistogramMetric::RequestDuration, r.duration);
-                    record(&mut state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
-                    record(&mut state, HistogramMetric::RequestSize, r.request_size);
-                    record(&mut state, HistogramMetric::ResponseSize, r.response_size);
-                    record(&mut state, HistogramMetric::InputTokens, r.input_tokens);
-                    record(&mut state, HistogramMetric::OutputTokens, r.output_tokens);
-                    if counted_in_overflow {
-                        overflowed.push("model.requests");
-                    }
-                }
+        if let Some(view) = data.view() {
+            for rs in &view.resource_spans {
+                // The resource's attributes in the owned form, once per resource (dimensions, replicas, queues).
+                let resource = rs
+                    .resource
+                    .as_ref()
+                    .map(|r| infercol_pipelines::lite::owned_attributes(&r.attributes))
+                    .unwrap_or_default();
+                let spans = rs.scope_spans.iter().flat_map(|ss| &ss.spans);
+                self.observe_resource(&mut state, &resource, spans, now, &mut rejected, &mut overflowed);
             }
-            if replica_active {
-                self.replicas.seen(resource, true);
+        } else if let Payload::Traces(request) = data.payload() {
+            for rs in &request.resource_spans {
+                let resource: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+                let spans = rs.scope_spans.iter().flat_map(|ss| &ss.spans);
+                self.observe_resource(&mut state, resource, spans, now, &mut rejected, &mut overflowed);
             }
         }
         drop(state);
@@ -262,8 +285,8 @@ pub struct ModelMetricsProcessor {
 #[async_trait]
 impl Consumer for ModelMetricsProcessor {
     async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
-        if let Payload::Traces(request) = data.payload() {
-            self.inner.observe(request);
+        if data.signal() == Signal::Traces {
+            self.inner.observe(&data);
         }
         self.inner.next.consume(data).await
     }

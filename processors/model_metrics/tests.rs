@@ -790,3 +790,96 @@ fn expired_dimension_handles_are_reused_with_the_right_labels() {
     assert_eq!(state.dims(new)[0], "new-model");
     assert_eq!(models(&mut state, later + 1), vec!["Some(StringValue(\"new-model\"))"]);
 }
+
+/// A request that arrived as protobuf is read through its borrowed view; the metrics are the same as from the
+/// owned form, for every kind of span the contract names.
+#[tokio::test]
+async fn the_borrowed_view_and_the_owned_form_give_the_same_metrics() {
+    use prost::Message;
+    let now = now_ns();
+    let mut spans = Vec::new();
+    for i in 0..200u64 {
+        let mut s = request_span(
+            i + 1,
+            now - i * 1_000_000,
+            0.01 + (i % 17) as f64 * 0.013,
+            [200, 404, 500][i as usize % 3],
+        );
+        match i % 5 {
+            1 => {
+                s.attributes = vec![
+                    kv("rpc.system", Value::StringValue("grpc".into())),
+                    kv("rpc.grpc.status_code", Value::IntValue((i % 17) as i64)),
+                ]
+            }
+            2 => s.attributes = vec![kv("websocket.close_code", Value::IntValue(1011))],
+            3 => {
+                s.attributes = vec![kv(
+                    "rpc.status_code",
+                    Value::StringValue("StatusCode.UNAVAILABLE".into()),
+                )];
+                s.status = Some(opentelemetry_proto::tonic::trace::v1::Status {
+                    code: 2,
+                    ..Default::default()
+                });
+            }
+            _ => {
+                s.attributes
+                    .push(kv("gen_ai.usage.input_tokens", Value::IntValue(i as i64)));
+                s.attributes
+                    .push(kv("gen_ai.usage.output_tokens", Value::DoubleValue(i as f64 * 2.0)));
+                s.attributes
+                    .push(kv("http.request.body.size", Value::StringValue(format!("{}", 10 * i))));
+                s.events.push(opentelemetry_proto::tonic::trace::v1::span::Event {
+                    name: "first_token".into(),
+                    time_unix_nano: s.start_time_unix_nano + 1_000_000,
+                    ..Default::default()
+                });
+            }
+        }
+        if i % 7 == 0 {
+            s.trace_state = "ot=th:8".into();
+        }
+        spans.push(s);
+        let mut child = request_span(10_000 + i, now, 0.005, 200);
+        child.kind = 1;
+        child.name = ["predict", "async.queue", "async.enqueue", "model.load"][i as usize % 4].into();
+        child.attributes = vec![kv("messaging.message.id", Value::StringValue(format!("m{}", i / 4)))];
+        spans.push(child);
+    }
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("llm", Some("prod"))),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let viewed = Data::decode(infercol_pipelines::Signal::Traces, request.encode_to_vec().into()).unwrap();
+    assert!(viewed.view().is_some(), "a well-formed request travels as its view");
+    let mut emitted = Vec::new();
+    for data in [Data::traces(request), viewed] {
+        let (p, next, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+        p.consume(data).await.unwrap();
+        p.shutdown().await.unwrap();
+        assert_eq!(next.0.lock().await[0].items(), 400, "spans pass on unchanged");
+        // Times and exemplars (a random pick) aside, the metrics are identical.
+        let mut json: serde_json::Value = serde_json::from_str(&out.0.lock().await[0].to_json()).unwrap();
+        fn strip(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    map.retain(|k, _| !k.ends_with("TimeUnixNano") && k != "timeUnixNano" && k != "exemplars");
+                    map.values_mut().for_each(strip);
+                }
+                serde_json::Value::Array(list) => list.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        strip(&mut json);
+        emitted.push(json);
+    }
+    assert!(emitted[0].to_string().contains("model.async_queue.duration"));
+    assert_eq!(emitted[0], emitted[1]);
+}
