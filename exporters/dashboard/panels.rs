@@ -456,35 +456,12 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
 mod tests {
     use super::*;
 
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use super::super::store::tests::{kv, request};
     use opentelemetry_proto::tonic::metrics::v1::{
-        AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
-        metric::Data, number_data_point, summary_data_point::ValueAtQuantile,
+        AggregationTemporality, Metric, NumberDataPoint, Sum, Summary, SummaryDataPoint, metric::Data,
+        number_data_point, summary_data_point::ValueAtQuantile,
     };
     use std::time::Duration;
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
-        ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                scope_metrics: vec![ScopeMetrics {
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-    }
 
     fn panel<'a>(body: &'a Json, id: &str) -> &'a Json {
         body["panels"]

@@ -277,14 +277,15 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use opentelemetry_proto::tonic::common::v1::AnyValue;
     use opentelemetry_proto::tonic::metrics::v1::{
         Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
     };
 
-    fn kv(k: &str, v: &str) -> KeyValue {
+    /// A string attribute (also for the panels' tests).
+    pub(crate) fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
             value: Some(AnyValue {
@@ -294,11 +295,12 @@ mod tests {
         }
     }
 
-    fn request(metric: Metric) -> ExportMetricsServiceRequest {
+    /// One export request of `metrics` (also for the panels' tests).
+    pub(crate) fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 scope_metrics: vec![ScopeMetrics {
-                    metrics: vec![metric],
+                    metrics,
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -333,7 +335,12 @@ mod tests {
     fn cumulative_sums_become_increases_and_restarts_count_from_zero() {
         let mut store = Store::new(Duration::from_secs(3600), 100);
         for (value, start, at) in [(5.0, 1, 10), (12.0, 1, 20), (12.0, 1, 30), (3.0, 2, 40)] {
-            store.ingest(&request(counter(value, start, at, AggregationTemporality::Cumulative)));
+            store.ingest(&request(vec![counter(
+                value,
+                start,
+                at,
+                AggregationTemporality::Cumulative,
+            )]));
         }
         assert_eq!(values(&store, "model.requests"), vec![5.0, 7.0, 0.0, 3.0]);
         assert_eq!(store.resolution_ms(), 10_000);
@@ -343,7 +350,7 @@ mod tests {
     fn delta_sums_are_kept_as_they_are() {
         let mut store = Store::new(Duration::from_secs(3600), 100);
         for (value, at) in [(5.0, 10), (7.0, 20)] {
-            store.ingest(&request(counter(value, 0, at, AggregationTemporality::Delta)));
+            store.ingest(&request(vec![counter(value, 0, at, AggregationTemporality::Delta)]));
         }
         assert_eq!(values(&store, "model.requests"), vec![5.0, 7.0]);
     }
@@ -363,7 +370,7 @@ mod tests {
                 })),
                 ..Default::default()
             };
-            store.ingest(&request(metric));
+            store.ingest(&request(vec![metric]));
         }
         assert_eq!(store.series.len(), 2, "past max_series new series are refused");
         assert_eq!(store.dropped, 3);
@@ -389,7 +396,7 @@ mod tests {
                 })),
                 ..Default::default()
             };
-            store.ingest(&request(metric));
+            store.ingest(&request(vec![metric]));
             store.expire((i * 10_000) as i64);
         }
         let points: usize = store.series.values().map(|s| s.points.len()).sum();
