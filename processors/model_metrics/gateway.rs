@@ -21,7 +21,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Metric, Summary, SummaryDataPoint, metric::Data as MetricData,
-    summary_data_point::ValueAtQuantile,
 };
 use serde::Deserialize;
 
@@ -183,20 +182,13 @@ impl crate::ticker::Flush for Inner {
                 by_metric
                     .entry((name.clone(), s.unit.clone()))
                     .or_default()
-                    .push(SummaryDataPoint {
-                        attributes: s.attributes.clone(),
-                        start_time_unix_nano: now.saturating_sub(self.config.quantile_window.as_nanos() as u64),
-                        time_unix_nano: now,
-                        count: window.count(),
-                        sum: window.sum(),
-                        quantile_values: self
-                            .config
-                            .quantiles
-                            .iter()
-                            .filter_map(|q| window.quantile(*q).map(|value| ValueAtQuantile { quantile: *q, value }))
-                            .collect(),
-                        ..Default::default()
-                    });
+                    .push(super::window::summary_point(
+                        &window,
+                        s.attributes.clone(),
+                        now,
+                        self.config.quantile_window,
+                        &self.config.quantiles,
+                    ));
             }
         }
         if by_metric.is_empty() {

@@ -12,9 +12,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Exemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, Sum, Summary, SummaryDataPoint, exemplar,
-    exponential_histogram_data_point::Buckets, metric::Data as MetricData, number_data_point,
-    summary_data_point::ValueAtQuantile,
+    HistogramDataPoint, Metric, NumberDataPoint, Sum, Summary, exemplar, exponential_histogram_data_point::Buckets,
+    metric::Data as MetricData, number_data_point,
 };
 
 use infercol_pipelines::ReplicaDirectory;
@@ -515,20 +514,13 @@ impl State {
                     }
                 }
                 if let Some(window) = series.window.snapshot(now_ns) {
-                    summary_points.push(SummaryDataPoint {
+                    summary_points.push(super::window::summary_point(
+                        &window,
                         attributes,
-                        start_time_unix_nano: now_ns.saturating_sub(self.config.quantile_window.as_nanos() as u64),
-                        time_unix_nano: now_ns,
-                        count: window.count(),
-                        sum: window.sum(),
-                        quantile_values: self
-                            .config
-                            .quantiles
-                            .iter()
-                            .filter_map(|q| window.quantile(*q).map(|value| ValueAtQuantile { quantile: *q, value }))
-                            .collect(),
-                        ..Default::default()
-                    });
+                        now_ns,
+                        self.config.quantile_window,
+                        &self.config.quantiles,
+                    ));
                 }
                 series.dirty = false;
             }

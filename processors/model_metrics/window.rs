@@ -111,6 +111,29 @@ impl QuantileWindow {
     }
 }
 
+/// The summary point of a window's snapshot taken at `now_ns`: its count, sum and the configured quantiles.
+pub fn summary_point(
+    window: &ExpoHistogram<u32>,
+    attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+    now_ns: u64,
+    length: Duration,
+    quantiles: &[f64],
+) -> opentelemetry_proto::tonic::metrics::v1::SummaryDataPoint {
+    use opentelemetry_proto::tonic::metrics::v1::summary_data_point::ValueAtQuantile;
+    opentelemetry_proto::tonic::metrics::v1::SummaryDataPoint {
+        attributes,
+        start_time_unix_nano: now_ns.saturating_sub(length.as_nanos() as u64),
+        time_unix_nano: now_ns,
+        count: window.count(),
+        sum: window.sum(),
+        quantile_values: quantiles
+            .iter()
+            .filter_map(|q| window.quantile(*q).map(|value| ValueAtQuantile { quantile: *q, value }))
+            .collect(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
