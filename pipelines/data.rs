@@ -117,7 +117,7 @@ pub struct Data {
     signal: Signal,
     /// The owned form: set from the start, or decoded from `encoded` on first use when `view` is set.
     payload: OnceLock<Payload>,
-    view: Option<Arc<crate::lite::LiteTraces>>,
+    view: Option<Arc<crate::lite::TraceView>>,
     /// The protobuf encoding of `payload`, kept when it is known (as received, or encoded once already).
     encoded: Option<Bytes>,
     items: usize,
@@ -144,34 +144,27 @@ impl Data {
     /// `crate::lite`); every other request is decoded with the owned types, which give prost's answer.
     pub fn decode(signal: Signal, bytes: Bytes) -> Result<Data, prost::DecodeError> {
         if signal == Signal::Traces
-            && let Some(view) = crate::lite::decode_exact(bytes.clone())
-        {
-            let spans = || {
-                view.resource_spans
-                    .iter()
-                    .flat_map(|rs| &rs.scope_spans)
-                    .flat_map(|ss| &ss.spans)
-            };
-            if spans().all(|s| {
+            && let Some(view) = crate::lite::TraceView::decode(bytes.clone())
+            && view.spans().all(|s| {
                 id_problem(
-                    &s.trace_id,
-                    &s.span_id,
-                    &s.parent_span_id,
-                    s.start_time_unix_nano,
-                    s.end_time_unix_nano,
+                    s.trace_id(),
+                    s.span_id(),
+                    s.parent_span_id(),
+                    s.start_time_unix_nano(),
+                    s.end_time_unix_nano(),
                 )
                 .is_none()
-            }) {
-                return Ok(Data {
-                    signal,
-                    payload: OnceLock::new(),
-                    items: spans().count(),
-                    resources: view.resource_spans.len(),
-                    view: Some(Arc::new(view)),
-                    encoded: Some(bytes),
-                    acks: Vec::new(),
-                });
-            }
+            })
+        {
+            return Ok(Data {
+                signal,
+                payload: OnceLock::new(),
+                items: view.span_count(),
+                resources: view.resource_count(),
+                view: Some(Arc::new(view)),
+                encoded: Some(bytes),
+                acks: Vec::new(),
+            });
         }
         let payload = match signal {
             Signal::Traces => Payload::Traces(Arc::new(ExportTraceServiceRequest::decode(bytes.clone())?)),
@@ -210,7 +203,7 @@ impl Data {
     }
 
     /// The borrowed view of a trace request that arrived as protobuf, when it has one.
-    pub fn view(&self) -> Option<&crate::lite::LiteTraces> {
+    pub fn view(&self) -> Option<&crate::lite::TraceView> {
         self.view.as_deref()
     }
 
@@ -243,12 +236,11 @@ impl Data {
     /// The owned form (decoded now, once, for a request that so far travelled as its view).
     pub fn payload(&self) -> &Payload {
         self.payload.get_or_init(|| {
-            // The view holds everything the bytes hold and the owned types accept them (`lite::decode_exact`).
+            // The view takes only what the owned types accept (`lite::TraceView::decode`).
             let bytes = self.encoded.clone().unwrap_or_default();
             let request = ExportTraceServiceRequest::decode(bytes).unwrap_or_else(|e| {
-                tracing::error!("a request the view held did not decode: {e}; decoding its re-encoding");
-                let again = self.view.as_ref().map(|v| v.encode_to_vec()).unwrap_or_default();
-                ExportTraceServiceRequest::decode(again.as_slice()).unwrap_or_default()
+                tracing::error!("a request the view took did not decode with the owned types: {e}");
+                ExportTraceServiceRequest::default()
             });
             Payload::Traces(Arc::new(request))
         })

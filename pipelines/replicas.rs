@@ -234,8 +234,8 @@ impl ReplicaDirectory {
     /// Learns from every resource of an export request.
     pub fn observe_data(&self, data: &Data) {
         if let Some(view) = data.view() {
-            for resource in view.resource_spans.iter().filter_map(|x| x.resource.as_ref()) {
-                self.observe(&crate::lite::owned_attributes(&resource.attributes));
+            for resource in view.resources() {
+                self.observe(&resource.attributes().owned());
             }
             return;
         }

@@ -2,7 +2,7 @@
 //! tokens, and its sampling weight. Pure functions over a span, so every rule is tested on its own; a span is
 //! either the owned OTLP type or the borrowed view of `infercol_pipelines::lite` (see `SpanLike`).
 
-use infercol_pipelines::lite::{LiteAnyValue, LiteKeyValue, LiteSpan, LiteValue, text as lite_text};
+use infercol_pipelines::lite::{KeyValues, SpanView, Value as ViewValue};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatus;
@@ -30,13 +30,13 @@ impl<'a> From<&'a AnyValue> for Val<'a> {
     }
 }
 
-impl<'a> From<&'a LiteAnyValue> for Val<'a> {
-    fn from(v: &'a LiteAnyValue) -> Val<'a> {
-        match v.value.as_ref() {
-            Some(LiteValue::StringValue(s)) => Val::Str(lite_text(s)),
-            Some(LiteValue::IntValue(i)) => Val::Int(*i),
-            Some(LiteValue::DoubleValue(d)) => Val::Double(*d),
-            Some(LiteValue::BoolValue(b)) => Val::Bool(*b),
+impl<'a> From<ViewValue<'a>> for Val<'a> {
+    fn from(v: ViewValue<'a>) -> Val<'a> {
+        match v {
+            ViewValue::Str(s) => Val::Str(s),
+            ViewValue::Int(i) => Val::Int(i),
+            ViewValue::Double(d) => Val::Double(d),
+            ViewValue::Bool(b) => Val::Bool(b),
             _ => Val::Other,
         }
     }
@@ -55,11 +55,9 @@ impl Attributes for [KeyValue] {
     }
 }
 
-impl Attributes for [LiteKeyValue] {
+impl Attributes for KeyValues<'_> {
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
-        self.iter()
-            .find(|kv| kv.key == key.as_bytes())
-            .map(|kv| kv.value.as_ref().map(Val::from))
+        self.get(key.as_bytes()).map(|v| v.map(Val::from))
     }
 }
 
@@ -118,41 +116,75 @@ impl SpanLike for Span {
     }
 }
 
-impl SpanLike for LiteSpan {
-    type Attrs = [LiteKeyValue];
+impl<'a> SpanLike for SpanView<'a> {
+    type Attrs = KeyValues<'a>;
     fn kind(&self) -> i32 {
-        self.kind
+        SpanView::kind(self)
     }
     fn name(&self) -> &[u8] {
-        &self.name
+        SpanView::name(self)
     }
     fn start(&self) -> u64 {
-        self.start_time_unix_nano
+        self.start_time_unix_nano()
     }
     fn end(&self) -> u64 {
-        self.end_time_unix_nano
+        self.end_time_unix_nano()
     }
-    fn attributes(&self) -> &[LiteKeyValue] {
-        &self.attributes
+    fn attributes(&self) -> &KeyValues<'a> {
+        SpanView::attributes(self)
     }
     fn first_event(&self, names: &[String]) -> Option<u64> {
-        self.events
-            .iter()
-            .filter(|e| names.iter().any(|n| n.as_bytes() == e.name))
-            .map(|e| e.time_unix_nano)
+        self.events()
+            .filter(|(name, _)| names.iter().any(|n| n.as_bytes() == *name))
+            .map(|(_, time)| time)
             .min()
     }
     fn status_is_error(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| s.code == OtlpStatus::Error as i32)
+        self.status_code() == OtlpStatus::Error as i32
     }
     fn trace_state(&self) -> &str {
-        lite_text(&self.trace_state)
+        SpanView::trace_state(self)
     }
     fn trace_id(&self) -> &[u8] {
-        &self.trace_id
+        SpanView::trace_id(self)
     }
     fn span_id(&self) -> &[u8] {
-        &self.span_id
+        SpanView::span_id(self)
+    }
+}
+
+/// A borrowed span reads as the span itself (the owned types are iterated by reference).
+impl<S: SpanLike + ?Sized> SpanLike for &S {
+    type Attrs = S::Attrs;
+    fn kind(&self) -> i32 {
+        (**self).kind()
+    }
+    fn name(&self) -> &[u8] {
+        (**self).name()
+    }
+    fn start(&self) -> u64 {
+        (**self).start()
+    }
+    fn end(&self) -> u64 {
+        (**self).end()
+    }
+    fn attributes(&self) -> &S::Attrs {
+        (**self).attributes()
+    }
+    fn first_event(&self, names: &[String]) -> Option<u64> {
+        (**self).first_event(names)
+    }
+    fn status_is_error(&self) -> bool {
+        (**self).status_is_error()
+    }
+    fn trace_state(&self) -> &str {
+        (**self).trace_state()
+    }
+    fn trace_id(&self) -> &[u8] {
+        (**self).trace_id()
+    }
+    fn span_id(&self) -> &[u8] {
+        (**self).span_id()
     }
 }
 

@@ -134,11 +134,11 @@ impl Inner {
             .into()
     }
 
-    fn observe_resource<'s, S: SpanLike + 's>(
+    fn observe_resource<S: SpanLike>(
         &self,
         state: &mut State,
         resource: &[KeyValue],
-        spans: impl Iterator<Item = &'s S>,
+        spans: impl Iterator<Item = S>,
         now: u64,
         rejected: &mut Vec<Rejection>,
         overflowed: &mut Vec<&'static str>,
@@ -147,11 +147,11 @@ impl Inner {
         let resource_dims = state.intern(self.dims::<S::Attrs>(resource, None));
         let mut replica_active = false;
         for span in spans {
-            let is_request = self.classifier.is_request(span);
-            let is_inference = self.classifier.is_inference(span);
-            let is_queue = self.classifier.is_async_queue(span);
-            let is_enqueue = self.classifier.is_async_enqueue(span);
-            replica_active |= is_request || self.classifier.is_model_load(span);
+            let is_request = self.classifier.is_request(&span);
+            let is_inference = self.classifier.is_inference(&span);
+            let is_queue = self.classifier.is_async_queue(&span);
+            let is_enqueue = self.classifier.is_async_enqueue(&span);
+            replica_active |= is_request || self.classifier.is_model_load(&span);
             if !is_request && !is_inference && !is_queue && !is_enqueue {
                 continue;
             }
@@ -178,23 +178,23 @@ impl Inner {
                 }
             };
             if is_inference {
-                let duration = Classifier::duration(span, rejected);
+                let duration = Classifier::duration(&span, rejected);
                 record(state, HistogramMetric::InferenceDuration, duration);
             }
-            if is_enqueue && let Some(id) = self.classifier.message_id(span) {
+            if is_enqueue && let Some(id) = self.classifier.message_id(&span) {
                 let model = infercol_pipelines::replicas::model_dims(resource);
                 let values = state.dims(dims).clone();
                 state.queue.enqueue(&id, &values, model, std::time::Instant::now());
             }
             if is_queue {
-                let duration = Classifier::duration(span, rejected);
+                let duration = Classifier::duration(&span, rejected);
                 record(state, HistogramMetric::AsyncQueueDuration, duration);
-                if let Some(id) = self.classifier.message_id(span) {
+                if let Some(id) = self.classifier.message_id(&span) {
                     state.queue.dequeue(&id, std::time::Instant::now());
                 }
             }
             if is_request {
-                let r = self.classifier.request(span, rejected);
+                let r = self.classifier.request(&span, rejected);
                 let counted_in_overflow = state.count_request(dims, &r.status, count, now);
                 record(state, HistogramMetric::RequestDuration, r.duration);
                 record(state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
@@ -220,15 +220,10 @@ impl Inner {
         let mut overflowed: Vec<&'static str> = Vec::new();
         let Ok(mut state) = self.state.lock() else { return };
         if let Some(view) = data.view() {
-            for rs in &view.resource_spans {
+            for rs in view.resources() {
                 // The resource's attributes in the owned form, once per resource (dimensions, replicas, queues).
-                let resource = rs
-                    .resource
-                    .as_ref()
-                    .map(|r| infercol_pipelines::lite::owned_attributes(&r.attributes))
-                    .unwrap_or_default();
-                let spans = rs.scope_spans.iter().flat_map(|ss| &ss.spans);
-                self.observe_resource(&mut state, &resource, spans, now, &mut rejected, &mut overflowed);
+                let resource = rs.attributes().owned();
+                self.observe_resource(&mut state, &resource, rs.spans(), now, &mut rejected, &mut overflowed);
             }
         } else if let Payload::Traces(request) = data.payload() {
             for rs in &request.resource_spans {
