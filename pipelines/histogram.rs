@@ -66,6 +66,30 @@ pub fn bucket_index(value: f64, scale: i32) -> i32 {
     }
 }
 
+/// A value with its bucket index at `MAX_SCALE`, computed once for every exponential histogram the value goes to:
+/// a bucket at a coarser scale `s` is exactly the run of `2^(MAX_SCALE - s)` buckets at `MAX_SCALE` that an
+/// arithmetic shift selects, so one logarithm serves them all.
+#[derive(Clone, Copy, Debug)]
+pub struct Indexed {
+    pub value: f64,
+    index: i32,
+}
+
+impl Indexed {
+    /// `value` must be finite and >= 0.
+    pub fn new(value: f64) -> Indexed {
+        Indexed {
+            value,
+            index: if value > 0.0 { bucket_index(value, MAX_SCALE) } else { 0 },
+        }
+    }
+
+    /// The bucket index at `scale` (<= `MAX_SCALE`).
+    fn at(self, scale: i32) -> i32 {
+        self.index >> (MAX_SCALE - scale)
+    }
+}
+
 /// The lower boundary of bucket `index` at `scale` (exclusive).
 pub fn bucket_lower(index: i32, scale: i32) -> f64 {
     (f64::from(index) / 2f64.powi(scale)).exp2()
@@ -147,6 +171,12 @@ impl<C: Count> ExpoHistogram<C> {
 
     /// Records `value` (finite, >= 0) `weight` times.
     pub fn record(&mut self, value: f64, weight: u64) {
+        self.record_indexed(Indexed::new(value), weight);
+    }
+
+    /// Records a value whose index was computed once for several histograms (see `Indexed`).
+    pub fn record_indexed(&mut self, indexed: Indexed, weight: u64) {
+        let value = indexed.value;
         debug_assert!(value.is_finite() && value >= 0.0);
         self.count += weight;
         self.sum += value * weight as f64;
@@ -156,7 +186,7 @@ impl<C: Count> ExpoHistogram<C> {
             self.zero_count += weight;
             return;
         }
-        let index = bucket_index(value, self.scale);
+        let index = indexed.at(self.scale);
         let index = self.make_room(index, index);
         let at = (index - self.offset) as usize;
         self.counts[at].add(weight);
@@ -318,6 +348,26 @@ impl ExplicitHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index computed once at `MAX_SCALE` and shifted is the index computed at each scale.
+    #[test]
+    fn one_index_serves_every_scale() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Values from 1e-9 to 1e9, and exact powers of two (bucket boundaries).
+            let v = if x % 10 == 0 {
+                2f64.powi((x % 61) as i32 - 30)
+            } else {
+                10f64.powf((x >> 11) as f64 / (1u64 << 53) as f64 * 18.0 - 9.0)
+            };
+            for scale in [MIN_SCALE, -3, 0, 3, 6, 12, MAX_SCALE] {
+                assert_eq!(Indexed::new(v).at(scale), bucket_index(v, scale), "{v} at scale {scale}");
+            }
+        }
+    }
 
     #[test]
     fn bucket_boundaries_are_upper_inclusive() {

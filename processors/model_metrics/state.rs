@@ -21,7 +21,7 @@ use infercol_pipelines::ReplicaDirectory;
 use super::classify::Status;
 use super::config::{ModelMetricsConfig, Temporality};
 use super::window::QuantileWindow;
-use infercol_pipelines::histogram::{ExplicitHistogram, ExpoHistogram, MAX_SCALE};
+use infercol_pipelines::histogram::{ExplicitHistogram, ExpoHistogram, Indexed, MAX_SCALE};
 
 /// The derived histograms, in the contract's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,11 +337,13 @@ impl State {
                 last_seen_ns: now_ns,
                 dirty: false,
             });
+        // One logarithm for both exponential histograms (the series' and the window's).
+        let indexed = Indexed::new(obs.value);
         match &mut series.buckets {
-            Buckets2::Exponential(h) => h.record(obs.value, obs.weight),
+            Buckets2::Exponential(h) => h.record_indexed(indexed, obs.weight),
             Buckets2::Explicit(h) => h.record(obs.value, obs.weight),
         }
-        series.window.record(obs.end_ns, now_ns, obs.value, obs.weight);
+        series.window.record_indexed(obs.end_ns, now_ns, indexed, obs.weight);
         series.last_seen_ns = now_ns;
         series.dirty = true;
         if exemplars_on && !obs.trace_id.is_empty() {

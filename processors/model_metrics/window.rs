@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use infercol_pipelines::histogram::ExpoHistogram;
+use infercol_pipelines::histogram::{ExpoHistogram, Indexed};
 
 /// Slices per window: the window slides in steps of `quantile_window / SLICES`.
 pub const SLICES: u64 = 6;
@@ -37,10 +37,16 @@ impl QuantileWindow {
     }
 
     /// Records a value whose span ended at `end_ns`; false when that is already outside the window.
+    #[cfg(test)]
     pub fn record(&mut self, end_ns: u64, now_ns: u64, value: f64, weight: u64) -> bool {
+        self.record_indexed(end_ns, now_ns, Indexed::new(value), weight)
+    }
+
+    /// `record` for a value whose bucket index is computed already (see `Indexed`).
+    pub fn record_indexed(&mut self, end_ns: u64, now_ns: u64, value: Indexed, weight: u64) -> bool {
         match self.slice_at(end_ns, now_ns) {
             Some(slice) => {
-                slice.record(value, weight);
+                slice.record_indexed(value, weight);
                 true
             }
             None => false,
