@@ -358,13 +358,17 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Values from 1e-9 to 1e9, and exact powers of two (bucket boundaries).
-            let v = if x % 10 == 0 {
+            let v = if x.is_multiple_of(10) {
                 2f64.powi((x % 61) as i32 - 30)
             } else {
                 10f64.powf((x >> 11) as f64 / (1u64 << 53) as f64 * 18.0 - 9.0)
             };
             for scale in [MIN_SCALE, -3, 0, 3, 6, 12, MAX_SCALE] {
-                assert_eq!(Indexed::new(v).at(scale), bucket_index(v, scale), "{v} at scale {scale}");
+                assert_eq!(
+                    Indexed::new(v).at(scale),
+                    bucket_index(v, scale),
+                    "{v} at scale {scale}"
+                );
             }
         }
     }

@@ -321,22 +321,25 @@ impl State {
         let map = &mut self.histograms[index];
         let key = Some(dims);
         let mut overflow = false;
-        if !map.contains_key(&key) {
-            overflow = series_count(map) >= limit;
-        }
-        let series = map
-            .entry(if overflow { None } else { key })
-            .or_insert_with(|| HistogramSeries {
-                buckets: match bounds {
-                    Some(b) => Buckets2::Explicit(ExplicitHistogram::new(b)),
-                    None => Buckets2::Exponential(ExpoHistogram::new(max_size, MAX_SCALE)),
-                },
-                window: QuantileWindow::new(window),
-                exemplars: Exemplars::default(),
-                start_ns: now_ns,
-                last_seen_ns: now_ns,
-                dirty: false,
-            });
+        // One lookup on the common path: the series exists.
+        let series = match map.get_mut(&key) {
+            Some(series) => series,
+            None => {
+                overflow = series_count(map) >= limit;
+                map.entry(if overflow { None } else { key })
+                    .or_insert_with(|| HistogramSeries {
+                        buckets: match bounds {
+                            Some(b) => Buckets2::Explicit(ExplicitHistogram::new(b)),
+                            None => Buckets2::Exponential(ExpoHistogram::new(max_size, MAX_SCALE)),
+                        },
+                        window: QuantileWindow::new(window),
+                        exemplars: Exemplars::default(),
+                        start_ns: now_ns,
+                        last_seen_ns: now_ns,
+                        dirty: false,
+                    })
+            }
+        };
         // One logarithm for both exponential histograms (the series' and the window's).
         let indexed = Indexed::new(obs.value);
         match &mut series.buckets {

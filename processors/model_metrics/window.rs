@@ -70,6 +70,21 @@ impl QuantileWindow {
     }
 
     fn slice_at(&mut self, end_ns: u64, now_ns: u64) -> Option<&mut ExpoHistogram<u32>> {
+        // The common case, without a division: now is in the newest slice, and the value's end in it (or later:
+        // a clock ahead of ours) or in the slice before, which is live too.
+        let n = self.slices.len();
+        if n > 0 {
+            let newest = self.slices[n - 1].0;
+            let start = newest * self.slice_ns;
+            if now_ns >= start && now_ns - start < self.slice_ns {
+                if end_ns >= start {
+                    return Some(&mut self.slices[n - 1].1);
+                }
+                if n >= 2 && self.slices[n - 2].0 + 1 == newest && end_ns >= start - self.slice_ns {
+                    return Some(&mut self.slices[n - 2].1);
+                }
+            }
+        }
         let now_slice = now_ns / self.slice_ns;
         // A clock ahead of ours puts the value in the current slice rather than in the future.
         let slice = (end_ns / self.slice_ns).min(now_slice);
@@ -157,6 +172,29 @@ mod tests {
         // 65 s later the first value is gone, the second too; nothing remains.
         assert_eq!(w.snapshot(now + 40 * S).map(|h| h.count()), Some(1));
         assert!(w.snapshot(now + 80 * S).is_none());
+    }
+
+    /// Values go to the slice of their end time whether or not the newest slices exist yet (the fast path for the
+    /// newest two slices and the general one agree), and leave the window slice by slice.
+    #[test]
+    fn each_value_in_its_slice() {
+        let mut w = QuantileWindow::new(Duration::from_secs(60));
+        let now = 1_000 * S + S / 2; // inside the slice [1000 s, 1010 s)
+        assert!(w.record(now, now, 1.0, 1)); // creates the newest slice
+        assert!(w.record(now - 5 * S, now, 2.0, 1)); // the slice before, created
+        assert!(w.record(now - 6 * S, now, 3.0, 1)); // the slice before again: fast path
+        assert!(w.record(now + 2 * S, now, 4.0, 1)); // the newest: fast path
+        assert!(w.record(now - 25 * S, now, 5.0, 1)); // three slices back: general path
+        let counts: Vec<(u64, u64)> = w.slices.iter().map(|(s, h)| (*s, h.count())).collect();
+        assert_eq!(counts, vec![(97, 1), (99, 2), (100, 2)]);
+        // Once now moves into a new slice, a value in the old newest one goes there, not to the new one.
+        let later = now + 10 * S;
+        assert!(w.record(later - 10 * S, later, 6.0, 1));
+        assert!(w.record(later, later, 7.0, 1));
+        let counts: Vec<(u64, u64)> = w.slices.iter().map(|(s, h)| (*s, h.count())).collect();
+        assert_eq!(counts, vec![(97, 1), (99, 2), (100, 3), (101, 1)]);
+        // The window (60 s) ending 55 s after slice 100 ends holds slices 100 and 101 only.
+        assert_eq!(w.snapshot(1_065 * S).map(|h| h.count()), Some(4));
     }
 
     #[test]
