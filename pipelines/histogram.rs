@@ -59,11 +59,19 @@ pub fn bucket_index(value: f64, scale: i32) -> i32 {
     debug_assert!(value > 0.0);
     if scale > 0 {
         let scaled = value.log2() * f64::from(1u32 << scale);
-        (scaled.ceil() as i64 - 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+        (ceil(scaled) - 1).clamp(i32::MIN as i64, i32::MAX as i64) as i32
     } else {
-        let at_zero = value.log2().ceil() as i64 - 1;
+        let at_zero = ceil(value.log2()) - 1;
         (at_zero >> (-scale)).clamp(i32::MIN as i64, i32::MAX as i64) as i32
     }
+}
+
+/// `x.ceil() as i64` for the finite values `bucket_index` takes, without a call into libm (the baseline x86-64
+/// target has no rounding instruction, so `f64::ceil` is a function call on the hot path).
+#[inline(always)]
+fn ceil(x: f64) -> i64 {
+    let t = x as i64; // toward zero, saturating
+    if (t as f64) < x { t + 1 } else { t }
 }
 
 /// A value with its bucket index at `MAX_SCALE`, computed once for every exponential histogram the value goes to:
@@ -370,6 +378,13 @@ mod tests {
                     "{v} at scale {scale}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn ceil_without_libm_is_ceil() {
+        for x in [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 1.5, -1.5, 2.0 - 1e-15, -2.0 + 1e-15, 1e15 + 0.5, -1e15 - 0.5] {
+            assert_eq!(ceil(x), x.ceil() as i64, "{x}");
         }
     }
 

@@ -556,6 +556,9 @@ impl Classifier {
 /// The adjusted count of a sampled span: 1 / (sampling probability) from the OpenTelemetry threshold in its W3C
 /// tracestate (`ot=th:HEX`, the rejection threshold in 56 bits); 1 when there is none or it cannot be read.
 pub fn adjusted_count(trace_state: &str) -> f64 {
+    if trace_state.is_empty() {
+        return 1.0;
+    }
     let Some(ot) = trace_state
         .split(',')
         .map(str::trim)

@@ -162,7 +162,7 @@ impl Inner {
             };
             let count = adjusted_count(span.trace_state());
             // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
-            let weight = count.round().max(1.0) as u64;
+            let weight = if count == 1.0 { 1 } else { count.round().max(1.0) as u64 };
             let mut record = |state: &mut State, metric: HistogramMetric, value: Option<f64>| {
                 if let Some(value) = value {
                     let obs = Observation {
