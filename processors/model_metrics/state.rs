@@ -361,7 +361,9 @@ impl State {
             if e.slowest.as_ref().is_none_or(|s| obs.value > s.value) {
                 e.slowest = Some(sample());
             }
-            if random.is_multiple_of(e.seen) {
+            // Reservoir sampling: replace with probability 1/seen. The high word of random * seen is uniform over
+            // [0, seen) (Lemire's multiply-shift), without the division a modulo costs on every value.
+            if (u128::from(random) * u128::from(e.seen)) >> 64 == 0 {
                 e.random = Some(sample());
             }
         }
