@@ -19,7 +19,9 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
 
-/// Deeper nesting (arrays and maps inside attribute values) is left to the owned types; prost's limit is 100.
+/// Deeper nesting of attribute values (arrays and maps) is left to the owned types. This depth counts attribute
+/// value and list levels only; prost counts every message level against its limit of 100, and the deepest request
+/// the view takes is about 53 of those levels deep, well inside it.
 const MAX_DEPTH: u32 = 32;
 
 /// A range of the request's bytes.
@@ -169,7 +171,12 @@ impl<'a> KeyValues<'a> {
     pub fn owned(&self) -> Vec<KeyValue> {
         self.kvs
             .iter()
-            .map(|kv| KeyValue::decode(kv.message.of(self.bytes)).unwrap_or_default())
+            .map(|kv| {
+                KeyValue::decode(kv.message.of(self.bytes)).unwrap_or_else(|e| {
+                    debug_assert!(false, "a pair the view took does not decode: {e}");
+                    KeyValue::default()
+                })
+            })
             .collect()
     }
 }
@@ -190,7 +197,10 @@ fn value(bytes: &[u8], v: ValueIx) -> Option<Value<'_>> {
 
 /// A string field's text: checked UTF-8 when the view was taken (an empty string otherwise, which cannot happen).
 fn text(b: &[u8]) -> &str {
-    std::str::from_utf8(b).unwrap_or("")
+    std::str::from_utf8(b).unwrap_or_else(|_| {
+        debug_assert!(false, "a string the view took is not UTF-8");
+        ""
+    })
 }
 
 /// One resource of the request: its attributes and its spans (over all its scopes).
