@@ -240,7 +240,10 @@ impl Data {
             let bytes = self.encoded.clone().unwrap_or_default();
             let request = ExportTraceServiceRequest::decode(bytes).unwrap_or_else(|e| {
                 tracing::error!("a request the view took did not decode with the owned types: {e}");
-                debug_assert!(false, "a request the view took did not decode with the owned types: {e}");
+                debug_assert!(
+                    false,
+                    "a request the view took did not decode with the owned types: {e}"
+                );
                 ExportTraceServiceRequest::default()
             });
             Payload::Traces(Arc::new(request))
