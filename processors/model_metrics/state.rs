@@ -115,8 +115,9 @@ pub type Dims = Arc<[String]>;
 pub struct Sample {
     pub value: f64,
     pub time_ns: u64,
-    pub trace_id: Vec<u8>,
-    pub span_id: Vec<u8>,
+    /// Fixed-size, so that keeping a sample allocates nothing (ids of other sizes are refused at the receiver).
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
 }
 
 #[derive(Default, Clone, Debug)]
@@ -349,14 +350,14 @@ impl State {
         series.window.record_indexed(obs.end_ns, now_ns, indexed, obs.weight);
         series.last_seen_ns = now_ns;
         series.dirty = true;
-        if exemplars_on && !obs.trace_id.is_empty() {
+        if exemplars_on && let (Ok(trace_id), Ok(span_id)) = (obs.trace_id.try_into(), obs.span_id.try_into()) {
             let e = &mut series.exemplars;
             e.seen += 1;
             let sample = || Sample {
                 value: obs.value,
                 time_ns: obs.end_ns,
-                trace_id: obs.trace_id.to_vec(),
-                span_id: obs.span_id.to_vec(),
+                trace_id,
+                span_id,
             };
             if e.slowest.as_ref().is_none_or(|s| obs.value > s.value) {
                 e.slowest = Some(sample());
@@ -688,8 +689,8 @@ fn take_exemplars(e: &mut Exemplars) -> Vec<Exemplar> {
         out.push(Exemplar {
             time_unix_nano: s.time_ns,
             value: Some(exemplar::Value::AsDouble(s.value)),
-            span_id: s.span_id,
-            trace_id: s.trace_id,
+            span_id: s.span_id.to_vec(),
+            trace_id: s.trace_id.to_vec(),
             ..Default::default()
         });
     }
