@@ -44,12 +44,3 @@ impl Decoder for RawCodec {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
-
-/// HTTP/2 settings of the OTLP/gRPC receiver (and of `infercol-sink`, the benchmark's transport floor). A 1,000-span
-/// export is about 200 KB: with HTTP/2's default 16 KiB frames and 64 KiB stream window it arrives in a dozen frames
-/// and several window updates; frames of up to 256 KiB and a 1 MiB window take it in one or two, which cut the CPU
-/// per span by about 3% at full load (`bench/run`'s load, four alternating runs each). The connection window bounds
-/// what one client can have unread in the server at 4 MiB, the default largest message.
-pub const GRPC_MAX_FRAME_SIZE: u32 = 256 * 1024;
-pub const GRPC_STREAM_WINDOW: u32 = 1 << 20;
-pub const GRPC_CONNECTION_WINDOW: u32 = 4 << 20;

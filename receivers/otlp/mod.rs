@@ -132,10 +132,7 @@ impl OtlpReceiver {
                 max_recv_msg_size: max,
             })
         };
-        let mut builder = tonic::transport::Server::builder()
-            .max_frame_size(Some(infercol_pipelines::raw_codec::GRPC_MAX_FRAME_SIZE))
-            .initial_stream_window_size(Some(infercol_pipelines::raw_codec::GRPC_STREAM_WINDOW))
-            .initial_connection_window_size(Some(infercol_pipelines::raw_codec::GRPC_CONNECTION_WINDOW));
+        let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &config.tls {
             let (cert, key, ca) = tls
                 .pem()

@@ -72,9 +72,6 @@ async fn main() {
     eprintln!("infercol-sink on {}", listener.local_addr().expect("a bound socket"));
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .max_frame_size(Some(infercol_pipelines::raw_codec::GRPC_MAX_FRAME_SIZE))
-        .initial_stream_window_size(Some(infercol_pipelines::raw_codec::GRPC_STREAM_WINDOW))
-        .initial_connection_window_size(Some(infercol_pipelines::raw_codec::GRPC_CONNECTION_WINDOW))
         .add_service(Sink)
         .serve_with_incoming(incoming)
         .await
