@@ -148,13 +148,21 @@ def soak(args, system, work, rate, seconds):
         time.sleep(2)
     load = json.loads(proc.stdout.read().strip().splitlines()[-1])
     system.stop()
-    # Flat means: from the end of the first quarter (warm-up: buffers, series, windows filling) to the end.
-    settled = [m for t, m in samples if t >= seconds / 4]
-    first, last = settled[0], settled[-1]
+    # Flat means: from the end of the first quarter (warm-up: buffers, series, windows filling) to the end. One
+    # sample of RSS moves by a few MiB as the allocator takes and returns pages, so each end is the median of a
+    # window (a minute in a full run, an eighth of the soak in shorter ones), and the least-squares slope over the
+    # whole settled part tells a trend from that noise.
+    settled = [(t, m) for t, m in samples if t >= seconds / 4]
+    window = max(min(60.0, seconds / 8), 4.0)
+    t0, t1 = settled[0][0], settled[-1][0]
+    first = statistics.median(m for t, m in settled if t < t0 + window)
+    last = statistics.median(m for t, m in settled if t > t1 - window)
+    ts, ms = [t for t, _ in settled], [m for _, m in settled]
+    slope = statistics.linear_regression(ts, ms).slope if len(settled) > 1 else 0.0
     return {
-        "rate": load["spans_per_sec"], "refused": load["refused"], "seconds": seconds,
-        "rss_settled": first, "rss_end": last, "rss_max": max(settled),
-        "growth": (last - first) / first * 100, "series": samples,
+        "rate": load["spans_per_sec"], "refused": load["refused"], "seconds": seconds, "window": window,
+        "rss_settled": first, "rss_end": last, "rss_max": max(ms),
+        "growth": (last - first) / first * 100, "trend_per_10min": slope * 600, "series": samples,
     }
 
 
@@ -448,14 +456,16 @@ service:
                      f"{x['peak_mib']:.0f} MiB | {x['counts']} | {x['loadgen_busy'] * 100:.0f}% |")
     lines += ["", "## Soak at half the measured rate", "",
               f"infercol {soak_infercol} s, the peers {soak_peer} s each (a full run's budget holds one long soak). "
-              "Resident memory from the end of the first quarter (warm-up) to the end.", "",
-              "| system | spans/s | refused | RSS after warm-up | RSS at the end | max | change |",
-              "|---|---|---|---|---|---|---|"]
+              "Resident memory sampled every 2 s, from the end of the first quarter (warm-up) to the end. Each end "
+              "is the median of the samples in its first or last window (a minute in a full run), the change is "
+              "between those medians, and the trend is the least-squares slope over all settled samples.", "",
+              "| system | spans/s | refused | RSS after warm-up | RSS at the end | max | change | trend |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in systems:
         x = soaks[s.name]
-        lines.append(f"| {s.name} ({x['seconds']} s) | {x['rate']:,.0f} | {x['refused']:,} | "
-                     f"{x['rss_settled']:.1f} MiB | {x['rss_end']:.1f} MiB | {x['rss_max']:.1f} MiB | "
-                     f"{x['growth']:+.1f}% |")
+        lines.append(f"| {s.name} ({x['seconds']} s, {x['window']:g} s windows) | {x['rate']:,.0f} | "
+                     f"{x['refused']:,} | {x['rss_settled']:.1f} MiB | {x['rss_end']:.1f} MiB | "
+                     f"{x['rss_max']:.1f} MiB | {x['growth']:+.1f}% | {x['trend_per_10min']:+.1f} MiB per 10 min |")
     lines += ["", "## Quantile error on heavy-tailed data", "",
               "40,000 spans sent once (`--once --heavy-tail`): 20,000 request durations, lognormal around 80 ms "
               "with 2% outliers 10-100 times longer, one resource. Error of each answer against the exact quantile.",
