@@ -485,13 +485,32 @@ impl Service {
                 let _ = input.pipelines[0].gates.set(gates);
             }
             let head = next;
-            let Some(mut rx) = outputs.remove(&p.id) else { continue };
+            let Some(rx) = outputs.remove(&p.id) else { continue };
             let name = p.id.clone();
+            // A traces pipeline runs its processors on every thread of the runtime at once: requests are
+            // independent, and model_metrics records into a shard per thread. Metrics and logs pipelines keep one
+            // worker, so that what they carry (cumulative points, log records) stays in order.
+            let workers = match p.signal {
+                crate::data::Signal::Traces => tokio::runtime::Handle::current().metrics().num_workers().max(1),
+                _ => 1,
+            };
             let task = tokio::spawn(async move {
-                while let Some(data) = rx.recv().await {
-                    if let Err(e) = head.consume(data).await {
-                        tracing::warn!(pipeline = %name, "data not delivered: {e}");
+                let rx = Arc::new(Mutex::new(rx));
+                let run = |head: Arc<dyn Consumer>, rx: Arc<Mutex<mpsc::Receiver<Data>>>, name: String| async move {
+                    loop {
+                        let next = rx.lock().await.recv().await;
+                        let Some(data) = next else { break };
+                        if let Err(e) = head.consume(data).await {
+                            tracing::warn!(pipeline = %name, "data not delivered: {e}");
+                        }
                     }
+                };
+                let others: Vec<_> = (1..workers)
+                    .map(|_| tokio::spawn(run(head.clone(), rx.clone(), name.to_string())))
+                    .collect();
+                run(head, rx, name.to_string()).await;
+                for worker in others {
+                    let _ = worker.await;
                 }
                 for processor in &chain {
                     if let Err(e) = processor.shutdown().await {

@@ -351,6 +351,18 @@ impl ExplicitHistogram {
         self.min = self.min.min(value);
         self.max = self.max.max(value);
     }
+
+    /// Adds the counts of `other`, which has the same bounds.
+    pub fn merge(&mut self, other: &ExplicitHistogram) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
 }
 
 #[cfg(test)]

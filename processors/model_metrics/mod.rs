@@ -16,7 +16,8 @@ pub mod window;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -69,10 +70,22 @@ impl ProcessorFactory for ModelMetricsFactory {
             "infercol_model_metrics_queue_entries_expired",
             "Enqueued requests whose dequeue span never came within queue_entry_ttl (dropped from the queue size).",
         );
+        // One recording shard per thread of the runtime: the pipeline's workers record concurrently, each into a
+        // shard it finds free, and the flush absorbs the shards into the one state that emits.
+        let shards = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers())
+            .unwrap_or(1)
+            .max(1);
+        let now = now_ns();
         Ok(Arc::new(ModelMetricsProcessor {
             inner: Arc::new(Inner {
                 classifier: Classifier::new(config.spans.clone()),
-                state: Mutex::new(State::new(config.clone(), now_ns())),
+                state: Mutex::new(State::new(config.clone(), now)),
+                shards: (0..shards)
+                    .map(|_| Mutex::new(State::new(config.clone(), now)))
+                    .collect(),
+                next_shard: AtomicUsize::new(0),
+                queue: Mutex::new(Default::default()),
                 config,
                 next: ctx.next,
                 output: ctx.metrics_output,
@@ -97,7 +110,13 @@ pub(crate) fn now_ns() -> u64 {
 struct Inner {
     config: Arc<ModelMetricsConfig>,
     classifier: Classifier,
+    /// The series as emitted: what the shards recorded, absorbed at each flush.
     state: Mutex<State>,
+    /// Where spans are recorded between flushes, one per runtime thread (see `shard`).
+    shards: Box<[Mutex<State>]>,
+    next_shard: AtomicUsize,
+    /// Requests in the async queues: an enqueue and its dequeue may be recorded in different shards.
+    queue: Mutex<queue::QueueTracker>,
     next: Arc<dyn Consumer>,
     output: Option<Arc<dyn Consumer>>,
     replicas: infercol_pipelines::ReplicaDirectory,
@@ -181,16 +200,21 @@ impl Inner {
                 let duration = Classifier::duration(&span, rejected);
                 record(state, HistogramMetric::InferenceDuration, duration);
             }
-            if is_enqueue && let Some(id) = self.classifier.message_id(&span) {
+            if is_enqueue
+                && let Some(id) = self.classifier.message_id(&span)
+                && let Ok(mut queue) = self.queue.lock()
+            {
                 let model = infercol_pipelines::replicas::model_dims(resource);
                 let values = state.dims(dims).clone();
-                state.queue.enqueue(&id, &values, model, std::time::Instant::now());
+                queue.enqueue(&id, &values, model, std::time::Instant::now());
             }
             if is_queue {
                 let duration = Classifier::duration(&span, rejected);
                 record(state, HistogramMetric::AsyncQueueDuration, duration);
-                if let Some(id) = self.classifier.message_id(&span) {
-                    state.queue.dequeue(&id, std::time::Instant::now());
+                if let Some(id) = self.classifier.message_id(&span)
+                    && let Ok(mut queue) = self.queue.lock()
+                {
+                    queue.dequeue(&id, std::time::Instant::now());
                 }
             }
             if is_request {
@@ -212,13 +236,27 @@ impl Inner {
         }
     }
 
+    /// A recording shard no other thread holds, if there is one (tried from a rotating start, so that threads
+    /// spread over the shards); otherwise the first one tried, waited for. `None` only when a thread panicked
+    /// while holding it.
+    fn shard(&self) -> Option<MutexGuard<'_, State>> {
+        let n = self.shards.len();
+        let start = self.next_shard.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Ok(shard) = self.shards[(start + i) % n].try_lock() {
+                return Some(shard);
+            }
+        }
+        self.shards[start].lock().ok()
+    }
+
     /// Records the spans of a request: the owned form, or the borrowed view of `data` when it has one (no string
     /// of a span is copied then).
     fn observe(&self, data: &Data) {
         let now = now_ns();
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut overflowed: Vec<&'static str> = Vec::new();
-        let Ok(mut state) = self.state.lock() else { return };
+        let Some(mut state) = self.shard() else { return };
         if let Some(view) = data.view() {
             for rs in view.resources() {
                 // The resource's attributes in the owned form, once per resource (dimensions, replicas, queues).
@@ -255,10 +293,33 @@ impl Inner {
 #[async_trait]
 impl crate::ticker::Flush for Inner {
     async fn flush(&self) -> Result<(), ConsumeError> {
+        let now = now_ns();
+        let mut overflowed = Vec::new();
         let (request, lost) = match self.state.lock() {
-            Ok(mut state) => state.flush(now_ns(), &self.replicas),
+            Ok(mut state) => {
+                // Each shard is swapped for an empty one under its lock (recording waits only for the swap) and
+                // absorbed after. Lock order: the state, then one shard at a time; recording takes only a shard.
+                for shard in &self.shards {
+                    let Ok(mut shard) = shard.lock() else { continue };
+                    let taken = std::mem::replace(&mut *shard, State::new(self.config.clone(), now));
+                    drop(shard);
+                    state.absorb(taken, now, &mut overflowed);
+                }
+                let Ok(mut queue) = self.queue.lock() else {
+                    return Ok(());
+                };
+                state.flush(now, &self.replicas, &mut queue)
+            }
             Err(_) => return Ok(()),
         };
+        for (metric, points) in overflowed {
+            self.overflow
+                .get_or_create(&vec![
+                    ("processor".into(), self.id.clone()),
+                    ("metric".into(), metric.into()),
+                ])
+                .inc_by(points);
+        }
         if lost > 0 {
             tracing::warn!(processor = %self.id, lost, "queued requests never dequeued within queue_entry_ttl; dropped from the queue size");
             self.queue_lost

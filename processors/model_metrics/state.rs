@@ -151,6 +151,57 @@ struct HistogramSeries {
     dirty: bool,
 }
 
+impl HistogramSeries {
+    /// Values recorded (weighted).
+    fn count(&self) -> u64 {
+        match &self.buckets {
+            Buckets2::Exponential(h) => h.count(),
+            Buckets2::Explicit(h) => h.count,
+        }
+    }
+
+    fn new(bounds: Option<Arc<[f64]>>, max_size: usize, window: Duration, now_ns: u64) -> HistogramSeries {
+        HistogramSeries {
+            buckets: match bounds {
+                Some(b) => Buckets2::Explicit(ExplicitHistogram::new(b)),
+                None => Buckets2::Exponential(ExpoHistogram::new(max_size, MAX_SCALE)),
+            },
+            window: QuantileWindow::new(window),
+            exemplars: Exemplars::default(),
+            start_ns: now_ns,
+            last_seen_ns: now_ns,
+            dirty: false,
+        }
+    }
+
+    /// Adds what `other` (a series of the same metric and configuration) recorded; `random` picks between the two
+    /// random exemplars in proportion to the values each one was chosen from.
+    fn absorb(&mut self, other: &HistogramSeries, now_ns: u64, random: u64) {
+        match (&mut self.buckets, &other.buckets) {
+            (Buckets2::Exponential(a), Buckets2::Exponential(b)) => a.merge(b),
+            (Buckets2::Explicit(a), Buckets2::Explicit(b)) => a.merge(b),
+            // One configuration makes both: a mismatch cannot happen.
+            _ => debug_assert!(false, "series of different bucket kinds"),
+        }
+        self.window.absorb(&other.window, now_ns);
+        let (a, b) = (&mut self.exemplars, &other.exemplars);
+        if let Some(slowest) = &b.slowest
+            && a.slowest.as_ref().is_none_or(|s| slowest.value > s.value)
+        {
+            a.slowest = Some(slowest.clone());
+        }
+        let seen = a.seen + b.seen;
+        // The random exemplar of the union: b's with probability b.seen / seen (multiply-shift, as in `record`).
+        if b.random.is_some() && ((u128::from(random) * u128::from(seen)) >> 64) < u128::from(b.seen) {
+            a.random = b.random.clone();
+        }
+        a.seen = seen;
+        self.start_ns = self.start_ns.min(other.start_ns);
+        self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
+        self.dirty |= other.dirty;
+    }
+}
+
 /// One observation for a histogram.
 pub struct Observation<'a> {
     pub value: f64,
@@ -219,7 +270,6 @@ pub struct State {
     histograms: Vec<HashMap<Option<DimsId>, HistogramSeries>>,
     last_flush_ns: u64,
     rng: u64,
-    pub queue: super::queue::QueueTracker,
 }
 
 fn default_size_bounds() -> Vec<f64> {
@@ -254,7 +304,6 @@ impl State {
             histograms: HistogramMetric::ALL.iter().map(|_| HashMap::new()).collect(),
             last_flush_ns: now_ns,
             rng: now_ns | 1,
-            queue: Default::default(),
         }
     }
 
@@ -303,20 +352,76 @@ impl State {
         overflow
     }
 
-    /// Records one value; returns whether it went to the overflow series.
-    pub fn record(&mut self, metric: HistogramMetric, dims: DimsId, obs: Observation<'_>, now_ns: u64) -> bool {
-        let index = metric as usize;
-        let limit = self.config.cardinality_limit;
-        let window = self.config.quantile_window;
-        let max_size = self.config.histogram.exponential.max_size;
-        let bounds = self.explicit_bounds.as_ref().map(|b| {
+    fn bounds(&self, metric: HistogramMetric) -> Option<Arc<[f64]>> {
+        self.explicit_bounds.as_ref().map(|b| {
             b[match metric.quantity() {
                 Quantity::Seconds => 0,
                 Quantity::Bytes => 1,
                 Quantity::Tokens => 2,
             }]
             .clone()
-        });
+        })
+    }
+
+    /// Moves everything `shard` (a state of the same configuration, recording since the last flush) holds into
+    /// this one, under this one's cardinality limit; `overflowed` gets a metric's name and point count for each
+    /// series that went to the overflow series here. Recording threads each fill a shard of their own; the flush absorbs the
+    /// shards into one state, so that series, limits, expiry and temporality are decided in one place.
+    pub fn absorb(&mut self, shard: State, now_ns: u64, overflowed: &mut Vec<(&'static str, u64)>) {
+        let limit = self.config.cardinality_limit;
+        let State {
+            interner,
+            requests,
+            histograms,
+            ..
+        } = shard;
+        let translate = |interner_here: &mut Interner, id: DimsId| interner_here.intern(interner.get(id).clone());
+        for (key, s) in requests {
+            let key = key.map(|(id, status)| (translate(&mut self.interner, id), status));
+            let overflow = key.is_some() && !self.requests.contains_key(&key) && series_count(&self.requests) >= limit;
+            let series = self
+                .requests
+                .entry(if overflow { None } else { key })
+                .or_insert_with(|| CounterSeries {
+                    value: 0.0,
+                    start_ns: s.start_ns,
+                    last_seen_ns: s.last_seen_ns,
+                    dirty: false,
+                });
+            series.value += s.value;
+            series.start_ns = series.start_ns.min(s.start_ns);
+            series.last_seen_ns = series.last_seen_ns.max(s.last_seen_ns);
+            series.dirty |= s.dirty;
+            if overflow {
+                overflowed.push(("model.requests", s.value.round() as u64));
+            }
+        }
+        let window = self.config.quantile_window;
+        let max_size = self.config.histogram.exponential.max_size;
+        for (metric, map) in HistogramMetric::ALL.iter().zip(histograms) {
+            let bounds = self.bounds(*metric);
+            for (key, s) in map {
+                let key = key.map(|id| translate(&mut self.interner, id));
+                let random = self.next_random();
+                let here = &mut self.histograms[*metric as usize];
+                let overflow = key.is_some() && !here.contains_key(&key) && series_count(here) >= limit;
+                here.entry(if overflow { None } else { key })
+                    .or_insert_with(|| HistogramSeries::new(bounds.clone(), max_size, window, s.start_ns))
+                    .absorb(&s, now_ns, random);
+                if overflow {
+                    overflowed.push((metric.name(), s.count()));
+                }
+            }
+        }
+    }
+
+    /// Records one value; returns whether it went to the overflow series.
+    pub fn record(&mut self, metric: HistogramMetric, dims: DimsId, obs: Observation<'_>, now_ns: u64) -> bool {
+        let index = metric as usize;
+        let limit = self.config.cardinality_limit;
+        let window = self.config.quantile_window;
+        let max_size = self.config.histogram.exponential.max_size;
+        let bounds = self.bounds(metric);
         let exemplars_on = self.config.exemplars.enabled;
         let random = self.next_random();
         let map = &mut self.histograms[index];
@@ -328,17 +433,7 @@ impl State {
             None => {
                 overflow = series_count(map) >= limit;
                 map.entry(if overflow { None } else { key })
-                    .or_insert_with(|| HistogramSeries {
-                        buckets: match bounds {
-                            Some(b) => Buckets2::Explicit(ExplicitHistogram::new(b)),
-                            None => Buckets2::Exponential(ExpoHistogram::new(max_size, MAX_SCALE)),
-                        },
-                        window: QuantileWindow::new(window),
-                        exemplars: Exemplars::default(),
-                        start_ns: now_ns,
-                        last_seen_ns: now_ns,
-                        dirty: false,
-                    })
+                    .or_insert_with(|| HistogramSeries::new(bounds, max_size, window, now_ns))
             }
         };
         // One logarithm for both exponential histograms (the series' and the window's).
@@ -409,7 +504,12 @@ impl State {
 
     /// Builds the metrics to emit at `now_ns`, resets delta state and drops expired series; also returns how
     /// many queued requests were given up as lost.
-    pub fn flush(&mut self, now_ns: u64, replicas: &ReplicaDirectory) -> (Option<ExportMetricsServiceRequest>, u64) {
+    pub fn flush(
+        &mut self,
+        now_ns: u64,
+        replicas: &ReplicaDirectory,
+        queue: &mut super::queue::QueueTracker,
+    ) -> (Option<ExportMetricsServiceRequest>, u64) {
         let delta = self.config.aggregation_temporality == Temporality::Delta;
         let temporality = if delta {
             AggregationTemporality::Delta
@@ -575,12 +675,10 @@ impl State {
 
         // Queue size: every queue seen (zero once drained), unless the service reports its own.
         let now = std::time::Instant::now();
-        let expired = self
-            .queue
-            .expire(now, self.config.queue_entry_ttl, self.config.metrics_expiration);
+        let expired = queue.expire(now, self.config.queue_entry_ttl, self.config.metrics_expiration);
         let reported_within = (self.config.flush_interval * 3).max(Duration::from_secs(60));
         let mut queue_points = Vec::new();
-        for (dims, model, size) in self.queue.sizes() {
+        for (dims, model, size) in queue.sizes() {
             if replicas.reports_queue_size(&model, reported_within) {
                 continue;
             }

@@ -381,8 +381,28 @@ async fn counts_by_status_class_quantiles_and_passing_spans_on() {
     assert!(metric(m, "model.input_tokens").is_none(), "no span carried tokens");
 }
 
-#[tokio::test]
-async fn cardinality_limit_sends_the_rest_to_one_overflow_series_and_counts_it() {
+/// The test on the runtime `#[tokio::test]` gives (one thread: one recording shard) and on four threads (four
+/// shards, absorbed at the flush).
+macro_rules! on_one_and_four_threads {
+    ($one:ident, $four:ident, $body:ident) => {
+        #[tokio::test]
+        async fn $one() {
+            $body().await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $four() {
+            $body().await
+        }
+    };
+}
+
+on_one_and_four_threads!(
+    cardinality_limit_sends_the_rest_to_one_overflow_series_and_counts_it,
+    cardinality_limit_holds_across_recording_shards,
+    cardinality_limit
+);
+
+async fn cardinality_limit() {
     let telemetry = Telemetry::new();
     let config = ModelMetricsConfig {
         cardinality_limit: 3,
@@ -462,8 +482,13 @@ async fn bad_values_are_rejected_and_counted() {
     assert_eq!(h.data_points[0].count, 1, "negative and NaN sizes are not recorded");
 }
 
-#[tokio::test]
-async fn delta_temporality_starts_each_interval_anew() {
+on_one_and_four_threads!(
+    delta_temporality_starts_each_interval_anew,
+    delta_temporality_across_recording_shards,
+    delta_temporality
+);
+
+async fn delta_temporality() {
     let config = ModelMetricsConfig {
         aggregation_temporality: Temporality::Delta,
         flush_interval: Duration::from_secs(3600),
@@ -763,7 +788,7 @@ fn expired_dimension_handles_are_reused_with_the_right_labels() {
     };
     let old = record(&mut state, "old-model", now);
     let models = |state: &mut State, at: u64| -> Vec<String> {
-        let (request, _) = state.flush(at, &replicas);
+        let (request, _) = state.flush(at, &replicas, &mut Default::default());
         let mut out: Vec<String> = request
             .into_iter()
             .flat_map(|r| r.resource_metrics)
@@ -882,4 +907,102 @@ async fn the_borrowed_view_and_the_owned_form_give_the_same_metrics() {
     }
     assert!(emitted[0].to_string().contains("model.async_queue.duration"));
     assert_eq!(emitted[0], emitted[1]);
+}
+
+/// Four threads recording concurrently, each into a shard of its own, emit exactly what one thread recording the
+/// same requests emits: counts, histogram buckets, window quantiles, queue sizes (an enqueue and its dequeue in
+/// different requests, so in different shards). Times, exemplars (random picks) and the last digits of sums (added
+/// in another order) aside.
+#[test]
+fn recording_shards_emit_what_one_state_emits() {
+    let now = now_ns();
+    let requests: Vec<Data> = (0..64u64)
+        .map(|r| {
+            let spans = (0..50u64)
+                .map(|i| {
+                    let id = r * 50 + i + 1;
+                    let mut s = request_span(
+                        id,
+                        now - (id % 40) * 1_000_000_000,
+                        0.001 * (1 + id % 997) as f64,
+                        [200, 200, 200, 404, 503][id as usize % 5],
+                    );
+                    if i % 10 == 9 {
+                        s.kind = 1;
+                        s.name = if r % 2 == 0 { "async.enqueue" } else { "async.queue" }.into();
+                        s.attributes = vec![kv(
+                            "messaging.message.id",
+                            Value::StringValue(format!("q{}-{i}", r / 2)),
+                        )];
+                    }
+                    s
+                })
+                .collect();
+            traces(resource(&format!("model-{}", r % 5), Some("prod")), spans)
+        })
+        .collect();
+
+    fn normalise(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.retain(|k, _| !k.ends_with("TimeUnixNano") && k != "timeUnixNano" && k != "exemplars");
+                map.values_mut().for_each(normalise);
+            }
+            serde_json::Value::Array(list) => list.iter_mut().for_each(normalise),
+            serde_json::Value::Number(n) if n.is_f64() => {
+                *v = serde_json::Value::String(format!("{:.9e}", n.as_f64().unwrap()));
+            }
+            _ => {}
+        }
+    }
+    let emitted = |runtime: tokio::runtime::Runtime, concurrent: bool| -> serde_json::Value {
+        runtime.block_on(async {
+            let (p, next, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+            if concurrent {
+                let mut tasks = tokio::task::JoinSet::new();
+                for chunk in requests.chunks(8) {
+                    let (p, chunk) = (p.clone(), chunk.to_vec());
+                    tasks.spawn(async move {
+                        for data in chunk {
+                            p.consume(data).await.unwrap();
+                        }
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    done.unwrap();
+                }
+            } else {
+                for data in requests.iter().cloned() {
+                    p.consume(data).await.unwrap();
+                }
+            }
+            p.shutdown().await.unwrap();
+            let passed: usize = next.0.lock().await.iter().map(|d| d.items()).sum();
+            assert_eq!(passed, 64 * 50, "spans pass on unchanged");
+            let out = out.0.lock().await;
+            assert_eq!(out.len(), 1);
+            let mut json: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
+            normalise(&mut json);
+            json
+        })
+    };
+    let one = emitted(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        false,
+    );
+    let four = emitted(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap(),
+        true,
+    );
+    let text = one.to_string();
+    assert!(text.contains("model.async_queue.size") && text.contains("model.request.duration_seconds_window"));
+    assert!(text.contains("model-4"), "every model has its series");
+    assert_eq!(one, four);
 }

@@ -69,6 +69,15 @@ impl QuantileWindow {
         }
     }
 
+    /// Adds the slices of `other` (a window of the same length) to this one's; slices already outside the
+    /// window at `now_ns` are left out.
+    pub fn absorb(&mut self, other: &QuantileWindow, now_ns: u64) {
+        debug_assert_eq!(self.slice_ns, other.slice_ns);
+        for (slice, h) in &other.slices {
+            self.merge(slice * other.slice_ns, now_ns, h);
+        }
+    }
+
     fn slice_at(&mut self, end_ns: u64, now_ns: u64) -> Option<&mut ExpoHistogram<u32>> {
         // The common case, without a division: now is in the newest slice, and the value's end in it (or later:
         // a clock ahead of ours) or in the slice before, which is live too.
