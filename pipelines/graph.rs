@@ -954,6 +954,73 @@ service:
         assert_eq!(point.name, "spans.seen");
     }
 
+    /// A processor that notes how many requests are inside it at once, and holds each one (up to two seconds)
+    /// until it has seen two at once.
+    struct Overlap;
+    crate::factory!(Overlap, "overlap", Empty, &[Signal::Traces]);
+    struct OverlapProcessor {
+        inside: Arc<StdMutex<(usize, usize)>>,
+        next: Arc<dyn Consumer>,
+    }
+    #[async_trait]
+    impl Consumer for OverlapProcessor {
+        async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+            {
+                let mut g = self.inside.lock().unwrap();
+                g.0 += 1;
+                g.1 = g.1.max(g.0);
+            }
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.inside.lock().unwrap().1 < 2 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.inside.lock().unwrap().0 -= 1;
+            self.next.consume(data).await
+        }
+    }
+    #[async_trait]
+    impl Processor for OverlapProcessor {}
+    static OVERLAP: std::sync::LazyLock<Arc<StdMutex<(usize, usize)>>> = std::sync::LazyLock::new(Default::default);
+    impl ProcessorFactory for Overlap {
+        fn create(&self, _: &AnyConfig, ctx: ProcessorContext) -> Result<Arc<dyn Processor>, ComponentError> {
+            Ok(Arc::new(OverlapProcessor {
+                inside: OVERLAP.clone(),
+                next: ctx.next,
+            }))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_traces_pipeline_runs_its_processors_on_every_runtime_thread() {
+        let kept = Keep::default();
+        let registry = Registry::default()
+            .receiver(Burst)
+            .processor(Overlap)
+            .exporter(kept.clone());
+        let config = Config::parse(
+            r#"
+receivers: { burst: }
+processors: { overlap: }
+exporters: { keep: }
+service:
+  telemetry: { metrics: { level: none } }
+  pipelines:
+    traces: { receivers: [burst], processors: [overlap], exporters: [keep] }
+"#,
+            &registry,
+        )
+        .unwrap();
+        let service = Service::start(config, &registry).await.unwrap();
+        service.shutdown().await;
+        let spans: usize = kept.0.lock().unwrap().iter().map(|(_, d)| d.items()).sum();
+        assert_eq!(spans, 15, "every span is delivered");
+        assert_eq!(
+            OVERLAP.lock().unwrap().1,
+            2,
+            "two requests were in the processor at once"
+        );
+    }
+
     #[test]
     fn a_processor_cannot_feed_the_pipeline_it_sits_in() {
         let registry = Registry::default()

@@ -43,6 +43,10 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// HTTP/2 connections the requests in flight are spread over (several let a many-core collector read on
+    /// several threads at once).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// Distinct pre-encoded requests to cycle through.
     #[arg(long, default_value_t = 64)]
     variants: usize,
@@ -247,12 +251,13 @@ async fn main() {
     } else {
         format!("http://{}", args.endpoint)
     };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint)
         .expect("a valid endpoint")
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("the collector accepts connections");
+        .tcp_nodelay(true);
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(endpoint.connect().await.expect("the collector accepts connections"));
+    }
     let (sent, acked, refused, requests) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -268,7 +273,7 @@ async fn main() {
     let mut tasks = Vec::new();
     let (once, workers) = (args.once, args.concurrency.max(1));
     for w in 0..workers {
-        let (variants, channel) = (variants.clone(), channel.clone());
+        let (variants, channel) = (variants.clone(), channels[w % channels.len()].clone());
         let (sent, acked, refused, requests) = (sent.clone(), acked.clone(), refused.clone(), requests.clone());
         tasks.push(tokio::spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
