@@ -496,21 +496,24 @@ impl Service {
             };
             let task = tokio::spawn(async move {
                 let rx = Arc::new(Mutex::new(rx));
-                let run = |head: Arc<dyn Consumer>, rx: Arc<Mutex<mpsc::Receiver<Data>>>, name: String| async move {
-                    loop {
-                        let next = rx.lock().await.recv().await;
-                        let Some(data) = next else { break };
-                        if let Err(e) = head.consume(data).await {
-                            tracing::warn!(pipeline = %name, "data not delivered: {e}");
+                let mut running = tokio::task::JoinSet::new();
+                for _ in 0..workers {
+                    let (head, rx, name) = (head.clone(), rx.clone(), name.clone());
+                    running.spawn(async move {
+                        loop {
+                            let next = rx.lock().await.recv().await;
+                            let Some(data) = next else { break };
+                            if let Err(e) = head.consume(data).await {
+                                tracing::warn!(pipeline = %name, "data not delivered: {e}");
+                            }
                         }
+                    });
+                }
+                // A worker that panicked is gone (the others go on); the processors are shut down in any case.
+                while let Some(done) = running.join_next().await {
+                    if let Err(e) = done {
+                        tracing::error!(pipeline = %name, "a pipeline worker failed: {e}");
                     }
-                };
-                let others: Vec<_> = (1..workers)
-                    .map(|_| tokio::spawn(run(head.clone(), rx.clone(), name.to_string())))
-                    .collect();
-                run(head, rx, name.to_string()).await;
-                for worker in others {
-                    let _ = worker.await;
                 }
                 for processor in &chain {
                     if let Err(e) = processor.shutdown().await {

@@ -17,7 +17,7 @@ pub mod window;
 mod tests;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -77,13 +77,15 @@ impl ProcessorFactory for ModelMetricsFactory {
             .unwrap_or(1)
             .max(1);
         let now = now_ns();
+        let admitted = state::Admitted::default();
         Ok(Arc::new(ModelMetricsProcessor {
             inner: Arc::new(Inner {
                 classifier: Classifier::new(config.spans.clone()),
                 state: Mutex::new(State::new(config.clone(), now)),
                 shards: (0..shards)
-                    .map(|_| Mutex::new(State::new(config.clone(), now)))
+                    .map(|_| Mutex::new(State::shard(config.clone(), now, admitted.clone())))
                     .collect(),
+                admitted,
                 next_shard: AtomicUsize::new(0),
                 queue: Mutex::new(Default::default()),
                 config,
@@ -115,6 +117,8 @@ struct Inner {
     /// Where spans are recorded between flushes, one per runtime thread (see `shard`).
     shards: Box<[Mutex<State>]>,
     next_shard: AtomicUsize,
+    /// The dimension values `state` has series of, for the shards (see `State::shard`).
+    admitted: state::Admitted,
     /// Requests in the async queues: an enqueue and its dequeue may be recorded in different shards.
     queue: Mutex<queue::QueueTracker>,
     next: Arc<dyn Consumer>,
@@ -200,10 +204,8 @@ impl Inner {
                 let duration = Classifier::duration(&span, rejected);
                 record(state, HistogramMetric::InferenceDuration, duration);
             }
-            if is_enqueue
-                && let Some(id) = self.classifier.message_id(&span)
-                && let Ok(mut queue) = self.queue.lock()
-            {
+            if is_enqueue && let Some(id) = self.classifier.message_id(&span) {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 let model = infercol_pipelines::replicas::model_dims(resource);
                 let values = state.dims(dims).clone();
                 queue.enqueue(&id, &values, model, std::time::Instant::now());
@@ -211,9 +213,8 @@ impl Inner {
             if is_queue {
                 let duration = Classifier::duration(&span, rejected);
                 record(state, HistogramMetric::AsyncQueueDuration, duration);
-                if let Some(id) = self.classifier.message_id(&span)
-                    && let Ok(mut queue) = self.queue.lock()
-                {
+                if let Some(id) = self.classifier.message_id(&span) {
+                    let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                     queue.dequeue(&id, std::time::Instant::now());
                 }
             }
@@ -237,17 +238,19 @@ impl Inner {
     }
 
     /// A recording shard no other thread holds, if there is one (tried from a rotating start, so that threads
-    /// spread over the shards); otherwise the first one tried, waited for. `None` only when a thread panicked
-    /// while holding it.
-    fn shard(&self) -> Option<MutexGuard<'_, State>> {
+    /// spread over the shards); otherwise the first one tried, waited for. A shard whose holder panicked is
+    /// used as it is: its series are whole values (a panic between two of them leaves a request part-recorded).
+    fn shard(&self) -> MutexGuard<'_, State> {
         let n = self.shards.len();
         let start = self.next_shard.fetch_add(1, Ordering::Relaxed) % n;
         for i in 0..n {
-            if let Ok(shard) = self.shards[(start + i) % n].try_lock() {
-                return Some(shard);
+            match self.shards[(start + i) % n].try_lock() {
+                Ok(shard) => return shard,
+                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
             }
         }
-        self.shards[start].lock().ok()
+        self.shards[start].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records the spans of a request: the owned form, or the borrowed view of `data` when it has one (no string
@@ -256,7 +259,7 @@ impl Inner {
         let now = now_ns();
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut overflowed: Vec<&'static str> = Vec::new();
-        let Some(mut state) = self.shard() else { return };
+        let mut state = self.shard();
         if let Some(view) = data.view() {
             for rs in view.resources() {
                 // The resource's attributes in the owned form, once per resource (dimensions, replicas, queues).
@@ -293,24 +296,26 @@ impl Inner {
 #[async_trait]
 impl crate::ticker::Flush for Inner {
     async fn flush(&self) -> Result<(), ConsumeError> {
-        let now = now_ns();
         let mut overflowed = Vec::new();
-        let (request, lost) = match self.state.lock() {
-            Ok(mut state) => {
-                // Each shard is swapped for an empty one under its lock (recording waits only for the swap) and
-                // absorbed after. Lock order: the state, then one shard at a time; recording takes only a shard.
-                for shard in &self.shards {
-                    let Ok(mut shard) = shard.lock() else { continue };
-                    let taken = std::mem::replace(&mut *shard, State::new(self.config.clone(), now));
-                    drop(shard);
-                    state.absorb(taken, now, &mut overflowed);
-                }
-                let Ok(mut queue) = self.queue.lock() else {
-                    return Ok(());
-                };
-                state.flush(now, &self.replicas, &mut queue)
-            }
-            Err(_) => return Ok(()),
+        let (request, lost) = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            // Each shard is swapped for an empty one under its lock (recording waits only for the swap), then all
+            // are absorbed. Lock order: the state, then one shard at a time; recording takes only a shard.
+            let taken: Vec<State> = self
+                .shards
+                .iter()
+                .map(|shard| {
+                    let fresh = State::shard(self.config.clone(), now_ns(), self.admitted.clone());
+                    std::mem::replace(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner), fresh)
+                })
+                .collect();
+            // The time of the points: after every swap, so that no series absorbed starts after it.
+            let now = now_ns();
+            state.absorb(taken, now, &mut overflowed);
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let emitted = state.flush(now, &self.replicas, &mut queue);
+            state.publish_admitted(&self.admitted);
+            emitted
         };
         for (metric, points) in overflowed {
             self.overflow

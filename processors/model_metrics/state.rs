@@ -136,6 +136,8 @@ enum Buckets2 {
 #[derive(Clone, Debug)]
 struct CounterSeries {
     value: f64,
+    /// Requests counted (unweighted), for the overflow counter when the series overflows at the absorb.
+    points: u64,
     start_ns: u64,
     last_seen_ns: u64,
     dirty: bool,
@@ -146,20 +148,14 @@ struct HistogramSeries {
     buckets: Buckets2,
     window: QuantileWindow,
     exemplars: Exemplars,
+    /// Values recorded (unweighted), for the overflow counter when the series overflows at the absorb.
+    points: u64,
     start_ns: u64,
     last_seen_ns: u64,
     dirty: bool,
 }
 
 impl HistogramSeries {
-    /// Values recorded (weighted).
-    fn count(&self) -> u64 {
-        match &self.buckets {
-            Buckets2::Exponential(h) => h.count(),
-            Buckets2::Explicit(h) => h.count,
-        }
-    }
-
     fn new(bounds: Option<Arc<[f64]>>, max_size: usize, window: Duration, now_ns: u64) -> HistogramSeries {
         HistogramSeries {
             buckets: match bounds {
@@ -168,6 +164,7 @@ impl HistogramSeries {
             },
             window: QuantileWindow::new(window),
             exemplars: Exemplars::default(),
+            points: 0,
             start_ns: now_ns,
             last_seen_ns: now_ns,
             dirty: false,
@@ -196,6 +193,7 @@ impl HistogramSeries {
             a.random = b.random.clone();
         }
         a.seen = seen;
+        self.points += other.points;
         self.start_ns = self.start_ns.min(other.start_ns);
         self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
         self.dirty |= other.dirty;
@@ -270,7 +268,14 @@ pub struct State {
     histograms: Vec<HashMap<Option<DimsId>, HistogramSeries>>,
     last_flush_ns: u64,
     rng: u64,
+    /// In a recording shard: the dimension values that have series in the state the shard is absorbed into.
+    /// A full shard still takes those (see `admits`), so that a burst of new series cannot push the points of
+    /// series already admitted into the overflow series.
+    admitted: Option<Admitted>,
 }
+
+/// Dimension values with series in the state that emits, as of its last flush; shared with its shards.
+pub type Admitted = Arc<std::sync::RwLock<hashbrown::HashSet<Dims>>>;
 
 fn default_size_bounds() -> Vec<f64> {
     (3..=15).map(|k| 4f64.powi(k)).collect()
@@ -304,7 +309,48 @@ impl State {
             histograms: HistogramMetric::ALL.iter().map(|_| HashMap::new()).collect(),
             last_flush_ns: now_ns,
             rng: now_ns | 1,
+            admitted: None,
         }
+    }
+
+    /// A recording shard of a state that shares `admitted`: it keeps series as the state does, up to the
+    /// cardinality limit, and beyond the limit the series of dimension values in `admitted`. So a shard holds at
+    /// most twice the limit per metric, for one flush interval.
+    pub fn shard(config: Arc<ModelMetricsConfig>, now_ns: u64, admitted: Admitted) -> State {
+        State {
+            admitted: Some(admitted),
+            ..State::new(config, now_ns)
+        }
+    }
+
+    /// Whether a new series of `dims` may be kept in a map already holding `count` series (the parts of a
+    /// state, so that a map of it can be borrowed meanwhile).
+    fn admits(
+        config: &ModelMetricsConfig,
+        admitted: Option<&Admitted>,
+        interner: &Interner,
+        count: usize,
+        dims: DimsId,
+    ) -> bool {
+        count < config.cardinality_limit
+            || admitted.is_some_and(|a| {
+                a.read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(interner.get(dims))
+            })
+    }
+
+    /// Publishes the dimension values that have series now, for the shards (after each flush).
+    pub fn publish_admitted(&self, to: &Admitted) {
+        let dims: hashbrown::HashSet<Dims> = self
+            .requests
+            .keys()
+            .flatten()
+            .map(|(id, _)| *id)
+            .chain(self.histograms.iter().flat_map(|m| m.keys()).flatten().copied())
+            .map(|id| self.interner.get(id).clone())
+            .collect();
+        *to.write().unwrap_or_else(std::sync::PoisonError::into_inner) = dims;
     }
 
     fn next_random(&mut self) -> u64 {
@@ -326,10 +372,10 @@ impl State {
 
     /// Counts one request (with its sampling weight); returns whether it went to the overflow series.
     pub fn count_request(&mut self, dims: DimsId, status: &Status, weight: f64, now_ns: u64) -> bool {
-        let limit = self.config.cardinality_limit;
         let key: RequestKey = Some((dims, *status));
         let add = |series: &mut CounterSeries| {
             series.value += weight;
+            series.points += 1;
             series.last_seen_ns = now_ns;
             series.dirty = true;
         };
@@ -338,12 +384,14 @@ impl State {
             add(series);
             return false;
         }
-        let overflow = series_count(&self.requests) >= limit;
+        let count = series_count(&self.requests);
+        let overflow = !State::admits(&self.config, self.admitted.as_ref(), &self.interner, count, dims);
         let series = self
             .requests
             .entry(if overflow { None } else { key })
             .or_insert_with(|| CounterSeries {
                 value: 0.0,
+                points: 0,
                 start_ns: now_ns,
                 last_seen_ns: now_ns,
                 dirty: false,
@@ -363,45 +411,72 @@ impl State {
         })
     }
 
-    /// Moves everything `shard` (a state of the same configuration, recording since the last flush) holds into
-    /// this one, under this one's cardinality limit; `overflowed` gets a metric's name and point count for each
-    /// series that went to the overflow series here. Recording threads each fill a shard of their own; the flush absorbs the
-    /// shards into one state, so that series, limits, expiry and temporality are decided in one place.
-    pub fn absorb(&mut self, shard: State, now_ns: u64, overflowed: &mut Vec<(&'static str, u64)>) {
+    /// Moves everything the `shards` (states of the same configuration, recording since the last flush) hold
+    /// into this one, under this one's cardinality limit; `overflowed` gets a metric's name and point count for
+    /// each series that went to the overflow series here. Recording threads each fill a shard of their own; the
+    /// flush absorbs the shards into one state, so that series, limits, expiry and temporality are decided in one
+    /// place. New series are admitted in the order they were first seen (then by their dimension values), as one
+    /// state recording every span would have admitted them.
+    pub fn absorb(&mut self, shards: Vec<State>, now_ns: u64, overflowed: &mut Vec<(&'static str, u64)>) {
         let limit = self.config.cardinality_limit;
-        let State {
-            interner,
-            requests,
-            histograms,
-            ..
-        } = shard;
-        let translate = |interner_here: &mut Interner, id: DimsId| interner_here.intern(interner.get(id).clone());
+        let mut requests = Vec::new();
+        let mut histograms: Vec<Vec<(Option<DimsId>, HistogramSeries)>> =
+            HistogramMetric::ALL.iter().map(|_| Vec::new()).collect();
+        for shard in shards {
+            let State {
+                interner,
+                requests: shard_requests,
+                histograms: shard_histograms,
+                ..
+            } = shard;
+            let here = &mut self.interner;
+            let mut translate = |id: DimsId| here.intern(interner.get(id).clone());
+            for (key, series) in shard_requests {
+                requests.push((key.map(|(id, status)| (translate(id), status)), series));
+            }
+            for (into, map) in histograms.iter_mut().zip(shard_histograms) {
+                into.extend(map.into_iter().map(|(key, series)| (key.map(&mut translate), series)));
+            }
+        }
+        let interner = &self.interner;
+        let dims = |id: &Option<DimsId>| id.map(|id| interner.get(id));
+        requests.sort_by(|(a, x), (b, y)| {
+            (x.start_ns, dims(&a.map(|k| k.0)), a.map(|k| k.1)).cmp(&(
+                y.start_ns,
+                dims(&b.map(|k| k.0)),
+                b.map(|k| k.1),
+            ))
+        });
+        for list in &mut histograms {
+            list.sort_by(|(a, x), (b, y)| (x.start_ns, dims(a)).cmp(&(y.start_ns, dims(b))));
+        }
+
         for (key, s) in requests {
-            let key = key.map(|(id, status)| (translate(&mut self.interner, id), status));
             let overflow = key.is_some() && !self.requests.contains_key(&key) && series_count(&self.requests) >= limit;
             let series = self
                 .requests
                 .entry(if overflow { None } else { key })
                 .or_insert_with(|| CounterSeries {
                     value: 0.0,
+                    points: 0,
                     start_ns: s.start_ns,
                     last_seen_ns: s.last_seen_ns,
                     dirty: false,
                 });
             series.value += s.value;
+            series.points += s.points;
             series.start_ns = series.start_ns.min(s.start_ns);
             series.last_seen_ns = series.last_seen_ns.max(s.last_seen_ns);
             series.dirty |= s.dirty;
             if overflow {
-                overflowed.push(("model.requests", s.value.round() as u64));
+                overflowed.push(("model.requests", s.points));
             }
         }
         let window = self.config.quantile_window;
         let max_size = self.config.histogram.exponential.max_size;
-        for (metric, map) in HistogramMetric::ALL.iter().zip(histograms) {
+        for (metric, list) in HistogramMetric::ALL.iter().zip(histograms) {
             let bounds = self.bounds(*metric);
-            for (key, s) in map {
-                let key = key.map(|id| translate(&mut self.interner, id));
+            for (key, s) in list {
                 let random = self.next_random();
                 let here = &mut self.histograms[*metric as usize];
                 let overflow = key.is_some() && !here.contains_key(&key) && series_count(here) >= limit;
@@ -409,7 +484,7 @@ impl State {
                     .or_insert_with(|| HistogramSeries::new(bounds.clone(), max_size, window, s.start_ns))
                     .absorb(&s, now_ns, random);
                 if overflow {
-                    overflowed.push((metric.name(), s.count()));
+                    overflowed.push((metric.name(), s.points));
                 }
             }
         }
@@ -418,20 +493,20 @@ impl State {
     /// Records one value; returns whether it went to the overflow series.
     pub fn record(&mut self, metric: HistogramMetric, dims: DimsId, obs: Observation<'_>, now_ns: u64) -> bool {
         let index = metric as usize;
-        let limit = self.config.cardinality_limit;
         let window = self.config.quantile_window;
         let max_size = self.config.histogram.exponential.max_size;
         let bounds = self.bounds(metric);
         let exemplars_on = self.config.exemplars.enabled;
         let random = self.next_random();
-        let map = &mut self.histograms[index];
         let key = Some(dims);
         let mut overflow = false;
+        let (config, admitted, interner) = (&self.config, self.admitted.as_ref(), &self.interner);
+        let map = &mut self.histograms[index];
         // One lookup on the common path: the series exists.
         let series = match map.get_mut(&key) {
             Some(series) => series,
             None => {
-                overflow = series_count(map) >= limit;
+                overflow = !State::admits(config, admitted, interner, series_count(map), dims);
                 map.entry(if overflow { None } else { key })
                     .or_insert_with(|| HistogramSeries::new(bounds, max_size, window, now_ns))
             }
@@ -443,6 +518,7 @@ impl State {
             Buckets2::Explicit(h) => h.record(obs.value, obs.weight),
         }
         series.window.record_indexed(obs.end_ns, now_ns, indexed, obs.weight);
+        series.points += 1;
         series.last_seen_ns = now_ns;
         series.dirty = true;
         if exemplars_on && let (Ok(trace_id), Ok(span_id)) = (obs.trace_id.try_into(), obs.span_id.try_into()) {

@@ -445,6 +445,54 @@ async fn cardinality_limit() {
     );
 }
 
+on_one_and_four_threads!(
+    series_admitted_before_keep_their_points_in_a_burst_of_new_ones,
+    series_admitted_before_keep_their_points_across_shards,
+    admitted_series_keep_their_points
+);
+
+async fn admitted_series_keep_their_points() {
+    let telemetry = Telemetry::new();
+    let config = ModelMetricsConfig {
+        cardinality_limit: 3,
+        ..Default::default()
+    };
+    let (p, _, out) = processor(config, telemetry.clone());
+    let now = now_ns();
+    let mut id = 0;
+    let mut send = |model: &str, sampled: bool| {
+        id += 1;
+        let mut span = request_span(id, now, 0.1, 200);
+        if sampled {
+            span.trace_state = "ot=th:c".into(); // each stands for 4
+        }
+        traces(resource(model, None), vec![span])
+    };
+    for model in ["a", "b", "c"] {
+        p.consume(send(model, false)).await.unwrap();
+    }
+    p.shutdown().await.unwrap();
+    // The next interval: twelve new models, sampled, then one of the three again. Whichever shards they land
+    // in, the twelve go to the overflow series and `a` to its own.
+    for x in 0..12 {
+        p.consume(send(&format!("x{x}"), true)).await.unwrap();
+    }
+    p.consume(send("a", false)).await.unwrap();
+    p.shutdown().await.unwrap();
+    let emitted = out.0.lock().await;
+    let counts = request_counts(metrics_of(&emitted[1]));
+    assert_eq!(counts[&("a".into(), "2xx".into())], 2.0, "{counts:?}");
+    assert_eq!(counts[&("overflow".into(), "-".into())], 48.0, "{counts:?}");
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    let own = telemetry.render();
+    assert!(
+        own.contains(
+            "infercol_model_metrics_overflow_points_total{processor=\"model_metrics\",metric=\"model.requests\"} 12"
+        ),
+        "points, not their weight: {own}"
+    );
+}
+
 #[tokio::test]
 async fn bad_values_are_rejected_and_counted() {
     let telemetry = Telemetry::new();
