@@ -155,6 +155,18 @@ struct HistogramSeries {
     dirty: bool,
 }
 
+impl CounterSeries {
+    fn new(start_ns: u64, last_seen_ns: u64) -> CounterSeries {
+        CounterSeries {
+            value: 0.0,
+            points: 0,
+            start_ns,
+            last_seen_ns,
+            dirty: false,
+        }
+    }
+}
+
 impl HistogramSeries {
     fn new(bounds: Option<Arc<[f64]>>, max_size: usize, window: Duration, now_ns: u64) -> HistogramSeries {
         HistogramSeries {
@@ -389,13 +401,7 @@ impl State {
         let series = self
             .requests
             .entry(if overflow { None } else { key })
-            .or_insert_with(|| CounterSeries {
-                value: 0.0,
-                points: 0,
-                start_ns: now_ns,
-                last_seen_ns: now_ns,
-                dirty: false,
-            });
+            .or_insert_with(|| CounterSeries::new(now_ns, now_ns));
         add(series);
         overflow
     }
@@ -456,13 +462,7 @@ impl State {
             let series = self
                 .requests
                 .entry(if overflow { None } else { key })
-                .or_insert_with(|| CounterSeries {
-                    value: 0.0,
-                    points: 0,
-                    start_ns: s.start_ns,
-                    last_seen_ns: s.last_seen_ns,
-                    dirty: false,
-                });
+                .or_insert_with(|| CounterSeries::new(s.start_ns, s.last_seen_ns));
             series.value += s.value;
             series.points += s.points;
             series.start_ns = series.start_ns.min(s.start_ns);

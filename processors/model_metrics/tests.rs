@@ -402,13 +402,19 @@ on_one_and_four_threads!(
     cardinality_limit
 );
 
-async fn cardinality_limit() {
+/// A processor that keeps three series per metric, its output, and its telemetry.
+fn three_series() -> (Arc<dyn Processor>, Arc<Collect>, Telemetry) {
     let telemetry = Telemetry::new();
     let config = ModelMetricsConfig {
         cardinality_limit: 3,
         ..Default::default()
     };
     let (p, _, out) = processor(config, telemetry.clone());
+    (p, out, telemetry)
+}
+
+async fn cardinality_limit() {
+    let (p, out, telemetry) = three_series();
     let now = now_ns();
     for model in 0..10 {
         p.consume(traces(
@@ -452,12 +458,7 @@ on_one_and_four_threads!(
 );
 
 async fn admitted_series_keep_their_points() {
-    let telemetry = Telemetry::new();
-    let config = ModelMetricsConfig {
-        cardinality_limit: 3,
-        ..Default::default()
-    };
-    let (p, _, out) = processor(config, telemetry.clone());
+    let (p, out, telemetry) = three_series();
     let now = now_ns();
     let mut id = 0;
     let mut send = |model: &str, sampled: bool| {
