@@ -283,13 +283,18 @@ impl Inner {
                 .inc();
         }
         for metric in overflowed {
-            self.overflow
-                .get_or_create(&vec![
-                    ("processor".into(), self.id.clone()),
-                    ("metric".into(), metric.into()),
-                ])
-                .inc();
+            self.count_overflow(metric, 1);
         }
+    }
+
+    /// Counts `points` recorded into the overflow series of `metric`.
+    fn count_overflow(&self, metric: &str, points: u64) {
+        self.overflow
+            .get_or_create(&vec![
+                ("processor".into(), self.id.clone()),
+                ("metric".into(), metric.into()),
+            ])
+            .inc_by(points);
     }
 }
 
@@ -318,12 +323,7 @@ impl crate::ticker::Flush for Inner {
             emitted
         };
         for (metric, points) in overflowed {
-            self.overflow
-                .get_or_create(&vec![
-                    ("processor".into(), self.id.clone()),
-                    ("metric".into(), metric.into()),
-                ])
-                .inc_by(points);
+            self.count_overflow(metric, points);
         }
         if lost > 0 {
             tracing::warn!(processor = %self.id, lost, "queued requests never dequeued within queue_entry_ttl; dropped from the queue size");
