@@ -21,39 +21,34 @@ impl Server {
         Server(std::sync::Mutex::new(None))
     }
 
-    /// Listens on `endpoint` (over TLS when `tls` is set) and serves `app`; logs `{what} on URL{path}`.
+    /// Listens on `endpoint` (over TLS when `tls` is set; behind the bearer token when `auth` has one) and serves
+    /// `app`; logs `{what} on URL{path}`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         &self,
         id: &str,
         what: &str,
         endpoint: &Endpoint,
         tls: Option<&infercol_pipelines::tls::ServerTls>,
+        auth: &infercol_pipelines::auth::AuthConfig,
         app: axum::Router,
         path: &str,
     ) -> Result<(), ComponentError> {
+        use infercol_pipelines::server::{HttpServing, serve_http, warn_if_exposed};
         let listener = tokio::net::TcpListener::bind(&endpoint.address)
             .await
             .map_err(|e| ComponentError::new(format!("endpoint {}: cannot listen: {e}", endpoint.describe())))?;
-        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let bound = listener.local_addr().map_err(|e| ComponentError::new(format!("endpoint: {e}")))?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = if let Some(tls) = tls {
-            let tls = tls.rustls().map_err(ComponentError::new)?;
-            tracing::info!(exporter = %id, "{what} on https://{address}{path}");
-            tokio::spawn(infercol_pipelines::tls::serve_https(listener, app, tls, stopped))
-        } else {
-            tracing::info!(exporter = %id, "{what} on http://{address}{path}");
-            let (id, what) = (id.to_string(), what.to_string());
-            tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(exporter = %id, "{what}: {e}");
-                }
-            })
+        let serving = HttpServing {
+            tls: tls.map(|t| t.rustls().map_err(ComponentError::new)).transpose()?,
+            auth: auth.bearer(),
+            ..HttpServing::default()
         };
+        let scheme = if serving.tls.is_some() { "https" } else { "http" };
+        tracing::info!(exporter = %id, "{what} on {scheme}://{bound}{path}");
+        warn_if_exposed(&format!("exporters.{id}: {what}"), &bound, serving.auth.is_some());
+        let task = tokio::spawn(serve_http(listener, app, serving, stopped, format!("exporters.{id}: {what}")));
         if let Ok(mut server) = self.0.lock() {
             *server = Some((stop, task));
         }

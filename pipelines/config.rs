@@ -25,7 +25,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn at(line: Option<u64>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn at(line: Option<u64>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             message: message.into(),
             line: line.filter(|l| *l > 0),
@@ -172,6 +172,8 @@ pub struct MetricsTelemetry {
     pub level: MetricsLevel,
     /// Where the collector's own metrics are served for Prometheus to scrape.
     pub address: Endpoint,
+    /// Require `Authorization: Bearer <token>` of scrapers.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for MetricsTelemetry {
@@ -179,6 +181,7 @@ impl Default for MetricsTelemetry {
         MetricsTelemetry {
             level: MetricsLevel::Normal,
             address: Endpoint::new("127.0.0.1:8888"),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -237,14 +240,19 @@ pub struct Config {
     pub extensions: Vec<Declared>,
     pub pipelines: Vec<Pipeline>,
     pub telemetry: TelemetryConfig,
+    /// What the loader noticed but accepted (an unset environment variable), for the caller to log once logging
+    /// is set up.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
     /// Parses YAML text (after `${env:...}` substitution) and validates it against the registry.
     pub fn parse(yaml: &str, registry: &Registry) -> Result<Config, ConfigError> {
         let expanded = expand_env(yaml, &|name| std::env::var(name).ok())?;
-        let raw = parse_raw(&expanded, registry)?;
-        raw.validate(registry)
+        let raw = parse_raw(&expanded.text, registry)?;
+        let mut config = raw.validate(registry)?;
+        config.warnings = expanded.warnings;
+        Ok(config)
     }
 
     pub fn declared(&self, kind: Kind) -> &[Declared] {
@@ -722,6 +730,12 @@ impl RawConfig {
                 ));
             }
         }
+        service
+            .telemetry
+            .metrics
+            .auth
+            .validate("service.telemetry.metrics.auth.")
+            .map_err(|e| ConfigError::at(None, e))?;
         if let Some(level) = &service.telemetry.logs.level {
             parse_log_level(level).map_err(|e| ConfigError::at(None, format!("service.telemetry.logs.level: {e}")))?;
         }
@@ -732,6 +746,7 @@ impl RawConfig {
             extensions: self.extensions,
             pipelines,
             telemetry: service.telemetry,
+            warnings: Vec::new(),
         })
     }
 }
@@ -751,84 +766,11 @@ pub fn parse_log_level(level: &str) -> Result<&'static str, String> {
     }
 }
 
-/// Replaces `${env:NAME}` and `${env:NAME:-default}`; `$$` stands for a literal `$`. An unset variable without a
-/// default becomes the empty string, as in the OpenTelemetry Collector, and is logged.
-pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    for (index, line) in text.split_inclusive('\n').enumerate() {
-        let line_no = index as u64 + 1;
-        let mut rest = line;
-        while let Some(pos) = rest.find('$') {
-            out.push_str(&rest[..pos]);
-            let after = &rest[pos + 1..];
-            if let Some(stripped) = after.strip_prefix('$') {
-                out.push('$');
-                rest = stripped;
-                continue;
-            }
-            let Some(body_start) = after.strip_prefix('{') else {
-                out.push('$');
-                rest = after;
-                continue;
-            };
-            let Some(end) = body_start.find('}') else {
-                return Err(ConfigError::at(Some(line_no), "unterminated `${` in the configuration"));
-            };
-            let body = &body_start[..end];
-            let Some(reference) = body.strip_prefix("env:") else {
-                return Err(ConfigError::at(
-                    Some(line_no),
-                    format!(
-                        "unsupported substitution `${{{body}}}`; infercol supports `${{env:NAME}}` and `${{env:NAME:-default}}`"
-                    ),
-                ));
-            };
-            let (name, default) = match reference.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (reference, None),
-            };
-            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(ConfigError::at(
-                    Some(line_no),
-                    format!("invalid environment variable name `{name}`"),
-                ));
-            }
-            match (lookup(name), default) {
-                (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
-                (_, Some(d)) => out.push_str(d),
-                (_, None) => {
-                    tracing::warn!(
-                        line = line_no,
-                        "environment variable {name} is not set; using an empty value"
-                    );
-                }
-            }
-            rest = &body_start[end + 1..];
-        }
-        out.push_str(rest);
-    }
-    Ok(out)
-}
+pub use crate::env_subst::{Expanded, expand_env};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_substitution_with_defaults_and_escapes() {
-        let lookup = |n: &str| (n == "PORT").then(|| "9999".to_string());
-        let out = expand_env(
-            "a: ${env:PORT}\nb: ${env:NOPE:-x:1}\nc: $${env:PORT}\nd: ${env:NOPE}\n",
-            &lookup,
-        )
-        .unwrap();
-        assert_eq!(out, "a: 9999\nb: x:1\nc: ${env:PORT}\nd: \n");
-        let err = expand_env("a: 1\nb: ${file:/x}\n", &lookup).unwrap_err();
-        assert_eq!(err.line, Some(2));
-        assert!(err.message.contains("file:/x"));
-    }
 
     #[test]
     fn durations_in_go_syntax() {

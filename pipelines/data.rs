@@ -276,6 +276,18 @@ impl Data {
         }
     }
 
+    /// The length of the protobuf encoding (the bytes as received when nothing changed them), without encoding.
+    pub fn encoded_len(&self) -> usize {
+        if let Some(bytes) = &self.encoded {
+            return bytes.len();
+        }
+        match self.payload() {
+            Payload::Traces(r) => r.encoded_len(),
+            Payload::Metrics(r) => r.encoded_len(),
+            Payload::Logs(r) => r.encoded_len(),
+        }
+    }
+
     /// The OTLP/JSON encoding, one line, as the OpenTelemetry Collector's file exporter writes it.
     pub fn to_json(&self) -> String {
         let result = match self.payload() {

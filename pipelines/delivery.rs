@@ -14,7 +14,10 @@ use crate::config::duration;
 pub struct SendingQueue {
     /// Without a queue the pipeline waits for each export.
     pub enabled: bool,
-    /// Requests the queue holds.
+    /// What `queue_size` counts: `requests` (default), `items` (spans, points, log records) or `bytes` (of the
+    /// requests' protobuf encoding), as the Collector's `sizer`.
+    pub sizer: Sizer,
+    /// What the queue holds at most, in the sizer's unit.
     pub queue_size: usize,
     pub num_consumers: usize,
     /// A directory: the queue is kept on disk there, so that a restart or a crash loses nothing acknowledged.
@@ -28,6 +31,7 @@ impl Default for SendingQueue {
     fn default() -> Self {
         SendingQueue {
             enabled: true,
+            sizer: Sizer::Requests,
             queue_size: 1000,
             num_consumers: 10,
             storage: None,
@@ -49,7 +53,31 @@ impl SendingQueue {
         if self.enabled && (self.queue_size == 0 || self.num_consumers == 0) {
             return Err("sending_queue: queue_size and num_consumers must be at least 1".into());
         }
+        if self.storage.is_some() && self.sizer != Sizer::Requests {
+            return Err("sending_queue.sizer: a queue kept in `storage` counts requests; use `sizer: requests`".into());
+        }
         Ok(())
+    }
+}
+
+/// The unit of a sending queue's `queue_size`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Sizer {
+    #[default]
+    Requests,
+    Items,
+    Bytes,
+}
+
+impl Sizer {
+    /// What one request weighs in this unit.
+    pub fn size_of(self, data: &crate::Data) -> usize {
+        match self {
+            Sizer::Requests => 1,
+            Sizer::Items => data.items().max(1),
+            Sizer::Bytes => data.encoded_len().max(1),
+        }
     }
 }
 

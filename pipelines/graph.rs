@@ -22,7 +22,7 @@ use crate::component::{
 };
 use crate::config::{Config, MetricsLevel};
 use crate::data::{Ack, Data};
-use crate::delivery::{RetryOnFailure, SendingQueue};
+use crate::delivery::{RetryOnFailure, SendingQueue, Sizer};
 use crate::disk_queue::DiskQueue;
 use crate::telemetry::{ExporterCounters, Telemetry};
 
@@ -145,8 +145,14 @@ impl Consumer for FanOut {
 }
 
 /// The entry of an exporter's queue.
+/// A queued request, with its share of a queue bounded in items or bytes (released once it is exported).
+type Queued = (Data, Option<tokio::sync::OwnedSemaphorePermit>);
+
 struct ExporterQueue {
-    tx: mpsc::Sender<Data>,
+    tx: mpsc::Sender<Queued>,
+    /// `queue_size` in items or bytes; `None` when the queue counts requests (the channel bounds those).
+    /// The total is kept: a request larger than the whole queue takes all of it, and passes alone.
+    room: Option<(Sizer, Arc<tokio::sync::Semaphore>, usize)>,
     disk: Option<Arc<DiskQueue>>,
     counters: ExporterCounters,
     drop_on_overflow: bool,
@@ -182,33 +188,46 @@ impl Consumer for ExporterQueue {
         }
         // An in-memory queue does not survive a crash: the request is as safe as it will get once queued.
         drop(data.take_acks());
+        let (signal, items) = (data.signal(), data.items());
+        let dropped = || {
+            self.counters.enqueue_failed(signal, items);
+            tracing::error!(exporter = %self.id, items, "sending queue full: {signal} dropped (drop_on_overflow)");
+            Ok(())
+        };
+        let closed = || ConsumeError::Retryable {
+            reason: "exporter queue closed".into(),
+            retry_after: RETRY_AFTER,
+        };
+        let share = match &self.room {
+            None => None,
+            Some((sizer, room, total)) => {
+                let cost = sizer.size_of(&data).min(*total).min(u32::MAX as usize) as u32;
+                if self.drop_on_overflow {
+                    match room.clone().try_acquire_many_owned(cost) {
+                        Ok(p) => Some(p),
+                        Err(_) => return dropped(),
+                    }
+                } else {
+                    Some(room.clone().acquire_many_owned(cost).await.map_err(|_| closed())?)
+                }
+            }
+        };
         if self.drop_on_overflow {
-            let (signal, items) = (data.signal(), data.items());
-            return match self.tx.try_send(data) {
+            return match self.tx.try_send((data, share)) {
                 Ok(()) => {
                     self.counters.queue_size.inc();
                     Ok(())
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.counters.enqueue_failed(signal, items);
-                    tracing::error!(exporter = %self.id, items, "sending queue full: {signal} dropped (drop_on_overflow)");
-                    Ok(())
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(ConsumeError::Retryable {
-                    reason: "exporter queue closed".into(),
-                    retry_after: RETRY_AFTER,
-                }),
+                Err(mpsc::error::TrySendError::Full(_)) => dropped(),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
             };
         }
         // A full queue makes the pipeline wait; the wait reaches the receivers, which refuse with a retryable
         // answer once their own wait runs out. Nothing is dropped.
         self.counters.queue_size.inc();
-        self.tx.send(data).await.map_err(|_| {
+        self.tx.send((data, share)).await.map_err(|_| {
             self.counters.queue_size.dec();
-            ConsumeError::Retryable {
-                reason: "exporter queue closed".into(),
-                retry_after: RETRY_AFTER,
-            }
+            closed()
         })
     }
 }
@@ -221,43 +240,69 @@ fn jitter_unit() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// No retry comes sooner than this after a failure, whatever the configuration or the server says.
+const RETRY_FLOOR: Duration = Duration::from_millis(100);
+
+/// Exports `data`, retrying what the protocol calls retryable. Once `stopping` turns true (shutdown) nothing is
+/// retried any more: a request the backend refuses then is dropped and counted, as the Collector's retry sender
+/// does, so that a backend that keeps refusing cannot hold shutdown to its deadline.
 async fn export_with_retry(
     id: &ComponentId,
     exporter: &dyn Exporter,
     data: Data,
     counters: &ExporterCounters,
     policy: &RetryOnFailure,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
 ) {
     let started = Instant::now();
     let mut interval = policy.initial_interval;
     let signal = data.signal();
     let items = data.items();
     loop {
-        match exporter.export(data.clone()).await {
+        let e = match exporter.export(data.clone()).await {
             Ok(()) => {
                 counters.sent(signal, items);
                 return;
             }
-            Err(e) if !e.retryable || !policy.enabled => {
-                counters.failed(signal, items);
-                tracing::error!(exporter = %id, items, "export failed, not retryable, dropping data: {}", e.message);
-                return;
-            }
-            Err(e) => {
-                let jitter = 1.0 + policy.randomization_factor * (2.0 * jitter_unit() - 1.0);
-                let backoff = interval.mul_f64(jitter.max(0.0));
-                let wait = e.retry_after.unwrap_or(backoff);
-                if !policy.max_elapsed_time.is_zero() && started.elapsed() + wait > policy.max_elapsed_time {
-                    counters.failed(signal, items);
-                    tracing::error!(exporter = %id, items, "export failed, giving up after {:?}, dropping data: {}", started.elapsed(), e.message);
-                    return;
-                }
-                tracing::warn!(exporter = %id, "export failed, retrying in {wait:?}: {}", e.message);
-                tokio::time::sleep(wait).await;
-                interval = interval.mul_f64(policy.multiplier).min(policy.max_interval);
-            }
+            Err(e) => e,
+        };
+        if !e.retryable || !policy.enabled {
+            counters.failed(signal, items);
+            tracing::error!(exporter = %id, items, "export failed, not retryable, dropping data: {}", e.message);
+            return;
         }
+        if *stopping.borrow() {
+            counters.failed(signal, items);
+            tracing::error!(exporter = %id, items, "export failed while shutting down, dropping data: {}", e.message);
+            return;
+        }
+        let wait = retry_delay(policy, interval, e.retry_after);
+        if !policy.max_elapsed_time.is_zero() && started.elapsed() + wait > policy.max_elapsed_time {
+            counters.failed(signal, items);
+            tracing::error!(exporter = %id, items, "export failed, giving up after {:?}, dropping data: {}", started.elapsed(), e.message);
+            return;
+        }
+        tracing::warn!(exporter = %id, "export failed, retrying in {wait:?}: {}", e.message);
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = stopping.wait_for(|s| *s) => true,
+        };
+        if stopped {
+            counters.failed(signal, items);
+            tracing::error!(exporter = %id, items, "shutting down during a retry, dropping data: {}", e.message);
+            return;
+        }
+        interval = interval.mul_f64(policy.multiplier).min(policy.max_interval);
     }
+}
+
+/// The wait before the next attempt: the jittered backoff, or the server's throttle delay when that is longer (as
+/// the Collector's retry sender takes the larger), never under `RETRY_FLOOR`. A server answering "retry after
+/// 0 s" therefore gets the backoff, not a hot loop.
+fn retry_delay(policy: &RetryOnFailure, interval: Duration, server: Option<Duration>) -> Duration {
+    let jitter = 1.0 + policy.randomization_factor * (2.0 * jitter_unit() - 1.0);
+    let backoff = interval.mul_f64(jitter.max(0.0));
+    server.map_or(backoff, |s| s.max(backoff)).max(RETRY_FLOOR)
 }
 
 struct RunningExporter {
@@ -372,7 +417,15 @@ impl Service {
                 }
                 _ => None,
             };
-            let (tx, rx) = mpsc::channel::<Data>(capacity);
+            // In items or bytes, the room bounds the queue and the channel only the requests (one item or byte each
+            // at least).
+            let room = (queue.enabled && queue.sizer != Sizer::Requests)
+                .then(|| {
+                    let total = capacity.min(tokio::sync::Semaphore::MAX_PERMITS);
+                    (queue.sizer, Arc::new(tokio::sync::Semaphore::new(total)), total)
+                });
+            let channel = if room.is_some() { capacity.min(100_000) } else { capacity };
+            let (tx, rx) = mpsc::channel::<Queued>(channel);
             let rx = Arc::new(Mutex::new(rx));
             let (cancel, _) = tokio::sync::watch::channel(false);
             let workers = (0..consumers)
@@ -388,8 +441,9 @@ impl Service {
                         if let Some(disk) = disk {
                             // A durable queue is not drained at shutdown: what is left stays on disk.
                             while let Some((record, data)) = disk.pop().await {
+                                let mut stopping = cancelled.clone();
                                 let delivered = tokio::select! {
-                                    _ = export_with_retry(&id, exporter.as_ref(), data, &counters, &policy) => true,
+                                    _ = export_with_retry(&id, exporter.as_ref(), data, &counters, &policy, &mut stopping) => true,
                                     _ = cancelled.wait_for(|c| *c) => false,
                                 };
                                 if !delivered {
@@ -402,9 +456,9 @@ impl Service {
                         }
                         loop {
                             let next = rx.lock().await.recv().await;
-                            let Some(data) = next else { break };
+                            let Some((data, _share)) = next else { break };
                             counters.queue_size.dec();
-                            export_with_retry(&id, exporter.as_ref(), data, &counters, &policy).await;
+                            export_with_retry(&id, exporter.as_ref(), data, &counters, &policy, &mut cancelled).await;
                         }
                     })
                 })
@@ -413,6 +467,7 @@ impl Service {
                 id.clone(),
                 Arc::new(ExporterQueue {
                     tx,
+                    room,
                     disk: disk.clone(),
                     counters,
                     drop_on_overflow: queue.drop_on_overflow,
@@ -540,7 +595,7 @@ impl Service {
 
         // The collector's own metrics.
         let telemetry_server = if config.telemetry.metrics.level != MetricsLevel::None {
-            match serve_telemetry(&config.telemetry.metrics.address.address, telemetry.clone()).await {
+            match serve_telemetry(&config.telemetry.metrics, telemetry.clone()).await {
                 Ok(server) => Some(server),
                 Err(e) => {
                     drop(inputs);
@@ -641,19 +696,31 @@ impl Service {
     }
 }
 
+/// How long exporters may take to drain their in-memory queues at shutdown (one attempt per request, no retries)
+/// before what is left is dropped and counted.
+const EXPORTER_DRAIN: Duration = Duration::from_secs(15);
+
 async fn stop_exporters(exporters: Vec<RunningExporter>) {
-    for running in exporters {
+    for running in &exporters {
+        // From here on nothing is retried: the backend had its chance while the collector ran.
+        let _ = running.cancel.send(true);
         if let Some(disk) = &running.disk {
             // Everything the pipelines passed on is on disk by now; exports in flight stop, and what was not
             // delivered is delivered after the next start.
             disk.close();
-            let _ = running.cancel.send(true);
             if !disk.is_empty() {
                 tracing::info!(exporter = %running.id, left = disk.len(), "requests kept on disk for the next start");
             }
         }
+    }
+    let deadline = tokio::time::Instant::now() + EXPORTER_DRAIN;
+    for running in exporters {
         for worker in running.workers {
-            let _ = worker.await;
+            let abort = worker.abort_handle();
+            if tokio::time::timeout_at(deadline, worker).await.is_err() {
+                abort.abort();
+                tracing::error!(exporter = %running.id, "did not drain its queue within {EXPORTER_DRAIN:?}; dropping what is left");
+            }
         }
         if let Err(e) = running.exporter.shutdown().await {
             tracing::warn!(exporter = %running.id, "shutdown: {e}");
@@ -662,11 +729,12 @@ async fn stop_exporters(exporters: Vec<RunningExporter>) {
 }
 
 async fn serve_telemetry(
-    address: &str,
+    config: &crate::config::MetricsTelemetry,
     telemetry: Telemetry,
 ) -> std::io::Result<(oneshot::Sender<()>, JoinHandle<()>)> {
+    use crate::server::{HttpServing, serve_http, warn_if_exposed};
     use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = tokio::net::TcpListener::bind(&config.address.address).await?;
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -683,17 +751,14 @@ async fn serve_telemetry(
         }),
     );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    tracing::info!("own metrics on http://{}/metrics", listener.local_addr()?);
-    let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!("own metrics server: {e}");
-        }
-    });
+    let bound = listener.local_addr()?;
+    tracing::info!("own metrics on http://{bound}/metrics");
+    let serving = HttpServing {
+        auth: config.auth.bearer(),
+        ..HttpServing::default()
+    };
+    warn_if_exposed("service.telemetry.metrics", &bound, serving.auth.is_some());
+    let task = tokio::spawn(serve_http(listener, app, serving, stop_rx, "own metrics".into()));
     Ok((stop_tx, task))
 }
 

@@ -124,10 +124,14 @@ fn main() -> ExitCode {
         Some(Command::Validate) => {
             let checked = load(cli.config.as_deref(), &registry).and_then(|c| {
                 c.check_listen_addresses(&registry)
+                    .map(|()| c.warnings.clone())
                     .map_err(|e| format!("invalid configuration: {e}"))
             });
             match checked {
-                Ok(()) => {
+                Ok(warnings) => {
+                    for warning in warnings {
+                        eprintln!("warning: {warning}");
+                    }
                     println!("configuration is valid");
                     ExitCode::SUCCESS
                 }
@@ -146,6 +150,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logs(Some(&config));
+            for warning in &config.warnings {
+                tracing::warn!("configuration: {warning}");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -33,6 +33,8 @@ pub struct DashboardConfig {
     pub endpoint: Endpoint,
     /// Serve over TLS (and require client certificates with `client_ca_file`), as the Prometheus exporter does.
     pub tls: Option<infercol_pipelines::tls::ServerTls>,
+    /// Require `Authorization: Bearer <token>` of every client.
+    pub auth: infercol_pipelines::auth::AuthConfig,
     /// How long points are kept (the longest range the page shows is 6h).
     #[serde(with = "duration")]
     pub retention: Duration,
@@ -45,6 +47,7 @@ impl Default for DashboardConfig {
         DashboardConfig {
             endpoint: Endpoint::new("127.0.0.1:9465"),
             tls: None,
+            auth: Default::default(),
             retention: Duration::from_secs(6 * 3600),
             max_series: 20_000,
         }
@@ -59,6 +62,7 @@ impl ComponentConfig for DashboardConfig {
         if self.max_series == 0 {
             return Err("max_series: must be more than 0".into());
         }
+        self.auth.validate("auth.")?;
         if let Some(tls) = &self.tls {
             tls.rustls()?;
         }
@@ -195,7 +199,7 @@ impl Exporter for DashboardExporter {
         let app = router(self.store.clone());
         let tls = self.config.tls.as_ref();
         self.server
-            .start(&self.id, "dashboard", &self.config.endpoint, tls, app, "/")
+            .start(&self.id, "dashboard", &self.config.endpoint, tls, &self.config.auth, app, "/")
             .await
     }
 

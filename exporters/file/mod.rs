@@ -74,10 +74,7 @@ impl Exporter for FileExporter {
         let file = guard
             .as_mut()
             .ok_or_else(|| ExportError::permanent("file exporter is not started"))?;
-        // One write call per line: with O_APPEND a reader never sees half of another line. A failed write
-        // (disk full) may succeed later.
-        file.write_all(line.as_bytes())
-            .and_then(|()| file.flush())
+        write_record(file, line.as_bytes())
             .map_err(|e| ExportError::retryable(format!("writing {}: {e}", self.path.display()), None))
     }
 
@@ -90,4 +87,22 @@ impl Exporter for FileExporter {
         }
         Ok(())
     }
+}
+
+/// Appends one whole record or nothing. With O_APPEND a reader never sees half of another line; a write that fails
+/// part-way (a full disk) is cut back to where the record began, so the retry, which writes the whole record
+/// again, leaves no broken line before it.
+fn write_record(file: &mut File, record: &[u8]) -> std::io::Result<()> {
+    let start = file.metadata()?.len();
+    let written = file.write_all(record).and_then(|()| file.flush());
+    if let Err(e) = written {
+        if let Err(cut) = file.set_len(start) {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{e}; and cutting the partial record back failed: {cut}"),
+            ));
+        }
+        return Err(e);
+    }
+    Ok(())
 }

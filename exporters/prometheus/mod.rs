@@ -36,6 +36,8 @@ pub struct PrometheusConfig {
     pub endpoint: Endpoint,
     /// Serve over TLS (and require client certificates with `client_ca_file`).
     pub tls: Option<infercol_pipelines::tls::ServerTls>,
+    /// Require `Authorization: Bearer <token>` of every client.
+    pub auth: infercol_pipelines::auth::AuthConfig,
     /// Prefix of every family name.
     pub namespace: String,
     /// Labels added to every series.
@@ -53,6 +55,7 @@ impl Default for PrometheusConfig {
         PrometheusConfig {
             endpoint: Endpoint::new("127.0.0.1:9464"),
             tls: None,
+            auth: Default::default(),
             namespace: String::new(),
             const_labels: BTreeMap::new(),
             metric_expiration: Duration::from_secs(300),
@@ -76,6 +79,7 @@ impl ComponentConfig for PrometheusConfig {
         if self.metric_expiration.is_zero() {
             return Err("metric_expiration: must be more than 0".into());
         }
+        self.auth.validate("auth.")?;
         if let Some(tls) = &self.tls {
             tls.rustls()?;
         }
@@ -202,6 +206,7 @@ impl Exporter for PrometheusExporter {
                 "Prometheus metrics",
                 &self.config.endpoint,
                 tls,
+                &self.config.auth,
                 app,
                 "/metrics",
             )

@@ -13,6 +13,8 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::guard::{GuardedBody, Violation};
+
 /// What the three OTLP services have in common, and what differs.
 pub trait OtlpService: Send + Sync + 'static {
     const NAME: &'static str;
@@ -43,6 +45,8 @@ pub struct Shared {
     pub consumer: Arc<dyn Consumer>,
     pub counters: ReceiverCounters,
     pub max_recv_msg_size: usize,
+    pub read_timeout: std::time::Duration,
+    pub buffer: super::guard::RequestBuffer,
 }
 
 /// One OTLP gRPC service; `S` says which.
@@ -102,19 +106,31 @@ where
             });
         }
         let shared = self.shared.clone();
+        if !is_grpc_content_type(req.headers()) {
+            // As gRPC servers do: this is not a gRPC request, so it gets an HTTP answer, not a gRPC status.
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::empty());
+                *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                Ok(response)
+            });
+        }
         let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok());
         if !shared.auth.allows(authorization) {
             return Box::pin(async move {
                 Ok(Status::unauthenticated("missing or wrong bearer token in the authorization metadata").into_http())
             });
         }
+        let max = shared.max_recv_msg_size;
+        let (parts, body) = req.into_parts();
+        let body = GuardedBody::new(Box::pin(body), shared.read_timeout, shared.buffer.clone(), Some(max));
+        let verdict = body.verdict();
+        let req = http::Request::from_parts(parts, body);
         Box::pin(async move {
-            let max = shared.max_recv_msg_size;
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
-            Ok(grpc
+            let response = grpc
                 .unary(
                     Export::<S> {
                         shared,
@@ -122,8 +138,45 @@ where
                     },
                     req,
                 )
-                .await)
+                .await;
+            let violation = verdict.lock().ok().and_then(|v| v.clone());
+            Ok(match violation {
+                Some(violation) => violation_status(&violation).into_http(),
+                // tonic's own limit, on the decompressed message: OUT_OF_RANGE, which OTLP clients retry.
+                None if grpc_status(&response) == Some(Code::OutOfRange) => Status::resource_exhausted(format!(
+                    "decompressed message larger than max_recv_msg_size_mib ({max} bytes)"
+                ))
+                .into_http(),
+                None => response,
+            })
         })
+    }
+}
+
+/// `application/grpc`, alone or with a `+format` suffix.
+fn is_grpc_content_type(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v == "application/grpc" || v.starts_with("application/grpc+") || v.starts_with("application/grpc;")
+        })
+}
+
+/// The status of a trailers-only answer (how tonic answers an error before any message).
+fn grpc_status<B>(response: &http::Response<B>) -> Option<Code> {
+    let value = response.headers().get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(value.parse().ok()?))
+}
+
+/// The answer for a body cut by the receiver's bounds, with codes that OTLP clients do not retry where retrying
+/// cannot help (RESOURCE_EXHAUSTED without RetryInfo, as the Collector's gRPC server answers an oversize message).
+fn violation_status(violation: &Violation) -> Status {
+    match violation {
+        Violation::TooLarge { .. } => Status::resource_exhausted(violation.to_string()),
+        Violation::SecondMessage => Status::internal(violation.to_string()),
+        Violation::Timeout(_) => Status::deadline_exceeded(violation.to_string()),
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Route {
     pub consumer: Arc<dyn Consumer>,
     pub counters: ReceiverCounters,
     pub max_body: usize,
+    pub read_timeout: std::time::Duration,
+    pub buffer: super::guard::RequestBuffer,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,7 @@ fn grpc_code_for(status: StatusCode) -> i32 {
         413 => 8,        // RESOURCE_EXHAUSTED
         415 => 3,        // INVALID_ARGUMENT
         401 => 16,       // UNAUTHENTICATED
+        408 => 4,        // DEADLINE_EXCEEDED
         429 | 503 => 14, // UNAVAILABLE
         _ => 13,         // INTERNAL
     }
@@ -80,14 +83,26 @@ fn grpc_code_for(status: StatusCode) -> i32 {
 /// of a broken connection; past it the connection is closed.
 const DRAIN_LIMIT: usize = 64 << 20;
 
-/// The body, or `None` when it is over `max` bytes (what follows is read and discarded, up to `DRAIN_LIMIT`).
-async fn read_body(body: Body, max: usize) -> Result<Option<Bytes>, axum::Error> {
-    let mut body = body;
+/// Why a body was not read.
+enum BodyFailure {
+    TooLarge,
+    Timeout(String),
+    Broken(String),
+}
+
+/// The body, read within the route's time and request buffer; over `max` bytes what follows is read and
+/// discarded, up to `DRAIN_LIMIT`.
+async fn read_body(route: &Route, body: Body, max: usize) -> Result<Bytes, BodyFailure> {
+    let mut body = super::guard::GuardedBody::new(body, route.read_timeout, route.buffer.clone(), None);
     let mut kept: Vec<u8> = Vec::new();
     let mut over = false;
     let mut drained = 0usize;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let frame = frame.map_err(|e| match e {
+            super::guard::BodyError::Violation(v) => BodyFailure::Timeout(v.to_string()),
+            other => BodyFailure::Broken(other.to_string()),
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
         if over {
             drained += data.len();
             if drained > DRAIN_LIMIT {
@@ -100,7 +115,10 @@ async fn read_body(body: Body, max: usize) -> Result<Option<Bytes>, axum::Error>
             kept.extend_from_slice(&data);
         }
     }
-    Ok((!over).then(|| Bytes::from(kept)))
+    if over {
+        return Err(BodyFailure::TooLarge);
+    }
+    Ok(Bytes::from(kept))
 }
 
 pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: Body) -> Response {
@@ -148,10 +166,11 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
             Some(format!("request body larger than max_request_body_size ({max} bytes)")),
         )
     };
-    let raw = match read_body(body, max).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return too_large(),
-        Err(e) => {
+    let raw = match read_body(&route, body, max).await {
+        Ok(bytes) => bytes,
+        Err(BodyFailure::TooLarge) => return too_large(),
+        Err(BodyFailure::Timeout(why)) => return answer(encoding, StatusCode::REQUEST_TIMEOUT, Some(why)),
+        Err(BodyFailure::Broken(e)) => {
             return answer(
                 encoding,
                 StatusCode::BAD_REQUEST,

@@ -2,6 +2,7 @@
 
 mod config;
 pub mod grpc;
+pub mod guard;
 pub mod http;
 
 use std::sync::Arc;
@@ -11,11 +12,12 @@ use infercol_pipelines::{
     AnyConfig, ComponentError, ComponentId, Consumers, Endpoint, Receiver, ReceiverContext, ReceiverFactory, Signal,
     Telemetry, config_as,
 };
+use infercol_pipelines::server::{HttpServing, incoming, serve_http, warn_if_exposed};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{GrpcConfig, HttpConfig, OtlpReceiverConfig, Protocols};
+pub use config::{GrpcConfig, HttpConfig, Keepalive, KeepaliveServerParameters, OtlpReceiverConfig, Protocols};
 pub use infercol_pipelines::tls::ServerTls;
 
 /// The traces export response that reports rejected spans (OTLP partial success), as protobuf or OTLP/JSON.
@@ -53,6 +55,7 @@ impl ReceiverFactory for OtlpReceiverFactory {
             telemetry: ctx.telemetry,
             replicas: ctx.replicas,
             servers: Vec::new(),
+            buffer: None,
         }))
     }
 }
@@ -69,6 +72,7 @@ pub struct OtlpReceiver {
     telemetry: Telemetry,
     replicas: infercol_pipelines::ReplicaDirectory,
     servers: Vec<Server>,
+    buffer: Option<guard::RequestBuffer>,
 }
 
 async fn bind(key: &str, endpoint: &Endpoint) -> Result<TcpListener, ComponentError> {
@@ -85,6 +89,8 @@ impl Receiver for OtlpReceiver {
             .consumers
             .take()
             .ok_or_else(|| ComponentError::new("started twice"))?;
+        let limit = (self.config.request_buffer_limit_mib as usize).saturating_mul(1024 * 1024);
+        self.buffer = Some(guard::RequestBuffer::new(limit));
         // Bind everything first, so that a taken port fails the start before anything serves.
         let grpc = match &self.config.protocols.grpc {
             Some(g) => Some((g, bind("protocols.grpc.endpoint", &g.endpoint).await?)),
@@ -115,6 +121,10 @@ impl Receiver for OtlpReceiver {
 }
 
 impl OtlpReceiver {
+    fn request_buffer(&self) -> guard::RequestBuffer {
+        self.buffer.clone().unwrap_or_else(|| guard::RequestBuffer::new(64 << 20))
+    }
+
     fn serve_grpc(
         &self,
         config: &GrpcConfig,
@@ -130,9 +140,21 @@ impl OtlpReceiver {
                 consumer: consumer.clone(),
                 counters: counters.clone(),
                 max_recv_msg_size: max,
+                read_timeout: config.read_timeout,
+                buffer: self.request_buffer(),
             })
         };
-        let mut builder = tonic::transport::Server::builder();
+        let keepalive = &config.keepalive.server_parameters;
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_keepalive_interval(config::nonzero(keepalive.time))
+            .http2_keepalive_timeout(config::nonzero(keepalive.timeout));
+        if let Some(age) = config::nonzero(keepalive.max_connection_age) {
+            builder = builder.max_connection_age(age);
+        }
+        if let Some(grace) = config::nonzero(keepalive.max_connection_age_grace) {
+            builder = builder.max_connection_age_grace(grace);
+        }
         if let Some(tls) = &config.tls {
             let (cert, key, ca) = tls
                 .pem()
@@ -151,18 +173,22 @@ impl OtlpReceiver {
             .add_optional_service(shared(Signal::Metrics).map(grpc::GrpcService::<grpc::MetricsService>::new))
             .add_optional_service(shared(Signal::Logs).map(grpc::GrpcService::<grpc::LogsService>::new));
         let (stop, stopped) = oneshot::channel::<()>();
-        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let bound = listener
+            .local_addr()
+            .map_err(|e| ComponentError::new(format!("protocols.grpc.endpoint: {e}")))?;
         let id = self.id.clone();
-        tracing::info!(receiver = %id, "OTLP/gRPC on {address}");
+        tracing::info!(receiver = %id, "OTLP/gRPC on {bound}");
+        let what = format!("receivers.{id}: OTLP/gRPC");
+        warn_if_exposed(&what, &bound, self.config.auth.bearer_token.is_some());
+        let incoming = Box::pin(incoming(listener, &config.connection_limits(), what));
         let task = tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = router
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped.await;
                 })
                 .await;
             if let Err(e) = result {
-                tracing::error!(receiver = %id, "OTLP/gRPC server on {address}: {e}");
+                tracing::error!(receiver = %id, "OTLP/gRPC server on {bound}: {e}");
             }
         });
         Ok(Server { stop, task })
@@ -191,31 +217,34 @@ impl OtlpReceiver {
                 consumer: consumer.clone(),
                 counters: counters.clone(),
                 max_body: config.max_request_body_size as usize,
+                read_timeout: config.read_timeout,
+                buffer: self.request_buffer(),
             });
             router = router.route(path, axum::routing::post(http::export).with_state(route));
         }
         let (stop, stopped) = oneshot::channel::<()>();
-        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let bound = listener
+            .local_addr()
+            .map_err(|e| ComponentError::new(format!("protocols.http.endpoint: {e}")))?;
         let id = self.id.clone();
-        if let Some(tls) = &config.tls {
-            let tls = tls
-                .rustls()
-                .map_err(|e| ComponentError::new(format!("protocols.http.{e}")))?;
-            tracing::info!(receiver = %id, "OTLP/HTTP on {address} (TLS)");
-            let task = tokio::spawn(infercol_pipelines::tls::serve_https(listener, router, tls, stopped));
-            return Ok(Server { stop, task });
-        }
-        tracing::info!(receiver = %id, "OTLP/HTTP on {address}");
-        let task = tokio::spawn(async move {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(receiver = %id, "OTLP/HTTP server on {address}: {e}");
-            }
-        });
+        let tls = match &config.tls {
+            Some(tls) => Some(
+                tls.rustls()
+                    .map_err(|e| ComponentError::new(format!("protocols.http.{e}")))?,
+            ),
+            None => None,
+        };
+        let shown = if tls.is_some() { " (TLS)" } else { "" };
+        tracing::info!(receiver = %id, "OTLP/HTTP on {bound}{shown}");
+        let what = format!("receivers.{id}: OTLP/HTTP");
+        warn_if_exposed(&what, &bound, self.config.auth.bearer_token.is_some());
+        let serving = HttpServing {
+            tls,
+            limits: config.connection_limits(),
+            // The routes answer a missing token themselves, in OTLP's error encoding.
+            auth: None,
+        };
+        let task = tokio::spawn(serve_http(listener, router, serving, stopped, what));
         Ok(Server { stop, task })
     }
 }
