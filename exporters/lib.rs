@@ -38,7 +38,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(&endpoint.address)
             .await
             .map_err(|e| ComponentError::new(format!("endpoint {}: cannot listen: {e}", endpoint.describe())))?;
-        let bound = listener.local_addr().map_err(|e| ComponentError::new(format!("endpoint: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| ComponentError::new(format!("endpoint: {e}")))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = HttpServing {
             tls: tls.map(|t| t.rustls().map_err(ComponentError::new)).transpose()?,
@@ -48,7 +50,13 @@ impl Server {
         let scheme = if serving.tls.is_some() { "https" } else { "http" };
         tracing::info!(exporter = %id, "{what} on {scheme}://{bound}{path}");
         warn_if_exposed(&format!("exporters.{id}: {what}"), &bound, serving.auth.is_some());
-        let task = tokio::spawn(serve_http(listener, app, serving, stopped, format!("exporters.{id}: {what}")));
+        let task = tokio::spawn(serve_http(
+            listener,
+            app,
+            serving,
+            stopped,
+            format!("exporters.{id}: {what}"),
+        ));
         if let Ok(mut server) = self.0.lock() {
             *server = Some((stop, task));
         }

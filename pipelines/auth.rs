@@ -107,10 +107,24 @@ mod tests {
         let auth = AuthConfig {
             bearer_token: Some("s3cret".into()),
         };
-        for ok in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", " Bearer  s3cret ", "BeArEr\ts3cret"] {
+        for ok in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            " Bearer  s3cret ",
+            "BeArEr\ts3cret",
+        ] {
             assert!(auth.allows(Some(ok)), "{ok:?} should pass");
         }
-        for refused in ["Bearer", "Bearer ", "Basic s3cret", "Bearers3cret", "Bearer s3cre", "Bearer s3cret x", ""] {
+        for refused in [
+            "Bearer",
+            "Bearer ",
+            "Basic s3cret",
+            "Bearers3cret",
+            "Bearer s3cre",
+            "Bearer s3cret x",
+            "",
+        ] {
             assert!(!auth.allows(Some(refused)), "{refused:?} should be refused");
         }
         assert!(!auth.allows(None));
@@ -122,7 +136,12 @@ mod tests {
         let empty = AuthConfig {
             bearer_token: Some(" ".into()),
         };
-        assert!(empty.validate("auth.").unwrap_err().contains("auth.bearer_token: empty"));
+        assert!(
+            empty
+                .validate("auth.")
+                .unwrap_err()
+                .contains("auth.bearer_token: empty")
+        );
         let spaced = AuthConfig {
             bearer_token: Some("a b".into()),
         };

@@ -223,7 +223,10 @@ fn reference(body: &str, line: u64) -> Result<(&str, Option<&str>), ConfigError>
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(ConfigError::at(Some(line), format!("invalid environment variable name `{name}`")));
+        return Err(ConfigError::at(
+            Some(line),
+            format!("invalid environment variable name `{name}`"),
+        ));
     }
     Ok((name, default))
 }
@@ -266,11 +269,17 @@ mod tests {
             expand("token: ${env:EVIL}\n"),
             "token: \"x\\n  http: { endpoint: 0.0.0.0:1 }\"\n"
         );
-        assert_eq!(expand("t: \"${env:EVIL}\"\n"), "t: \"x\\n  http: { endpoint: 0.0.0.0:1 }\"\n");
+        assert_eq!(
+            expand("t: \"${env:EVIL}\"\n"),
+            "t: \"x\\n  http: { endpoint: 0.0.0.0:1 }\"\n"
+        );
         assert_eq!(expand("t: \"<${env:QUOTE}>\"\n"), "t: \"<a\\\"b'c>\"\n");
         assert_eq!(expand("t: '${env:QUOTE}'\n"), "t: 'a\"b''c'\n");
         assert_eq!(expand("- ${env:COLON}\n"), "- \"a: b\"\n");
-        assert_eq!(expand("e: ${env:NOPE:-127.0.0.1}:4317 # x\n"), "e: 127.0.0.1:4317 # x\n");
+        assert_eq!(
+            expand("e: ${env:NOPE:-127.0.0.1}:4317 # x\n"),
+            "e: 127.0.0.1:4317 # x\n"
+        );
         assert!(expand_env("t: '${env:EVIL}'\n", &lookup).is_err());
         assert!(expand_env("e: ${env:EVIL}:4317\n", &lookup).is_err());
         assert_eq!(expand("l: [${env:PORT}, ${env:COLON}]\n"), "l: [9999, \"a: b\"]\n");

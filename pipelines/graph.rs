@@ -419,12 +419,15 @@ impl Service {
             };
             // In items or bytes, the room bounds the queue and the channel only the requests (one item or byte each
             // at least).
-            let room = (queue.enabled && queue.sizer != Sizer::Requests)
-                .then(|| {
-                    let total = capacity.min(tokio::sync::Semaphore::MAX_PERMITS);
-                    (queue.sizer, Arc::new(tokio::sync::Semaphore::new(total)), total)
-                });
-            let channel = if room.is_some() { capacity.min(100_000) } else { capacity };
+            let room = (queue.enabled && queue.sizer != Sizer::Requests).then(|| {
+                let total = capacity.min(tokio::sync::Semaphore::MAX_PERMITS);
+                (queue.sizer, Arc::new(tokio::sync::Semaphore::new(total)), total)
+            });
+            let channel = if room.is_some() {
+                capacity.min(100_000)
+            } else {
+                capacity
+            };
             let (tx, rx) = mpsc::channel::<Queued>(channel);
             let rx = Arc::new(Mutex::new(rx));
             let (cancel, _) = tokio::sync::watch::channel(false);

@@ -84,16 +84,37 @@ pub fn replica_id(resource: &[KeyValue]) -> Option<String> {
 
 /// The model dimensions of a resource, by the contract's default mapping.
 pub fn model_dims(resource: &[KeyValue]) -> ModelDims {
+    let label = |keys: &[&str], default: &str| {
+        let value = text(resource, keys).unwrap_or(default);
+        truncate_label(value, DEFAULT_MAX_LABEL_VALUE_LENGTH).0.into_owned()
+    };
     (
-        text(resource, &["service.name"])
-            .unwrap_or("unknown_service")
-            .to_string(),
-        text(resource, &["deployment.id", "deployment.name", "service.version"])
-            .unwrap_or("unknown")
-            .to_string(),
-        text(resource, &["deployment.environment.name", "deployment.environment"])
-            .unwrap_or("unknown")
-            .to_string(),
+        label(&["service.name"], "unknown_service"),
+        label(&["deployment.id", "deployment.name", "service.version"], "unknown"),
+        label(&["deployment.environment.name", "deployment.environment"], "unknown"),
+    )
+}
+
+/// The longest label value taken from telemetry by default (bytes); longer ones are cut and marked.
+pub const DEFAULT_MAX_LABEL_VALUE_LENGTH: usize = 256;
+
+/// What ends a label value that was cut.
+pub const TRUNCATION_MARKER: &str = "...";
+
+/// `value` cut to at most `max` bytes (on a character boundary, the marker included) when longer, and whether it
+/// was cut. Label values come from clients: without a bound, a few huge model names make every series, every
+/// page and every store grow with them.
+pub fn truncate_label(value: &str, max: usize) -> (std::borrow::Cow<'_, str>, bool) {
+    if value.len() <= max {
+        return (std::borrow::Cow::Borrowed(value), false);
+    }
+    let mut end = max.saturating_sub(TRUNCATION_MARKER.len());
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    (
+        std::borrow::Cow::Owned(format!("{}{TRUNCATION_MARKER}", &value[..end])),
+        true,
     )
 }
 
@@ -279,6 +300,16 @@ impl ReplicaDirectory {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_label_values_are_cut_on_a_character_boundary_with_a_marker() {
+        let (short, cut) = truncate_label("llama", 256);
+        assert_eq!((short.as_ref(), cut), ("llama", false));
+        let long = "é".repeat(300);
+        let (value, cut) = truncate_label(&long, 256);
+        assert!(cut && value.len() <= 256 && value.ends_with(TRUNCATION_MARKER));
+        assert!(value.starts_with("éé"));
+    }
+
     #[test]
     fn replica_lifecycle_starting_active_gone_and_probe_wins() {
         let d = ReplicaDirectory::default();

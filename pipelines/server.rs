@@ -272,8 +272,12 @@ pub async fn serve_http(
             _ = &mut stopped => break,
         };
         let watcher = graceful.watcher();
-        let (router, auth, limits, acceptor) =
-            (router.clone(), serving.auth.clone(), serving.limits.clone(), acceptor.clone());
+        let (router, auth, limits, acceptor) = (
+            router.clone(),
+            serving.auth.clone(),
+            serving.limits.clone(),
+            acceptor.clone(),
+        );
         tokio::spawn(async move {
             match acceptor {
                 Some(acceptor) => {

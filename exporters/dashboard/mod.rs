@@ -199,7 +199,15 @@ impl Exporter for DashboardExporter {
         let app = router(self.store.clone());
         let tls = self.config.tls.as_ref();
         self.server
-            .start(&self.id, "dashboard", &self.config.endpoint, tls, &self.config.auth, app, "/")
+            .start(
+                &self.id,
+                "dashboard",
+                &self.config.endpoint,
+                tls,
+                &self.config.auth,
+                app,
+                "/",
+            )
             .await
     }
 

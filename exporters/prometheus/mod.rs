@@ -48,7 +48,12 @@ pub struct PrometheusConfig {
     pub resource_to_telemetry_conversion: ResourceToTelemetry,
     /// Unit and `_total` suffixes, as the OpenTelemetry-to-Prometheus translation adds them.
     pub add_metric_suffixes: bool,
+    /// The most a page may hold (bytes, before compression); families past it are left out, and it is logged.
+    pub max_page_bytes: usize,
 }
+
+/// Scrapes rendered at once; more wait their turn.
+const MAX_CONCURRENT_SCRAPES: usize = 2;
 
 impl Default for PrometheusConfig {
     fn default() -> Self {
@@ -61,6 +66,7 @@ impl Default for PrometheusConfig {
             metric_expiration: Duration::from_secs(300),
             resource_to_telemetry_conversion: ResourceToTelemetry::default(),
             add_metric_suffixes: true,
+            max_page_bytes: 64 << 20,
         }
     }
 }
@@ -78,6 +84,9 @@ impl ComponentConfig for PrometheusConfig {
     fn validate(&self) -> Result<(), String> {
         if self.metric_expiration.is_zero() {
             return Err("metric_expiration: must be more than 0".into());
+        }
+        if self.max_page_bytes < 1024 {
+            return Err("max_page_bytes: must be at least 1024".into());
         }
         self.auth.validate("auth.")?;
         if let Some(tls) = &self.tls {
@@ -151,7 +160,8 @@ fn negotiate(headers: &HeaderMap) -> (Option<Format>, &'static str) {
     }
 }
 
-fn scrape(store: &RwLock<Store>, headers: &HeaderMap) -> Response {
+/// Renders a page for a scrape; at most `max_page_bytes`, whole families only (the cut is logged).
+fn scrape(store: &RwLock<Store>, headers: &HeaderMap, max_page_bytes: usize, id: &str) -> Response {
     if let Ok(mut s) = store.write() {
         s.expire(Instant::now());
     }
@@ -160,10 +170,20 @@ fn scrape(store: &RwLock<Store>, headers: &HeaderMap) -> Response {
         let Ok(s) = store.read() else {
             return (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable").into_response();
         };
-        match format {
-            Some(f) => text::render(&s, f).into_bytes(),
-            None => proto::render(&s),
+        let (body, cut) = match format {
+            Some(f) => {
+                let (page, cut) = text::render(&s, f, max_page_bytes);
+                (page.into_bytes(), cut)
+            }
+            None => proto::render(&s, max_page_bytes),
+        };
+        if cut {
+            tracing::warn!(
+                exporter = %id,
+                "the page reached max_page_bytes ({max_page_bytes}); families past it were left out of this scrape"
+            );
         }
+        body
     };
     let gzip = headers
         .get(header::ACCEPT_ENCODING)
@@ -192,11 +212,22 @@ fn scrape(store: &RwLock<Store>, headers: &HeaderMap) -> Response {
 impl Exporter for PrometheusExporter {
     async fn start(&self) -> Result<(), ComponentError> {
         let store = self.store.clone();
+        let (max, id) = (self.config.max_page_bytes, self.id.clone());
+        // Scrapes render on the blocking pool, two at a time: a page of many series is held in memory once per
+        // scrape in progress, and rendering must not stall the runtime's receivers.
+        let renders = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES));
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move |headers: HeaderMap| {
-                let store = store.clone();
-                async move { scrape(&store, &headers) }
+                let (store, id, renders) = (store.clone(), id.clone(), renders.clone());
+                async move {
+                    let Ok(_turn) = renders.acquire_owned().await else {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+                    };
+                    tokio::task::spawn_blocking(move || scrape(&store, &headers, max, &id))
+                        .await
+                        .unwrap_or_else(|_| (StatusCode::INTERNAL_SERVER_ERROR, "render failed").into_response())
+                }
             }),
         );
         let tls = self.config.tls.as_ref();

@@ -206,10 +206,13 @@ fn native(h: &infercol_pipelines::histogram::ExpoHistogram, exemplars: &[Exempla
     }
 }
 
-/// The whole page as length-delimited MetricFamily messages.
-pub fn render(store: &Store) -> Vec<u8> {
+/// The whole page as length-delimited MetricFamily messages, or as many whole families as fit in `max` bytes
+/// (then `true`: the page was cut).
+pub fn render(store: &Store, max: usize) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
+    let mut cut = false;
     for (name, f) in store.families() {
+        let before = out.len();
         let r#type = match f.kind {
             FamilyType::Counter => 0,
             FamilyType::Gauge | FamilyType::Info => 1,
@@ -287,6 +290,11 @@ pub fn render(store: &Store) -> Vec<u8> {
         };
         // Writing into a Vec cannot fail.
         let _ = family.encode_length_delimited(&mut out);
+        if out.len() > max {
+            out.truncate(before);
+            cut = true;
+            break;
+        }
     }
-    out
+    (out, cut)
 }

@@ -76,7 +76,21 @@ pub struct TranslateOptions {
     pub const_labels: Vec<(String, String)>,
 }
 
+/// The longest label value the exporters write (bytes); longer attribute values are cut and end in `...`, so that
+/// a client's huge attribute cannot make every page and every remote-write request huge. Longer than
+/// model_metrics' 256, for `target_info` attributes such as a process's command line.
+pub const MAX_LABEL_VALUE_LENGTH: usize = 1024;
+
+/// An attribute value as a label value, cut to `MAX_LABEL_VALUE_LENGTH`.
 fn text(v: &Option<AnyValue>) -> Option<String> {
+    let value = full_text(v)?;
+    match infercol_pipelines::replicas::truncate_label(&value, MAX_LABEL_VALUE_LENGTH) {
+        (cut, true) => Some(cut.into_owned()),
+        _ => Some(value),
+    }
+}
+
+fn full_text(v: &Option<AnyValue>) -> Option<String> {
     Some(match v.as_ref()?.value.as_ref()? {
         Av::StringValue(s) => s.clone(),
         Av::BoolValue(b) => b.to_string(),
@@ -87,7 +101,7 @@ fn text(v: &Option<AnyValue>) -> Option<String> {
             let items: Vec<String> = a
                 .values
                 .iter()
-                .map(|x| text(&Some(x.clone())).unwrap_or_default())
+                .map(|x| full_text(&Some(x.clone())).unwrap_or_default())
                 .map(|s| format!("{s:?}"))
                 .collect();
             format!("[{}]", items.join(","))

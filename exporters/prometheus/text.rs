@@ -184,14 +184,21 @@ fn family(out: &mut String, format: Format, name: &str, f: &Family) {
     }
 }
 
-/// The whole page.
-pub fn render(store: &Store, format: Format) -> String {
-    let mut out = String::with_capacity(256 * store.series_count() + 64);
+/// The whole page, or as many whole families as fit in `max` bytes (then `true`: the page was cut).
+pub fn render(store: &Store, format: Format, max: usize) -> (String, bool) {
+    let mut out = String::with_capacity((256 * store.series_count() + 64).min(max));
+    let mut cut = false;
     for (name, f) in store.families() {
+        let before = out.len();
         family(&mut out, format, name, f);
+        if out.len() > max {
+            out.truncate(before);
+            cut = true;
+            break;
+        }
     }
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");
     }
-    out
+    (out, cut)
 }

@@ -262,7 +262,14 @@ pub enum Rejection {
     InvalidSize,
     InvalidTokens,
     InvalidTimeToFirstByte,
+    /// A span longer than `MAX_PLAUSIBLE_DURATION_NS` (an end time of u64::MAX, a clock gone wrong).
+    ImplausibleDuration,
+    /// A dimension value cut to `max_label_value_length`.
+    LabelTruncated,
 }
+
+/// No request, inference or queue wait is believed to last longer than a day; longer spans are clock errors.
+pub const MAX_PLAUSIBLE_DURATION_NS: u64 = 24 * 3600 * 1_000_000_000;
 
 impl Rejection {
     pub fn as_str(self) -> &'static str {
@@ -272,6 +279,8 @@ impl Rejection {
             Rejection::InvalidSize => "invalid_size",
             Rejection::InvalidTokens => "invalid_tokens",
             Rejection::InvalidTimeToFirstByte => "invalid_time_to_first_byte",
+            Rejection::ImplausibleDuration => "implausible_duration",
+            Rejection::LabelTruncated => "label_truncated",
         }
     }
 }
@@ -445,13 +454,19 @@ impl Classifier {
         }
     }
 
-    /// The span's duration in seconds, or the rejection when it ends before it starts (or has no times).
+    /// The span's duration in seconds, or the rejection when it ends before it starts (or has no times) or lasts
+    /// longer than a day.
     pub fn duration(span: &impl SpanLike, rejected: &mut Vec<Rejection>) -> Option<f64> {
         if span.start() == 0 || span.end() < span.start() {
             rejected.push(Rejection::EndBeforeStart);
             return None;
         }
-        Some((span.end() - span.start()) as f64 / 1e9)
+        let nanos = span.end() - span.start();
+        if nanos > MAX_PLAUSIBLE_DURATION_NS {
+            rejected.push(Rejection::ImplausibleDuration);
+            return None;
+        }
+        Some(nanos as f64 / 1e9)
     }
 
     pub fn status<S: SpanLike>(&self, span: &S, rejected: &mut Vec<Rejection>) -> Status {

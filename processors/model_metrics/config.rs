@@ -238,6 +238,8 @@ pub struct ModelMetricsConfig {
     pub metrics_expiration: Duration,
     /// Series per metric; points beyond go to one `otel_metric_overflow="true"` series.
     pub cardinality_limit: usize,
+    /// Dimension values longer than this (bytes) are cut, end in `...`, and are counted (`label_truncated`).
+    pub max_label_value_length: usize,
     pub histogram: HistogramConfig,
     pub dimensions: Vec<Dimension>,
     pub exemplars: ExemplarsConfig,
@@ -259,6 +261,7 @@ impl Default for ModelMetricsConfig {
             aggregation_temporality: Temporality::Cumulative,
             metrics_expiration: Duration::from_secs(300),
             cardinality_limit: 10_000,
+            max_label_value_length: infercol_pipelines::replicas::DEFAULT_MAX_LABEL_VALUE_LENGTH,
             histogram: HistogramConfig::default(),
             dimensions: default_dimensions(),
             exemplars: ExemplarsConfig::default(),
@@ -293,6 +296,9 @@ impl ComponentConfig for ModelMetricsConfig {
         }
         if self.cardinality_limit == 0 {
             return Err("cardinality_limit: must be at least 1".into());
+        }
+        if self.max_label_value_length < 16 {
+            return Err("max_label_value_length: must be at least 16".into());
         }
         if self.histogram.exponential.max_size < 2 {
             return Err("histogram.exponential.max_size: must be at least 2".into());

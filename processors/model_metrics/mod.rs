@@ -142,7 +142,14 @@ fn attribute_text<A: Attributes + ?Sized>(attributes: &A, keys: &[String]) -> Op
 }
 
 impl Inner {
-    fn dims<A: Attributes + ?Sized>(&self, resource: &[KeyValue], span: Option<&A>) -> Dims {
+    /// The dimension values of a resource (and span); a value over `max_label_value_length` is cut and counted.
+    fn dims<A: Attributes + ?Sized>(
+        &self,
+        resource: &[KeyValue],
+        span: Option<&A>,
+        rejected: &mut Vec<Rejection>,
+    ) -> Dims {
+        let max = self.config.max_label_value_length;
         self.config
             .dimensions
             .iter()
@@ -151,7 +158,14 @@ impl Inner {
                     Source::Resource => attribute_text(resource, &d.from),
                     Source::Span => span.and_then(|attrs| attribute_text(attrs, &d.from)),
                 };
-                text.unwrap_or_else(|| d.default.clone())
+                let text = text.unwrap_or_else(|| d.default.clone());
+                match infercol_pipelines::replicas::truncate_label(&text, max) {
+                    (cut, true) => {
+                        rejected.push(Rejection::LabelTruncated);
+                        cut.into_owned()
+                    }
+                    _ => text,
+                }
             })
             .collect::<Vec<_>>()
             .into()
@@ -167,7 +181,7 @@ impl Inner {
         overflowed: &mut Vec<&'static str>,
     ) {
         let per_span_dims = self.config.dimensions.iter().any(|d| d.source == Source::Span);
-        let resource_dims = state.intern(self.dims::<S::Attrs>(resource, None));
+        let resource_dims = state.intern(self.dims::<S::Attrs>(resource, None, rejected));
         let mut replica_active = false;
         for span in spans {
             let is_request = self.classifier.is_request(&span);
@@ -179,7 +193,7 @@ impl Inner {
                 continue;
             }
             let dims = if per_span_dims {
-                state.intern(self.dims(resource, Some(span.attributes())))
+                state.intern(self.dims(resource, Some(span.attributes()), rejected))
             } else {
                 resource_dims
             };

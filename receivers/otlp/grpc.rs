@@ -7,13 +7,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use infercol_pipelines::telemetry::ReceiverCounters;
-use infercol_pipelines::{ConsumeError, Consumer, Data, RawCodec, Signal};
-use tonic::codec::CompressionEncoding;
+use infercol_pipelines::{ConsumeError, Consumer, Data, Signal};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::guard::{GuardedBody, Violation};
+use super::guard::{BodyError, GuardedBody, Violation};
 
 /// What the three OTLP services have in common, and what differs.
 pub trait OtlpService: Send + Sync + 'static {
@@ -121,36 +120,102 @@ where
             });
         }
         let max = shared.max_recv_msg_size;
-        let (parts, body) = req.into_parts();
-        let body = GuardedBody::new(Box::pin(body), shared.read_timeout, shared.buffer.clone(), Some(max));
-        let verdict = body.verdict();
-        let req = http::Request::from_parts(parts, body);
+        let encoding = req
+            .headers()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase());
+        let body = GuardedBody::new(
+            Box::pin(req.into_body()),
+            shared.read_timeout,
+            shared.buffer.clone(),
+            Some(max),
+        );
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(RawCodec)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(max);
-            let response = grpc
-                .unary(
-                    Export::<S> {
-                        shared,
-                        _s: PhantomData,
-                    },
-                    req,
-                )
-                .await;
-            let violation = verdict.lock().ok().and_then(|v| v.clone());
-            Ok(match violation {
-                Some(violation) => violation_status(&violation).into_http(),
-                // tonic's own limit, on the decompressed message: OUT_OF_RANGE, which OTLP clients retry.
-                None if grpc_status(&response) == Some(Code::OutOfRange) => Status::resource_exhausted(format!(
-                    "decompressed message larger than max_recv_msg_size_mib ({max} bytes)"
-                ))
-                .into_http(),
-                None => response,
+            let answer = match read_message(body, max, encoding.as_deref()).await {
+                Ok(message) => export::<S>(&shared, message).await,
+                Err(status) => Err(status),
+            };
+            Ok(match answer {
+                Ok(response) => unary_response(response),
+                Err(status) => status.into_http(),
             })
         })
     }
+}
+
+/// Reads the one message of a unary call. The framing and size were checked by the guard on the frame header;
+/// the buffer grows with what arrives (at most 256 KiB is set aside up front), so a message that is declared but
+/// never sent costs nothing. Written here rather than left to tonic's decoder, which reserves the declared length
+/// at once: 100 streams declaring 4 MiB each held hundreds of MiB without sending them.
+async fn read_message<B>(mut body: GuardedBody<B>, max: usize, encoding: Option<&str>) -> Result<Bytes, Status>
+where
+    GuardedBody<B>: http_body::Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    use http_body_util::BodyExt;
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Err(BodyError::Violation(v)) => return Err(violation_status(&v)),
+            Err(BodyError::Inner(e)) => return Err(Status::cancelled(format!("reading the request: {e}"))),
+        };
+        if buf.capacity() == 0 {
+            buf.reserve(data.len().max(256 << 10));
+        }
+        buf.extend_from_slice(&data);
+    }
+    if buf.len() < 5 {
+        return Err(Status::internal("missing request message"));
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() != 5 + len {
+        return Err(Status::internal("request message cut short"));
+    }
+    let compressed = buf[0];
+    let message = Bytes::from(buf).slice(5..);
+    match (compressed, encoding) {
+        (0, _) => Ok(message),
+        (1, Some(kind @ ("gzip" | "zstd"))) => match super::compression::decompress(kind, &message, max) {
+            Ok(Some(plain)) => Ok(Bytes::from(plain)),
+            Ok(None) => Err(Status::resource_exhausted(format!(
+                "message larger than max_recv_msg_size_mib ({max} bytes) once decompressed"
+            ))),
+            Err(e) => Err(Status::internal(format!("invalid {kind} message: {e}"))),
+        },
+        (1, other) => Err(Status::unimplemented(format!(
+            "message compressed with `{}`, which this server does not support (gzip, zstd)",
+            other.unwrap_or("none")
+        ))),
+        (flag, _) => Err(Status::internal(format!("invalid compression flag {flag}"))),
+    }
+}
+
+/// A successful unary answer: the response message, uncompressed, and `grpc-status: 0` in the trailers.
+fn unary_response(message: Bytes) -> http::Response<tonic::body::Body> {
+    use http_body::Frame;
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = [
+        Ok::<_, Infallible>(Frame::data(Bytes::from(framed))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-accept-encoding", http::HeaderValue::from_static("gzip,zstd"));
+    response
 }
 
 /// `application/grpc`, alone or with a `+format` suffix.
@@ -164,12 +229,6 @@ fn is_grpc_content_type(headers: &http::HeaderMap) -> bool {
         })
 }
 
-/// The status of a trailers-only answer (how tonic answers an error before any message).
-fn grpc_status<B>(response: &http::Response<B>) -> Option<Code> {
-    let value = response.headers().get("grpc-status")?.to_str().ok()?;
-    Some(Code::from_i32(value.parse().ok()?))
-}
-
 /// The answer for a body cut by the receiver's bounds, with codes that OTLP clients do not retry where retrying
 /// cannot help (RESOURCE_EXHAUSTED without RetryInfo, as the Collector's gRPC server answers an oversize message).
 fn violation_status(violation: &Violation) -> Status {
@@ -180,46 +239,34 @@ fn violation_status(violation: &Violation) -> Status {
     }
 }
 
-struct Export<S> {
-    shared: Arc<Shared>,
-    _s: PhantomData<fn() -> S>,
-}
-
-impl<S: OtlpService> tonic::server::UnaryService<Bytes> for Export<S> {
-    type Response = Bytes;
-    type Future = BoxFuture<Result<tonic::Response<Bytes>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let data = Data::decode(S::SIGNAL, request.into_inner())
-                .map_err(|e| Status::invalid_argument(format!("malformed OTLP {} export request: {e}", S::SIGNAL)))?;
-            let (data, rejected, why) = data.without_invalid_spans();
-            if rejected > 0 {
-                shared.counters.refused(S::SIGNAL, rejected as usize);
-            }
-            let items = data.items();
-            shared.replicas.observe_data(&data);
-            let result = if items == 0 {
-                Ok(())
-            } else {
-                shared.consumer.consume(data).await
-            };
-            match result {
-                Ok(()) => {
-                    shared.counters.accepted(S::SIGNAL, items);
-                    Ok(tonic::Response::new(match why {
-                        Some(message) => super::partial_success(rejected, message, false),
-                        // Every Export*ServiceResponse without partial success encodes to zero bytes.
-                        None => Bytes::new(),
-                    }))
-                }
-                Err(e) => {
-                    shared.counters.refused(S::SIGNAL, items);
-                    Err(refusal_status(&e))
-                }
-            }
-        })
+/// Decodes, checks and hands on one export request; the response message, or the status to answer with.
+async fn export<S: OtlpService>(shared: &Shared, message: Bytes) -> Result<Bytes, Status> {
+    let data = Data::decode(S::SIGNAL, message)
+        .map_err(|e| Status::invalid_argument(format!("malformed OTLP {} export request: {e}", S::SIGNAL)))?;
+    let (data, rejected, why) = data.without_invalid_spans();
+    if rejected > 0 {
+        shared.counters.refused(S::SIGNAL, rejected as usize);
+    }
+    let items = data.items();
+    shared.replicas.observe_data(&data);
+    let result = if items == 0 {
+        Ok(())
+    } else {
+        shared.consumer.consume(data).await
+    };
+    match result {
+        Ok(()) => {
+            shared.counters.accepted(S::SIGNAL, items);
+            Ok(match why {
+                Some(message) => super::partial_success(rejected, message, false),
+                // Every Export*ServiceResponse without partial success encodes to zero bytes.
+                None => Bytes::new(),
+            })
+        }
+        Err(e) => {
+            shared.counters.refused(S::SIGNAL, items);
+            Err(refusal_status(&e))
+        }
     }
 }
 

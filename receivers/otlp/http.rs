@@ -1,6 +1,5 @@
 //! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with protobuf or JSON bodies, plain or gzip.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -180,35 +179,17 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
     };
     let bytes = match compression.as_str() {
         "" | "identity" => raw,
-        "gzip" | "zstd" => {
-            // Read at most one byte past the limit, so that a small compressed bomb cannot grow memory.
-            let decoder: Box<dyn Read> = if compression == "gzip" {
-                Box::new(flate2::read::MultiGzDecoder::new(raw.as_ref()))
-            } else {
-                match zstd::stream::read::Decoder::new(raw.as_ref()) {
-                    Ok(d) => Box::new(d),
-                    Err(e) => {
-                        return answer(
-                            encoding,
-                            StatusCode::BAD_REQUEST,
-                            Some(format!("invalid zstd body: {e}")),
-                        );
-                    }
-                }
-            };
-            let mut out = Vec::new();
-            match decoder.take(max as u64 + 1).read_to_end(&mut out) {
-                Ok(n) if n > max => return too_large(),
-                Ok(_) => Bytes::from(out),
-                Err(e) => {
-                    return answer(
-                        encoding,
-                        StatusCode::BAD_REQUEST,
-                        Some(format!("invalid {compression} body: {e}")),
-                    );
-                }
+        kind @ ("gzip" | "zstd") => match super::compression::decompress(kind, &raw, max) {
+            Ok(Some(plain)) => Bytes::from(plain),
+            Ok(None) => return too_large(),
+            Err(e) => {
+                return answer(
+                    encoding,
+                    StatusCode::BAD_REQUEST,
+                    Some(format!("invalid {kind} body: {e}")),
+                );
             }
-        }
+        },
         other => {
             return answer(
                 encoding,

@@ -1,5 +1,6 @@
 //! Receiver `otlp`: OTLP over gRPC and HTTP, as the OpenTelemetry specification defines it.
 
+mod compression;
 mod config;
 pub mod grpc;
 pub mod guard;
@@ -8,11 +9,11 @@ pub mod http;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use infercol_pipelines::server::{HttpServing, incoming, serve_http, warn_if_exposed};
 use infercol_pipelines::{
     AnyConfig, ComponentError, ComponentId, Consumers, Endpoint, Receiver, ReceiverContext, ReceiverFactory, Signal,
     Telemetry, config_as,
 };
-use infercol_pipelines::server::{HttpServing, incoming, serve_http, warn_if_exposed};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -122,7 +123,9 @@ impl Receiver for OtlpReceiver {
 
 impl OtlpReceiver {
     fn request_buffer(&self) -> guard::RequestBuffer {
-        self.buffer.clone().unwrap_or_else(|| guard::RequestBuffer::new(64 << 20))
+        self.buffer
+            .clone()
+            .unwrap_or_else(|| guard::RequestBuffer::new(64 << 20))
     }
 
     fn serve_grpc(
