@@ -129,9 +129,27 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], axum::Json(value)).into_response()
 }
 
+/// Panel queries answered at once; more wait their turn.
+const MAX_CONCURRENT_QUERIES: usize = 2;
+
+/// The `/api/panels` answer for one query.
+fn answer_panels(store: &RwLock<Store>, q: &panels::Query) -> axum::response::Response {
+    if let Ok(mut s) = store.write() {
+        s.expire(now_ms());
+    }
+    let Ok(s) = store.read() else {
+        return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
+    };
+    match panels::panels(&s, q, now_ms()) {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+    }
+}
+
 fn router(store: Arc<RwLock<Store>>) -> axum::Router {
     use axum::routing::get;
     let labels_store = store.clone();
+    let queries = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES));
     axum::Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route(
@@ -169,7 +187,7 @@ fn router(store: Arc<RwLock<Store>>) -> axum::Router {
             "/api/panels",
             get(
                 move |q: Result<QueryString<panels::Query>, axum::extract::rejection::QueryRejection>| {
-                    let store = store.clone();
+                    let (store, queries) = (store.clone(), queries.clone());
                     async move {
                         let q = match q {
                             Ok(QueryString(q)) => q,
@@ -177,16 +195,22 @@ fn router(store: Arc<RwLock<Store>>) -> axum::Router {
                                 return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.body_text()}));
                             }
                         };
-                        if let Ok(mut s) = store.write() {
-                            s.expire(now_ms());
-                        }
-                        let Ok(s) = store.read() else {
-                            return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
+                        // Two queries at a time, on the blocking pool: a 6h query over many series must not stall
+                        // the runtime's receivers, nor many of them hold their answers in memory at once.
+                        let Ok(_turn) = queries.acquire_owned().await else {
+                            return json(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                serde_json::json!({"error": "stopping"}),
+                            );
                         };
-                        match panels::panels(&s, &q, now_ms()) {
-                            Ok(body) => json(StatusCode::OK, body),
-                            Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
-                        }
+                        tokio::task::spawn_blocking(move || answer_panels(&store, &q))
+                            .await
+                            .unwrap_or_else(|_| {
+                                json(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    serde_json::json!({"error": "query failed"}),
+                                )
+                            })
                     }
                 },
             ),

@@ -825,6 +825,19 @@ mod tests {
     }
 
     #[test]
+    fn a_span_ending_at_u64_max_is_no_request_of_half_a_millennium() {
+        let mut s = span(vec![int("http.response.status_code", 200)]);
+        s.end_time_unix_nano = u64::MAX;
+        let (r, rejected) = classify(&s);
+        assert_eq!(r.duration, None);
+        assert_eq!(r.status.class.as_str(), "2xx", "still a request");
+        assert!(rejected.contains(&Rejection::ImplausibleDuration), "{rejected:?}");
+        s.end_time_unix_nano = s.start_time_unix_nano + MAX_PLAUSIBLE_DURATION_NS;
+        let (r, _) = classify(&s);
+        assert_eq!(r.duration, Some(86_400.0), "a day is still believed");
+    }
+
+    #[test]
     fn end_before_start_is_rejected() {
         let mut s = span(vec![int("http.response.status_code", 200)]);
         s.end_time_unix_nano = 500;
