@@ -163,9 +163,7 @@ where
             Err(BodyError::Violation(v)) => return Err(violation_status(&v)),
             Err(BodyError::Inner(e)) => return Err(Status::cancelled(format!("reading the request: {e}"))),
         };
-        if buf.capacity() == 0 {
-            buf.reserve(data.len().max(256 << 10));
-        }
+        reserve_for(&mut buf, &data);
         buf.extend_from_slice(&data);
     }
     if buf.len() < 5 {
@@ -192,6 +190,38 @@ where
         ))),
         (flag, _) => Err(Status::internal(format!("invalid compression flag {flag}"))),
     }
+}
+
+/// Room in `buf` for `data`, the next bytes of a framed message: exactly the declared length when it is at most
+/// 256 KiB (the usual request), else 256 KiB, doubling with what has arrived, and exactly the declared length once
+/// half of it is there. A message is never held in a buffer much larger than itself, and a length that is only
+/// declared, never sent, reserves at most 256 KiB.
+fn reserve_for(buf: &mut Vec<u8>, data: &[u8]) {
+    const FIRST: usize = 256 << 10;
+    let needed = buf.len() + data.len();
+    if needed <= buf.capacity() {
+        return;
+    }
+    let mut header = [0u8; 5];
+    let known = buf
+        .iter()
+        .chain(data)
+        .take(5)
+        .zip(&mut header)
+        .map(|(b, h)| *h = *b)
+        .count()
+        == 5;
+    let target = if known {
+        let total = 5 + u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if total <= FIRST || needed * 2 >= total {
+            total
+        } else {
+            (needed * 2).max(FIRST).min(total)
+        }
+    } else {
+        FIRST
+    };
+    buf.reserve_exact(target.max(needed) - buf.len());
 }
 
 /// A successful unary answer: the response message, uncompressed, and `grpc-status: 0` in the trailers.
