@@ -17,6 +17,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 
+/// The binary under attack: this build, or another named by `INFERCOL_ATTACK_BIN` (to show that an attack worked
+/// on an earlier build).
+fn bin() -> String {
+    std::env::var("INFERCOL_ATTACK_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// Peak resident memory of a process (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -45,7 +51,7 @@ fn validate(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(bin());
     command.arg("validate").arg("--config").arg(&path);
     for (k, v) in env {
         command.env(k, v);
@@ -71,7 +77,7 @@ fn start_with(yaml: &str, env: &[(&str, &str)], open_files: Option<u32>) -> Coll
     command
         .arg("-c")
         .arg(format!("{limit}exec \"$0\" --config \"$1\""))
-        .arg(BIN)
+        .arg(bin())
         .arg(&config)
         .current_dir(dir.path())
         .env("RUST_LOG", "info")
@@ -137,7 +143,7 @@ fn an_unset_token_is_a_config_error_at_validate_and_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, AUTHENTICATED).unwrap();
-    let out = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(bin()).arg("--config").arg(&path).output().unwrap();
     assert!(!out.status.success(), "the collector does not start without its token");
     // The unset variable is also reported as a warning when the rest is valid.
     let yaml = "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: \"127.0.0.1:0\" }\nexporters:\n  prometheus:\n    endpoint: \"127.0.0.1:0\"\n    namespace: \"${env:INFERCOL_ATTACK_UNSET}\"\nservice:\n  pipelines:\n    metrics: { receivers: [otlp], exporters: [prometheus] }\n";
@@ -687,50 +693,92 @@ fn refusing_backend() -> (u16, Arc<AtomicUsize>) {
     (port, calls)
 }
 
+/// A gRPC backend answering every export UNAVAILABLE with a RetryInfo of 0 s; counts the calls.
+async fn refusing_grpc_backend() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let refusal = <tonic::Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::Unavailable,
+        "overloaded",
+        tonic_types::ErrorDetails::with_retry_info(Some(Duration::ZERO)),
+    )
+    .into_http::<tonic::body::Body>();
+    let headers = refusal.headers().clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (counted, headers) = (counted.clone(), headers.clone());
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    drop(request);
+                    let mut response = http::Response::new(());
+                    *response.headers_mut() = headers.clone();
+                    let _ = respond.send_response(response, true);
+                }
+            });
+        }
+    });
+    (port, calls)
+}
+
+/// The exporter section for a backend on `port` that always refuses with a zero delay.
+async fn zero_delay_backend(grpc: bool) -> (String, Arc<AtomicUsize>, &'static str) {
+    if grpc {
+        let (port, calls) = refusing_grpc_backend().await;
+        let exporter = format!(
+            "otlp:\n    endpoint: \"127.0.0.1:{port}\"\n    tls: {{ insecure: true }}\n    compression: none\n    \
+             retry_on_failure: {{ initial_interval: 1s, max_elapsed_time: 0s }}"
+        );
+        (exporter, calls, "UNAVAILABLE with RetryInfo 0 s")
+    } else {
+        let (port, calls) = refusing_backend();
+        let exporter = format!(
+            "otlphttp:\n    endpoint: \"http://127.0.0.1:{port}\"\n    compression: none\n    \
+             retry_on_failure: {{ initial_interval: 1s, max_elapsed_time: 0s }}"
+        );
+        (exporter, calls, "429 with Retry-After: 0")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_retry_delay_is_no_hot_loop_and_shutdown_does_not_wait_for_it() {
-    let (port, calls) = refusing_backend();
-    let yaml = format!(
-        r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: {{ endpoint: "127.0.0.1:0" }}
-exporters:
-  otlphttp:
-    endpoint: "http://127.0.0.1:{port}"
-    compression: none
-    retry_on_failure: {{ initial_interval: 1s, max_elapsed_time: 0s }}
-service:
-  telemetry:
-    metrics: {{ level: none }}
-  pipelines:
-    traces: {{ receivers: [otlp], exporters: [otlphttp] }}
-"#
-    );
-    let mut c = start_with(&yaml, &[], None);
-    let mut traces = TraceServiceClient::connect(c.grpc()).await.unwrap();
-    traces.export(one_span_request("retry", 1)).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let attempts = calls.load(Ordering::SeqCst);
-    println!("attempts in 5 s for one request answered `429 Retry-After: 0`: {attempts}");
-    assert!(
-        (1..=10).contains(&attempts),
-        "backed off, not a hot loop: {attempts} calls"
-    );
-    let stopping = Instant::now();
-    let (status, log) = c.stop();
-    let took = stopping.elapsed();
-    println!("shutdown with a backend that keeps refusing took {took:?}");
-    assert!(status.success(), "a clean exit:\n{log}");
-    assert!(
-        took < Duration::from_secs(10),
-        "shutdown did not wait out its deadline: {took:?}"
-    );
-    assert!(
-        log.contains("dropping data"),
-        "the refused request is reported as dropped:\n{log}"
-    );
+    for grpc in [false, true] {
+        let (exporter, calls, answer) = zero_delay_backend(grpc).await;
+        let id = exporter.split(':').next().unwrap().to_string();
+        let yaml = format!(
+            "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: \"127.0.0.1:0\" }}\nexporters:\n  \
+             {exporter}\nservice:\n  telemetry:\n    metrics: {{ level: none }}\n  pipelines:\n    \
+             traces: {{ receivers: [otlp], exporters: [{id}] }}\n"
+        );
+        let mut c = start_with(&yaml, &[], None);
+        let mut traces = TraceServiceClient::connect(c.grpc()).await.unwrap();
+        traces.export(one_span_request("retry", 1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let attempts = calls.load(Ordering::SeqCst);
+        println!("attempts in 5 s for one request answered {answer}: {attempts}");
+        assert!(
+            (1..=10).contains(&attempts),
+            "{answer}: backed off, not a hot loop: {attempts} calls"
+        );
+        let stopping = Instant::now();
+        let (status, log) = c.stop();
+        let took = stopping.elapsed();
+        println!("shutdown with a backend that keeps answering {answer} took {took:?}");
+        assert!(status.success(), "a clean exit:\n{log}");
+        assert!(
+            took < Duration::from_secs(10),
+            "shutdown did not wait out its deadline: {took:?}"
+        );
+        assert!(
+            log.contains("dropping data"),
+            "the refused request is reported as dropped:\n{log}"
+        );
+    }
 }
 
 // 8: exporter queues bounded in bytes.
@@ -826,7 +874,7 @@ service:
                   2>/dev/null && exec \"$0\" --config \"$2\"";
     let child = Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
-        .arg(BIN)
+        .arg(bin())
         .arg(&mount)
         .arg(&config)
         .env("RUST_LOG", "info")
