@@ -314,6 +314,10 @@ service:
     .await
     .unwrap();
     assert!(served, "the OTLP/HTTP listener serves again while the attack lasts");
+    println!(
+        "the attacked OTLP/HTTP listener served a real client after {:?}",
+        started.elapsed()
+    );
     // The slow clients were cut by the header timeout.
     let mut closed = 0;
     for s in &mut hostile[..100] {
@@ -521,6 +525,9 @@ service:
     .await;
     let response = response.await.unwrap();
     assert_eq!(response.status(), 415, "a non-gRPC content type gets 415");
+    let peak = peak_rss_mib(c.child.id());
+    println!("peak resident memory: {peak} MiB");
+    assert!(peak < 200, "peak {peak} MiB");
 }
 
 // 7: an oversized message is refused with a code that clients do not retry.
@@ -558,6 +565,9 @@ service:
         assert!(status.message().contains("max_recv_msg_size_mib"), "{status:?}");
         assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_none());
     }
+    let peak = peak_rss_mib(c.child.id());
+    println!("peak resident memory: {peak} MiB");
+    assert!(peak < 200, "peak {peak} MiB");
 }
 
 // 4: label values have a length limit, and the page a size limit.
@@ -765,6 +775,9 @@ async fn a_zero_retry_delay_is_no_hot_loop_and_shutdown_does_not_wait_for_it() {
             (1..=10).contains(&attempts),
             "{answer}: backed off, not a hot loop: {attempts} calls"
         );
+        let peak = peak_rss_mib(c.child.id());
+        println!("peak resident memory: {peak} MiB");
+        assert!(peak < 200, "peak {peak} MiB");
         let stopping = Instant::now();
         let (status, log) = c.stop();
         let took = stopping.elapsed();
@@ -924,6 +937,9 @@ service:
         "{sent} acknowledged requests, {} lines, {unreadable} unreadable",
         lines.len()
     );
+    let peak = peak_rss_mib(c.child.id());
+    println!("peak resident memory: {peak} MiB");
+    assert!(peak < 200, "peak {peak} MiB");
     assert_eq!(unreadable, 0, "no partial record");
     assert_eq!(lines.len() as u64, sent, "every acknowledged request written once");
 }
