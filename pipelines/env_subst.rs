@@ -32,28 +32,39 @@ enum Context {
     Comment,
 }
 
-/// The context at the end of `line` (the output so far on this line), following quotes that open a scalar.
-fn context_after(line: &str) -> Context {
+/// The context at the end of `line` (the output so far on this line), and whether a plain scalar has begun there.
+/// A quote opens a quoted scalar only where a scalar begins (after `: `, `- `, a flow indicator, or indentation);
+/// inside a plain scalar (`--x "..."`) it is an ordinary character.
+fn context_after(line: &str) -> (Context, bool) {
     let mut context = Context::Plain;
+    let mut in_scalar = false;
+    let mut flow_depth = 0usize;
     let mut previous: Option<char> = None;
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
+        let next_is_blank = chars.peek().is_none_or(|n| n.is_whitespace());
         match context {
-            Context::Plain => {
-                let at_scalar_start = previous.is_none_or(|p| p.is_whitespace() || "[{,:-?".contains(p));
-                if c == '"' && at_scalar_start {
-                    context = Context::DoubleQuoted;
-                } else if c == '\'' && at_scalar_start {
-                    context = Context::SingleQuoted;
-                } else if c == '#' && previous.is_none_or(char::is_whitespace) {
-                    context = Context::Comment;
+            Context::Plain => match c {
+                '#' if previous.is_none_or(char::is_whitespace) => context = Context::Comment,
+                c if c.is_whitespace() => {}
+                ':' if next_is_blank => in_scalar = false,
+                '-' | '?' if !in_scalar && next_is_blank => {}
+                '[' | '{' if !in_scalar => flow_depth += 1,
+                ',' if flow_depth > 0 => in_scalar = false,
+                ']' | '}' if flow_depth > 0 => {
+                    flow_depth -= 1;
+                    in_scalar = true;
                 }
-            }
+                '"' if !in_scalar => context = Context::DoubleQuoted,
+                '\'' if !in_scalar => context = Context::SingleQuoted,
+                _ => in_scalar = true,
+            },
             Context::DoubleQuoted => {
                 if c == '\\' {
                     chars.next();
                 } else if c == '"' {
                     context = Context::Plain;
+                    in_scalar = true;
                 }
             }
             Context::SingleQuoted => {
@@ -62,6 +73,7 @@ fn context_after(line: &str) -> Context {
                         chars.next();
                     } else {
                         context = Context::Plain;
+                        in_scalar = true;
                     }
                 }
             }
@@ -69,7 +81,7 @@ fn context_after(line: &str) -> Context {
         }
         previous = Some(c);
     }
-    context
+    (context, in_scalar)
 }
 
 /// Whether plain YAML reads `value` as it is, as one scalar, wherever it stands in a plain scalar.
@@ -80,7 +92,13 @@ fn plain_safe(value: &str, starts_scalar: bool) -> bool {
     if value.contains(": ") || value.ends_with(':') || value.starts_with(' ') || value.ends_with(' ') {
         return false;
     }
-    !(starts_scalar && value.starts_with(['-', '?', ':', '!', '&', '*', '|', '>', '\'', '"', '%', '@', '`']))
+    if !starts_scalar {
+        return true;
+    }
+    // `-`, `?` and `:` are indicators only before a space (or alone); the others always are at a scalar's start.
+    let second_blank = value.chars().nth(1).is_none_or(char::is_whitespace);
+    !(value.starts_with(['!', '&', '*', '|', '>', '\'', '"', '%', '@', '`'])
+        || (value.starts_with(['-', '?', ':']) && second_blank))
 }
 
 fn double_quoted(value: &str) -> String {
@@ -116,7 +134,8 @@ fn is_whole_scalar(before: &str, after: &str) -> bool {
 
 /// The text that stands for `value` of variable `name` in its place on the line.
 fn encode(name: &str, value: &str, before: &str, after: &str, line: u64) -> Result<String, ConfigError> {
-    match context_after(before) {
+    let (context, in_scalar) = context_after(before);
+    match context {
         Context::Comment => Ok(value.replace(['\n', '\r'], " ")),
         Context::DoubleQuoted => {
             let quoted = double_quoted(value);
@@ -142,8 +161,7 @@ fn encode(name: &str, value: &str, before: &str, after: &str, line: u64) -> Resu
             }
         }
         Context::Plain => {
-            let starts = before.ends_with([' ', '\t']) || before.is_empty();
-            if plain_safe(value, starts) {
+            if plain_safe(value, !in_scalar) {
                 Ok(value.to_string())
             } else {
                 Err(ConfigError::at(
@@ -241,6 +259,7 @@ mod tests {
             "EVIL" => Some("x\n  http: { endpoint: 0.0.0.0:1 }".into()),
             "QUOTE" => Some("a\"b'c".into()),
             "COLON" => Some("a: b".into()),
+            "DASH" => Some("-abc".into()),
             _ => None,
         }
     }
@@ -283,5 +302,10 @@ mod tests {
         assert!(expand_env("t: '${env:EVIL}'\n", &lookup).is_err());
         assert!(expand_env("e: ${env:EVIL}:4317\n", &lookup).is_err());
         assert_eq!(expand("l: [${env:PORT}, ${env:COLON}]\n"), "l: [9999, \"a: b\"]\n");
+        // Inside a plain scalar a quote is an ordinary character, and a value may start with `-`.
+        assert_eq!(expand("args: --x \"${env:PORT}\"\n"), "args: --x \"9999\"\n");
+        assert_eq!(expand("h: Bearer ${env:DASH}\n"), "h: Bearer -abc\n");
+        assert_eq!(expand("h: ${env:DASH}:1\n"), "h: -abc:1\n");
+        assert_eq!(expand("- ${env:DASH}\n"), "- -abc\n");
     }
 }

@@ -311,6 +311,8 @@ struct RunningExporter {
     workers: Vec<JoinHandle<()>>,
     disk: Option<Arc<DiskQueue>>,
     cancel: tokio::sync::watch::Sender<bool>,
+    /// The room of a queue counted in items or bytes, closed when the queue is abandoned at shutdown.
+    room: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A running collector.
@@ -380,12 +382,12 @@ impl Service {
             let exporter = match exporter {
                 Ok(e) => e,
                 Err(e) => {
-                    stop_exporters(exporters).await;
+                    stop_exporters(exporters, tokio::time::Instant::now() + EXPORTER_DRAIN).await;
                     return Err(ComponentError::new(format!("exporters.{id}: {e}")));
                 }
             };
             if let Err(e) = exporter.start().await {
-                stop_exporters(exporters).await;
+                stop_exporters(exporters, tokio::time::Instant::now() + EXPORTER_DRAIN).await;
                 return Err(ComponentError::new(format!("exporters.{id}: {e}")));
             }
             let counters = telemetry.exporter(&id);
@@ -407,7 +409,7 @@ impl Service {
                     match DiskQueue::open(&dir, capacity) {
                         Ok(q) => Some(Arc::new(q)),
                         Err(e) => {
-                            stop_exporters(exporters).await;
+                            stop_exporters(exporters, tokio::time::Instant::now() + EXPORTER_DRAIN).await;
                             return Err(ComponentError::new(format!(
                                 "exporters.{id}: sending_queue.storage {}: {e}",
                                 dir.display()
@@ -466,6 +468,7 @@ impl Service {
                     })
                 })
                 .collect();
+            let room_handle = room.as_ref().map(|(_, semaphore, _)| semaphore.clone());
             queues.insert(
                 id.clone(),
                 Arc::new(ExporterQueue {
@@ -483,6 +486,7 @@ impl Service {
                 workers,
                 disk,
                 cancel,
+                room: room_handle,
             });
         }
 
@@ -588,7 +592,7 @@ impl Service {
             }
             drop(inputs);
             drop(queues);
-            stop_exporters(exporters).await;
+            stop_exporters(exporters, tokio::time::Instant::now() + EXPORTER_DRAIN).await;
             return Err(e);
         }
         // The pipeline tasks own the processors from here on: a processor that emits metrics holds an entry of
@@ -685,12 +689,38 @@ impl Service {
             }
         }
         self.receivers.clear();
-        for (name, task) in self.pipelines.drain(..) {
-            if let Err(e) = task.await {
-                tracing::error!(pipeline = %name, "pipeline task failed: {e}");
+        // From here on nothing is retried: the backends had their chance while the collector ran. Each request
+        // still queued gets one attempt, and the pipelines and the exporters have EXPORTER_DRAIN in all.
+        for running in &self.exporters {
+            let _ = running.cancel.send(true);
+        }
+        let deadline = tokio::time::Instant::now() + EXPORTER_DRAIN;
+        let mut pipelines = std::mem::take(&mut self.pipelines);
+        let mut released = false;
+        for (name, task) in &mut pipelines {
+            let mut finished = tokio::time::timeout_at(deadline, &mut *task).await;
+            if finished.is_err() {
+                if !released {
+                    // A pipeline still waits for room in an exporter's queue: close the queues, so that what is
+                    // left is dropped (and logged) instead of holding shutdown to its deadline.
+                    tracing::error!(pipeline = %name, "still draining after {EXPORTER_DRAIN:?}; dropping what the exporters have not sent");
+                    for running in &mut self.exporters {
+                        running.abandon();
+                    }
+                    released = true;
+                }
+                finished = tokio::time::timeout(Duration::from_secs(5), &mut *task).await;
+            }
+            match finished {
+                Ok(Err(e)) => tracing::error!(pipeline = %name, "pipeline task failed: {e}"),
+                Err(_) => {
+                    task.abort();
+                    tracing::error!(pipeline = %name, "pipeline did not stop; aborted");
+                }
+                Ok(Ok(())) => {}
             }
         }
-        stop_exporters(std::mem::take(&mut self.exporters)).await;
+        stop_exporters(std::mem::take(&mut self.exporters), deadline).await;
         if let Some((stop, task)) = self.telemetry_server.take() {
             let _ = stop.send(());
             let _ = task.await;
@@ -699,13 +729,31 @@ impl Service {
     }
 }
 
-/// How long exporters may take to drain their in-memory queues at shutdown (one attempt per request, no retries)
-/// before what is left is dropped and counted.
+/// How long pipelines and exporters may take to drain at shutdown (one attempt per queued request, no retries)
+/// before what is left is dropped and logged.
 const EXPORTER_DRAIN: Duration = Duration::from_secs(15);
 
-async fn stop_exporters(exporters: Vec<RunningExporter>) {
+impl RunningExporter {
+    /// Stops exporting and closes the queue: whoever waits to enqueue is answered at once, and what is queued is
+    /// dropped.
+    fn abandon(&mut self) {
+        for worker in &self.workers {
+            worker.abort();
+        }
+        if let Some(room) = &self.room {
+            room.close();
+        }
+        if let Some(disk) = &self.disk {
+            // What is on disk stays there for the next start; a pipeline waiting for room is answered.
+            disk.close();
+        }
+    }
+}
+
+/// Stops the exporters: durable queues keep what is left; in-memory queues are drained (one attempt each) until
+/// `deadline`, then dropped.
+async fn stop_exporters(exporters: Vec<RunningExporter>, deadline: tokio::time::Instant) {
     for running in &exporters {
-        // From here on nothing is retried: the backend had its chance while the collector ran.
         let _ = running.cancel.send(true);
         if let Some(disk) = &running.disk {
             // Everything the pipelines passed on is on disk by now; exports in flight stop, and what was not
@@ -716,7 +764,6 @@ async fn stop_exporters(exporters: Vec<RunningExporter>) {
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + EXPORTER_DRAIN;
     for running in exporters {
         for worker in running.workers {
             let abort = worker.abort_handle();

@@ -1,8 +1,9 @@
 //! The listeners every server of the collector shares (the OTLP receiver's gRPC and HTTP sides, the Prometheus and
 //! dashboard endpoints, the collector's own metrics): a bound on open connections, accept errors backed off instead
-//! of retried hot, a connection closed after it has moved no byte for the idle timeout, HTTP/1.1 headers that must
-//! arrive within a time, a bounded number of HTTP/2 streams, optional bearer authentication, and a graceful stop
-//! that waits for the connections it spawned (keep-alive ones included) instead of leaving them behind.
+//! of retried hot, a connection closed after it has moved no byte for the idle timeout (or sent none within the
+//! header timeout), HTTP/1.1 headers that must arrive within a time, a bounded number of HTTP/2 streams, optional
+//! bearer authentication, and a graceful stop that waits for the connections it spawned (keep-alive ones
+//! included) for a while and then closes them.
 //!
 //! Written here rather than taken whole from a crate because no server crate bounds connections, idleness and
 //! header time together for both hyper (axum) and tonic; each piece is hyper's, hyper-util's or tokio's.
@@ -92,19 +93,24 @@ pub fn open_files_limit() -> u64 {
 pub struct Conn<T> {
     inner: T,
     idle: Duration,
+    /// Until the client has sent its first byte the idle timeout is this shorter one (the header timeout): a
+    /// socket that connects and says nothing is cut as soon as a slow header would be.
+    first: Option<Duration>,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
     _slot: OwnedSemaphorePermit,
 }
 
 impl<T> Conn<T> {
-    fn new(inner: T, idle: Duration, slot: OwnedSemaphorePermit) -> Conn<T> {
+    fn new(inner: T, idle: Duration, first: Duration, slot: OwnedSemaphorePermit) -> Conn<T> {
         let now = Instant::now();
+        let first = first.min(idle);
         Conn {
             inner,
             idle,
+            first: Some(first),
             last_activity: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: Box::pin(tokio::time::sleep_until(now + first)),
             _slot: slot,
         }
     }
@@ -117,7 +123,7 @@ impl<T> Conn<T> {
     /// when it fires, so activity costs a clock read, not a timer update.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         while self.timer.as_mut().poll(cx).is_ready() {
-            let deadline = self.last_activity + self.idle;
+            let deadline = self.last_activity + self.first.unwrap_or(self.idle);
             if Instant::now() >= deadline {
                 return Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -137,6 +143,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Conn<T> {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
                     self.last_activity = Instant::now();
+                    self.first = None;
                 }
                 Poll::Ready(result)
             }
@@ -214,7 +221,7 @@ pub fn incoming(
     what: String,
 ) -> impl Stream<Item = io::Result<Conn<TcpStream>>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(limits.effective_max_connections()));
-    let idle = limits.idle_timeout;
+    let (idle, first) = (limits.idle_timeout, limits.read_header_timeout);
     futures::stream::unfold((listener, slots, what), move |(listener, slots, what)| async move {
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -224,7 +231,7 @@ pub fn incoming(
             match listener.accept().await {
                 Ok((tcp, _)) => {
                     let _ = tcp.set_nodelay(true);
-                    return Some((Ok(Conn::new(tcp, idle, slot)), (listener, slots, what)));
+                    return Some((Ok(Conn::new(tcp, idle, first, slot)), (listener, slots, what)));
                 }
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
@@ -246,11 +253,11 @@ pub struct HttpServing {
     pub auth: Option<BearerAuth>,
 }
 
-/// How long a stopping server lets its open connections finish their requests.
+/// How long a stopping server lets its open connections finish their requests; then they are closed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `stopped`, then lets open connections finish (up to `STOP_GRACE`). `what`
-/// names the server in logs.
+/// Serves `router` on `listener` until `stopped`, then lets open connections finish (up to `STOP_GRACE`) and
+/// closes the rest. `what` names the server in logs.
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
@@ -262,6 +269,7 @@ pub async fn serve_http(
     let connections = incoming(listener, &serving.limits, what.clone());
     futures::pin_mut!(connections);
     let acceptor = serving.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let conn = tokio::select! {
             next = connections.next() => match next {
@@ -271,6 +279,8 @@ pub async fn serve_http(
             },
             _ = &mut stopped => break,
         };
+        // Finished connections leave the set as new ones come.
+        while tasks.try_join_next().is_some() {}
         let watcher = graceful.watcher();
         let (router, auth, limits, acceptor) = (
             router.clone(),
@@ -278,26 +288,32 @@ pub async fn serve_http(
             serving.limits.clone(),
             acceptor.clone(),
         );
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             match acceptor {
                 Some(acceptor) => {
                     // A handshake gets the header time: a client that opens a socket and sends nothing is cut.
                     let handshake = tokio::time::timeout(limits.read_header_timeout, acceptor.accept(conn)).await;
                     if let Ok(Ok(stream)) = handshake {
-                        serve_connection(stream, router, auth, &limits, watcher).await;
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve_connection(stream, h2, router, auth, &limits, watcher).await;
                     }
                 }
-                None => serve_connection(conn, router, auth, &limits, watcher).await,
+                None => serve_connection(conn, false, router, auth, &limits, watcher).await,
             }
         });
     }
     if tokio::time::timeout(STOP_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("{what}: connections still open {STOP_GRACE:?} after the stop; closing them");
     }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
 }
 
+/// Serves one connection: HTTP/2 when TLS negotiated it, else HTTP/1.1, whose header timer then runs from the
+/// first byte (hyper's protocol detection, used for cleartext HTTP/2, has no timer of its own).
 async fn serve_connection<S>(
     stream: S,
+    h2: bool,
     router: axum::Router,
     auth: Option<BearerAuth>,
     limits: &ConnectionLimits,
@@ -317,7 +333,8 @@ async fn serve_connection<S>(
             }
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = if h2 { builder.http2_only() } else { builder.http1_only() };
     builder
         .http1()
         .timer(TokioTimer::new())

@@ -463,6 +463,10 @@ service:
         statuses.iter().any(|s| s == "4"),
         "stalled messages are cut by the read timeout with DEADLINE_EXCEEDED: {statuses:?}"
     );
+    assert!(
+        statuses.iter().any(|s| s == "14"),
+        "messages that find the request buffer full are refused retryably: {statuses:?}"
+    );
     // The receiver serves a real client afterwards.
     let mut traces = TraceServiceClient::connect(c.grpc()).await.unwrap();
     traces
@@ -857,6 +861,14 @@ service:
         "at most the queue's 32 MiB, the pipeline entry and two exports in flight"
     );
     assert!(peak < 800, "peak {peak} MiB");
+    // Shutdown with a full queue and a backend that never answers: bounded by the exporters' drain, not the deadline.
+    let mut c = c;
+    let stopping = Instant::now();
+    let (status, log) = c.stop();
+    let took = stopping.elapsed();
+    println!("shutdown with a full queue and a hung backend took {took:?}");
+    assert!(status.success(), "a clean exit:\n{log}");
+    assert!(took < Duration::from_secs(25), "shutdown took {took:?}");
 }
 
 // 6: the file exporter never leaves a partial record on a full disk.

@@ -197,20 +197,24 @@ fn router(store: Arc<RwLock<Store>>) -> axum::Router {
                         };
                         // Two queries at a time, on the blocking pool: a 6h query over many series must not stall
                         // the runtime's receivers, nor many of them hold their answers in memory at once.
-                        let Ok(_turn) = queries.acquire_owned().await else {
+                        let Ok(turn) = queries.acquire_owned().await else {
                             return json(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 serde_json::json!({"error": "stopping"}),
                             );
                         };
-                        tokio::task::spawn_blocking(move || answer_panels(&store, &q))
-                            .await
-                            .unwrap_or_else(|_| {
-                                json(
-                                    StatusCode::INTERNAL_SERVER_ERROR,
-                                    serde_json::json!({"error": "query failed"}),
-                                )
-                            })
+                        // The turn goes with the query: a client that gives up does not free it early.
+                        tokio::task::spawn_blocking(move || {
+                            let _turn = turn;
+                            answer_panels(&store, &q)
+                        })
+                        .await
+                        .unwrap_or_else(|_| {
+                            json(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                serde_json::json!({"error": "query failed"}),
+                            )
+                        })
                     }
                 },
             ),

@@ -91,18 +91,34 @@ impl Exporter for FileExporter {
 
 /// Appends one whole record or nothing. With O_APPEND a reader never sees half of another line; a write that fails
 /// part-way (a full disk) is cut back to where the record began, so the retry, which writes the whole record
-/// again, leaves no broken line before it.
+/// again, leaves no broken line before it. The cut is made only when the file holds exactly what this write left
+/// (nothing else appended or truncated it meanwhile), so it never removes another writer's lines.
 fn write_record(file: &mut File, record: &[u8]) -> std::io::Result<()> {
     let start = file.metadata()?.len();
-    let written = file.write_all(record).and_then(|()| file.flush());
-    if let Err(e) = written {
-        if let Err(cut) = file.set_len(start) {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("{e}; and cutting the partial record back failed: {cut}"),
-            ));
+    let mut written = 0usize;
+    let failure = loop {
+        if written == record.len() {
+            match file.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) => break e,
+            }
         }
-        return Err(e);
+        match file.write(&record[written..]) {
+            Ok(0) => break std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote nothing"),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break e,
+        }
+    };
+    let untouched = file.metadata().map(|m| m.len()).ok() == Some(start + written as u64);
+    if written > 0
+        && untouched
+        && let Err(cut) = file.set_len(start)
+    {
+        return Err(std::io::Error::new(
+            failure.kind(),
+            format!("{failure}; and cutting the partial record back failed: {cut}"),
+        ));
     }
-    Ok(())
+    Err(failure)
 }

@@ -221,12 +221,16 @@ impl Exporter for PrometheusExporter {
             axum::routing::get(move |headers: HeaderMap| {
                 let (store, id, renders) = (store.clone(), id.clone(), renders.clone());
                 async move {
-                    let Ok(_turn) = renders.acquire_owned().await else {
+                    let Ok(turn) = renders.acquire_owned().await else {
                         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
                     };
-                    tokio::task::spawn_blocking(move || scrape(&store, &headers, max, &id))
-                        .await
-                        .unwrap_or_else(|_| (StatusCode::INTERNAL_SERVER_ERROR, "render failed").into_response())
+                    // The turn goes with the render: a client that gives up does not free it before the render ends.
+                    tokio::task::spawn_blocking(move || {
+                        let _turn = turn;
+                        scrape(&store, &headers, max, &id)
+                    })
+                    .await
+                    .unwrap_or_else(|_| (StatusCode::INTERNAL_SERVER_ERROR, "render failed").into_response())
                 }
             }),
         );

@@ -12,8 +12,8 @@ use serde::{Deserialize, Deserializer};
 pub struct OtlpReceiverConfig {
     pub protocols: Protocols,
     pub auth: AuthConfig,
-    /// Bytes of request bodies being received at once, over both protocols (MiB). A body that finds it full
-    /// waits for room (HTTP/2 flow control holds the client back) until its `read_timeout`.
+    /// Bytes of request bodies being received at once, over both protocols (MiB). A body that finds it full is
+    /// refused at once with the protocol's retryable answer.
     pub request_buffer_limit_mib: u64,
 }
 

@@ -138,7 +138,7 @@ where
             };
             Ok(match answer {
                 Ok(response) => unary_response(response),
-                Err(status) => status.into_http(),
+                Err(status) => refuse(status),
             })
         })
     }
@@ -184,9 +184,11 @@ where
             ))),
             Err(e) => Err(Status::internal(format!("invalid {kind} message: {e}"))),
         },
-        (1, other) => Err(Status::unimplemented(format!(
-            "message compressed with `{}`, which this server does not support (gzip, zstd)",
-            other.unwrap_or("none")
+        // grpc-go's rules: a compressed message without an encoding is a protocol error; an encoding this server
+        // lacks is UNIMPLEMENTED, with `grpc-accept-encoding` saying what it has (added by `refuse`).
+        (1, None | Some("identity")) => Err(Status::internal("compressed message without a grpc-encoding header")),
+        (1, Some(other)) => Err(Status::unimplemented(format!(
+            "message compressed with `{other}`, which this server does not support (gzip, zstd)"
         ))),
         (flag, _) => Err(Status::internal(format!("invalid compression flag {flag}"))),
     }
@@ -222,6 +224,15 @@ fn reserve_for(buf: &mut Vec<u8>, data: &[u8]) {
         FIRST
     };
     buf.reserve_exact(target.max(needed) - buf.len());
+}
+
+/// A trailers-only error answer; it says which encodings the server takes, as gRPC servers do.
+fn refuse(status: Status) -> http::Response<tonic::body::Body> {
+    let mut response = status.into_http();
+    response
+        .headers_mut()
+        .insert("grpc-accept-encoding", http::HeaderValue::from_static("gzip,zstd"));
+    response
 }
 
 /// A successful unary answer: the response message, uncompressed, and `grpc-status: 0` in the trailers.
@@ -266,6 +277,11 @@ fn violation_status(violation: &Violation) -> Status {
         Violation::TooLarge { .. } => Status::resource_exhausted(violation.to_string()),
         Violation::SecondMessage => Status::internal(violation.to_string()),
         Violation::Timeout(_) => Status::deadline_exceeded(violation.to_string()),
+        Violation::Busy { .. } => Status::with_error_details(
+            Code::Unavailable,
+            violation.to_string(),
+            ErrorDetails::with_retry_info(Some(infercol_pipelines::graph::RETRY_AFTER)),
+        ),
     }
 }
 

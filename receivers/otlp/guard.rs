@@ -1,7 +1,8 @@
 //! A request body as the receiver reads it, bounded in time and memory: it must arrive whole within `read_timeout`,
 //! every byte buffered for an unfinished request holds a share of the receiver's request buffer (a body that finds
-//! the buffer full waits, which HTTP/2 flow control passes back to the client), and a gRPC body must be exactly one
-//! message no larger than `max_recv_msg_size_mib`, checked on its 5-byte frame header before the message is read.
+//! the buffer full is refused at once with the protocol's retryable answer: waiting while holding a share could
+//! let a few large bodies block each other and everyone else), and a gRPC body must be exactly one message no
+//! larger than `max_recv_msg_size_mib`, checked on its 5-byte frame header before the message is read.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ pub enum Violation {
     TooLarge { size: u64, limit: usize },
     /// More than one message in a unary call.
     SecondMessage,
+    /// The receiver's request buffer is full: retry later.
+    Busy { limit: usize },
 }
 
 impl std::fmt::Display for Violation {
@@ -33,6 +36,10 @@ impl std::fmt::Display for Violation {
                 "message of {size} bytes is larger than max_recv_msg_size_mib ({limit} bytes)"
             ),
             Violation::SecondMessage => f.write_str("more than one message in a unary call"),
+            Violation::Busy { limit } => write!(
+                f,
+                "the receiver is reading request_buffer_limit_mib ({limit} bytes) of other requests; retry later"
+            ),
         }
     }
 }
@@ -99,8 +106,6 @@ impl GrpcFraming {
     }
 }
 
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>>;
-
 /// A body read under the receiver's bounds; the first violation is kept in `verdict` for the answer.
 pub struct GuardedBody<B> {
     inner: B,
@@ -108,7 +113,8 @@ pub struct GuardedBody<B> {
     timeout: Duration,
     buffer: RequestBuffer,
     held: Option<OwnedSemaphorePermit>,
-    waiting: Option<(Frame<Bytes>, Acquire)>,
+    /// Bytes past a limit are read only to be thrown away: they no longer take room in the buffer.
+    counting: bool,
     framing: Option<GrpcFraming>,
     verdict: Arc<Mutex<Option<Violation>>>,
 }
@@ -122,7 +128,7 @@ impl<B> GuardedBody<B> {
             timeout,
             buffer,
             held: None,
-            waiting: None,
+            counting: true,
             framing: grpc_limit.map(|limit| GrpcFraming {
                 limit,
                 ..GrpcFraming::default()
@@ -143,10 +149,31 @@ impl<B> GuardedBody<B> {
         Poll::Ready(Some(Err(BodyError::Violation(violation))))
     }
 
-    /// Holds `n` more bytes of the request buffer; pending while the buffer is full.
-    fn reserve(&self, n: usize) -> Acquire {
-        let n = n.min(self.buffer.limit) as u32;
-        Box::pin(self.buffer.bytes.clone().acquire_many_owned(n))
+    /// Gives back the room this body holds and takes no more: what is read from here on is thrown away.
+    pub fn stop_counting(&mut self) {
+        self.counting = false;
+        self.held = None;
+    }
+
+    /// Holds `n` more bytes of the request buffer, or says it is full.
+    fn reserve(&mut self, n: usize) -> Result<(), Violation> {
+        if !self.counting || n == 0 {
+            return Ok(());
+        }
+        let n = n.min(self.buffer.limit).min(u32::MAX as usize) as u32;
+        let permit = self
+            .buffer
+            .bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| Violation::Busy {
+                limit: self.buffer.limit,
+            })?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
     }
 }
 
@@ -182,17 +209,6 @@ where
             let timeout = this.timeout;
             return this.fail(Violation::Timeout(timeout));
         }
-        if let Some((_, acquire)) = &mut this.waiting {
-            let permit = ready!(acquire.as_mut().poll(cx));
-            let (frame, _) = this.waiting.take().expect("a frame waits for its permit");
-            if let Ok(permit) = permit {
-                match &mut this.held {
-                    Some(held) => held.merge(permit),
-                    None => this.held = Some(permit),
-                }
-            }
-            return Poll::Ready(Some(Ok(frame)));
-        }
         let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             None => return Poll::Ready(None),
             Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
@@ -207,29 +223,14 @@ where
         {
             return this.fail(violation);
         }
-        if n == 0 {
-            return Poll::Ready(Some(Ok(frame)));
+        if let Err(violation) = this.reserve(n) {
+            return this.fail(violation);
         }
-        let mut acquire = this.reserve(n);
-        match acquire.as_mut().poll(cx) {
-            Poll::Ready(permit) => {
-                if let Ok(permit) = permit {
-                    match &mut this.held {
-                        Some(held) => held.merge(permit),
-                        None => this.held = Some(permit),
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => {
-                this.waiting = Some((frame, acquire));
-                Poll::Pending
-            }
-        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.waiting.is_none() && self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

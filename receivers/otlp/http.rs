@@ -86,6 +86,7 @@ const DRAIN_LIMIT: usize = 64 << 20;
 enum BodyFailure {
     TooLarge,
     Timeout(String),
+    Busy(String),
     Broken(String),
 }
 
@@ -98,6 +99,9 @@ async fn read_body(route: &Route, body: Body, max: usize) -> Result<Bytes, BodyF
     let mut drained = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| match e {
+            super::guard::BodyError::Violation(v @ super::guard::Violation::Busy { .. }) => {
+                BodyFailure::Busy(v.to_string())
+            }
             super::guard::BodyError::Violation(v) => BodyFailure::Timeout(v.to_string()),
             other => BodyFailure::Broken(other.to_string()),
         })?;
@@ -110,6 +114,7 @@ async fn read_body(route: &Route, body: Body, max: usize) -> Result<Bytes, BodyF
         } else if kept.len() + data.len() > max {
             over = true;
             kept = Vec::new();
+            body.stop_counting();
         } else {
             kept.extend_from_slice(&data);
         }
@@ -169,6 +174,11 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
         Ok(bytes) => bytes,
         Err(BodyFailure::TooLarge) => return too_large(),
         Err(BodyFailure::Timeout(why)) => return answer(encoding, StatusCode::REQUEST_TIMEOUT, Some(why)),
+        Err(BodyFailure::Busy(why)) => {
+            let mut r = answer(encoding, StatusCode::SERVICE_UNAVAILABLE, Some(why));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            return r;
+        }
         Err(BodyFailure::Broken(e)) => {
             return answer(
                 encoding,
