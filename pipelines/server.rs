@@ -152,9 +152,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Conn<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Conn<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
+impl<T> Conn<T> {
+    /// A write's outcome, noting activity, or the idle error while the write waits.
+    fn wrote(&mut self, cx: &mut Context<'_>, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match written {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.last_activity = Instant::now();
@@ -165,22 +166,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Conn<T> {
             Poll::Pending => self.poll_idle(cx).map(Err),
         }
     }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Conn<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.wrote(cx, written)
+    }
 
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.last_activity = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.poll_idle(cx).map(Err),
-        }
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -30,6 +30,22 @@ fn peak_rss_mib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
 }
 
+/// Prints a process's peak resident memory and holds it under `ceiling_mib`.
+fn assert_peak(pid: u32, ceiling_mib: u64) {
+    let peak = peak_rss_mib(pid);
+    println!("peak resident memory: {peak} MiB");
+    assert!(peak < ceiling_mib, "peak {peak} MiB, over {ceiling_mib} MiB");
+}
+
+/// otlp (gRPC on a free port, with `grpc_options`) -> debug: the collector the gRPC attacks hit.
+fn grpc_to_debug(grpc_options: &str) -> String {
+    format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: \"127.0.0.1:0\"{grpc_options} }}\nexporters:\n  \
+         debug:\nservice:\n  telemetry:\n    metrics: {{ level: none }}\n  pipelines:\n    \
+         traces: {{ receivers: [otlp], exporters: [debug] }}\n"
+    )
+}
+
 /// CPU seconds a process has used (user + system), from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -230,7 +246,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_same_over_http_and_grpc()
         .unwrap();
         assert_eq!((refused, allowed), (401, 200));
     }
-    println!("peak resident memory: {} MiB", peak_rss_mib(c.child.id()));
+    assert_peak(c.child.id(), 200);
 }
 
 // 2: idle and slow sockets cannot take every descriptor.
@@ -390,20 +406,7 @@ async fn push(stream: &mut h2::SendStream<bytes::Bytes>, mut data: bytes::Bytes,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_grpc_messages_cannot_hold_memory() {
-    let yaml = r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: { endpoint: "127.0.0.1:0", read_timeout: 4s }
-exporters:
-  debug:
-service:
-  telemetry:
-    metrics: { level: none }
-  pipelines:
-    traces: { receivers: [otlp], exporters: [debug] }
-"#;
-    let c = start_with(yaml, &[], None);
+    let c = start_with(&grpc_to_debug(", read_timeout: 4s"), &[], None);
     let address = c.address("OTLP/gRPC");
     let mut send = h2_connect(&address).await;
     // One empty export first, so that the server's SETTINGS have arrived.
@@ -477,20 +480,7 @@ service:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_framing_is_enforced() {
-    let yaml = r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: { endpoint: "127.0.0.1:0" }
-exporters:
-  debug:
-service:
-  telemetry:
-    metrics: { level: none }
-  pipelines:
-    traces: { receivers: [otlp], exporters: [debug] }
-"#;
-    let c = start_with(yaml, &[], None);
+    let c = start_with(&grpc_to_debug(""), &[], None);
     let address = c.address("OTLP/gRPC");
     let message = one_span_request("framing", 1).encode_to_vec();
     let mut framed = vec![0u8];
@@ -529,29 +519,14 @@ service:
     .await;
     let response = response.await.unwrap();
     assert_eq!(response.status(), 415, "a non-gRPC content type gets 415");
-    let peak = peak_rss_mib(c.child.id());
-    println!("peak resident memory: {peak} MiB");
-    assert!(peak < 200, "peak {peak} MiB");
+    assert_peak(c.child.id(), 200);
 }
 
 // 7: an oversized message is refused with a code that clients do not retry.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_gets_resource_exhausted_without_retry_info() {
-    let yaml = r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: { endpoint: "127.0.0.1:0", max_recv_msg_size_mib: 1 }
-exporters:
-  debug:
-service:
-  telemetry:
-    metrics: { level: none }
-  pipelines:
-    traces: { receivers: [otlp], exporters: [debug] }
-"#;
-    let c = start_with(yaml, &[], None);
+    let c = start_with(&grpc_to_debug(", max_recv_msg_size_mib: 1"), &[], None);
     let big = || {
         let attributes = vec![kv("payload", Value::StringValue("x".repeat(2 << 20)))];
         traces_request("big", vec![server_span(1, 7, 1, 2, attributes)])
@@ -569,9 +544,7 @@ service:
         assert!(status.message().contains("max_recv_msg_size_mib"), "{status:?}");
         assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_none());
     }
-    let peak = peak_rss_mib(c.child.id());
-    println!("peak resident memory: {peak} MiB");
-    assert!(peak < 200, "peak {peak} MiB");
+    assert_peak(c.child.id(), 200);
 }
 
 // 4: label values have a length limit, and the page a size limit.
@@ -779,9 +752,7 @@ async fn a_zero_retry_delay_is_no_hot_loop_and_shutdown_does_not_wait_for_it() {
             (1..=10).contains(&attempts),
             "{answer}: backed off, not a hot loop: {attempts} calls"
         );
-        let peak = peak_rss_mib(c.child.id());
-        println!("peak resident memory: {peak} MiB");
-        assert!(peak < 200, "peak {peak} MiB");
+        assert_peak(c.child.id(), 200);
         let stopping = Instant::now();
         let (status, log) = c.stop();
         let took = stopping.elapsed();
@@ -949,9 +920,7 @@ service:
         "{sent} acknowledged requests, {} lines, {unreadable} unreadable",
         lines.len()
     );
-    let peak = peak_rss_mib(c.child.id());
-    println!("peak resident memory: {peak} MiB");
-    assert!(peak < 200, "peak {peak} MiB");
+    assert_peak(c.child.id(), 200);
     assert_eq!(unreadable, 0, "no partial record");
     assert_eq!(lines.len() as u64, sent, "every acknowledged request written once");
 }
