@@ -290,6 +290,11 @@ impl Browser {
         browser
     }
 
+    /// Ends the WebDriver session, which closes Chromium; killing chromedriver alone would leave it running.
+    async fn quit(&self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+
     async fn call(&self, method: &str, path: &str, body: Json) -> Json {
         let url = format!("{}{path}", self.base);
         let request = match method {
@@ -497,6 +502,7 @@ async fn the_page_draws_every_panel_and_follows_the_filters() {
             .unwrap();
         std::fs::write(path, bytes).unwrap();
     }
+    browser.quit().await;
 }
 
 /// The JSON API on its own: the ranges and choices it accepts, and clear errors for the rest.
