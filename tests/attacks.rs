@@ -25,9 +25,7 @@ fn bin() -> String {
 
 /// Peak resident memory of a process (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    common::peak_rss(pid) >> 20
 }
 
 /// Prints a process's peak resident memory and holds it under `ceiling_mib`.

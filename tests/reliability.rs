@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Collector, free_port, kv, otlp_to_file, read_jsonl, read_jsonl_until, server_span, spans_of, traces_request,
+    Collector, free_port, kv, otlp_to_file, peak_rss, read_jsonl, read_jsonl_until, server_span, spans_of,
+    traces_request,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -32,13 +33,6 @@ fn ids_in(lines: &[serde_json::Value]) -> Vec<u64> {
         .iter()
         .map(|(_, s)| u64::from_str_radix(s["spanId"].as_str().unwrap(), 16).unwrap() - 1)
         .collect()
-}
-
-/// Peak resident memory of a process, from /proc (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
 fn upstream(backend_port: u16, extra_processors: &str, processors: &str, queue_size: usize) -> Collector {
