@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -249,6 +250,11 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // chromedriver runs in a process group of its own, which Chromium's processes join: end them all.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.driver.id()))
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -258,6 +264,7 @@ impl Browser {
     async fn start() -> Browser {
         let port = free_port();
         let driver = Command::new(which("chromedriver"))
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
