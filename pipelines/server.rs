@@ -115,10 +115,6 @@ impl<T> Conn<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     /// Ready with an error once the connection has been idle for the idle timeout. The timer is re-armed only
     /// when it fires, so activity costs a clock read, not a timer update.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {

@@ -82,26 +82,19 @@ fn validate(yaml: &str, env: &[(&str, &str)]) -> (bool, String) {
 /// Starts the collector on `yaml` with extra environment variables and `ulimit -n` set to `open_files` (soft and
 /// hard) when given.
 fn start_with(yaml: &str, env: &[(&str, &str)], open_files: Option<u32>) -> Collector {
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = yaml.replace("{dir}", dir.path().to_str().unwrap());
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let limit = open_files.map(|n| format!("ulimit -n {n} && ")).unwrap_or_default();
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("{limit}exec \"$0\" --config \"$1\""))
-        .arg(bin())
-        .arg(&config)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    Collector::watch(command.spawn().unwrap(), dir)
+    Collector::start_as(yaml, |config| {
+        let limit = open_files.map(|n| format!("ulimit -n {n} && ")).unwrap_or_default();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{limit}exec \"$0\" --config \"$1\""))
+            .arg(bin())
+            .arg(config);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command
+    })
 }
 
 fn http_get(url: &str, token: Option<&str>) -> Result<(u16, String), String> {

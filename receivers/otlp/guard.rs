@@ -5,7 +5,7 @@
 //! larger than `max_recv_msg_size_mib`, checked on its 5-byte frame header before the message is read.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ impl GrpcFraming {
     }
 }
 
-/// A body read under the receiver's bounds; the first violation is kept in `verdict` for the answer.
+/// A body read under the receiver's bounds; a violation ends it with `BodyError::Violation`.
 pub struct GuardedBody<B> {
     inner: B,
     deadline: Pin<Box<Sleep>>,
@@ -116,7 +116,6 @@ pub struct GuardedBody<B> {
     /// Bytes past a limit are read only to be thrown away: they no longer take room in the buffer.
     counting: bool,
     framing: Option<GrpcFraming>,
-    verdict: Arc<Mutex<Option<Violation>>>,
 }
 
 impl<B> GuardedBody<B> {
@@ -133,20 +132,7 @@ impl<B> GuardedBody<B> {
                 limit,
                 ..GrpcFraming::default()
             }),
-            verdict: Arc::new(Mutex::new(None)),
         }
-    }
-
-    /// Where the violation that cut the body, if any, is found afterwards.
-    pub fn verdict(&self) -> Arc<Mutex<Option<Violation>>> {
-        self.verdict.clone()
-    }
-
-    fn fail(&mut self, violation: Violation) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Ok(mut verdict) = self.verdict.lock() {
-            verdict.get_or_insert(violation.clone());
-        }
-        Poll::Ready(Some(Err(BodyError::Violation(violation))))
     }
 
     /// Gives back the room this body holds and takes no more: what is read from here on is thrown away.
@@ -207,7 +193,7 @@ where
         let this = &mut *self;
         if this.deadline.as_mut().poll(cx).is_ready() {
             let timeout = this.timeout;
-            return this.fail(Violation::Timeout(timeout));
+            return Poll::Ready(Some(Err(BodyError::Violation(Violation::Timeout(timeout)))));
         }
         let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             None => return Poll::Ready(None),
@@ -221,10 +207,10 @@ where
         if let Some(framing) = &mut this.framing
             && let Err(violation) = framing.check(data.chunk())
         {
-            return this.fail(violation);
+            return Poll::Ready(Some(Err(BodyError::Violation(violation))));
         }
         if let Err(violation) = this.reserve(n) {
-            return this.fail(violation);
+            return Poll::Ready(Some(Err(BodyError::Violation(violation))));
         }
         Poll::Ready(Some(Ok(frame)))
     }

@@ -23,13 +23,21 @@ pub struct Collector {
 impl Collector {
     /// Writes `yaml` (with `{dir}` replaced by the temporary directory) to a file and runs it.
     pub fn start(yaml: &str) -> Collector {
+        Collector::start_as(yaml, |config| {
+            let mut command = Command::new(BIN);
+            command.arg("--config").arg(config);
+            command
+        })
+    }
+
+    /// As `start`, with the command that `launch` makes from the configuration's path (another binary, a
+    /// wrapper that sets limits, extra environment); it runs in the temporary directory with stderr read.
+    pub fn start_as(yaml: &str, launch: impl FnOnce(&Path) -> Command) -> Collector {
         let dir = tempfile::tempdir().expect("temp dir");
         let yaml = yaml.replace("{dir}", dir.path().to_str().expect("utf-8 temp path"));
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).expect("write config");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
+        let child = launch(&config)
             .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
