@@ -251,8 +251,10 @@ struct Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // chromedriver runs in a process group of its own, which Chromium's processes join: end them all.
+        // `-s KILL --` matters: procps-ng 4.0's `kill -KILL -PGID` reads the group as `-1` and signals every
+        // process the user may signal, which once ended a whole CI run.
         let _ = Command::new("kill")
-            .arg("-KILL")
+            .args(["-s", "KILL", "--"])
             .arg(format!("-{}", self.driver.id()))
             .status();
         let _ = self.driver.kill();
