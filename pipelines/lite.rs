@@ -92,6 +92,8 @@ struct SpanIx {
     status_code: i32,
     start: u64,
     end: u64,
+    /// The span's `flags` (W3C trace flags and the OTLP is-remote bits); 0 when absent.
+    flags: u32,
     attributes: Rows,
     events: Rows,
 }
@@ -106,6 +108,14 @@ struct EventIx {
 struct ResourceIx {
     attributes: Rows,
     spans: Rows,
+    scopes: Rows,
+}
+
+/// One ScopeSpans: its instrumentation scope's name and its spans.
+#[derive(Clone, Copy, Debug)]
+struct ScopeIx {
+    name: Slice,
+    spans: Rows,
 }
 
 /// The view of one trace export request (see the module's documentation).
@@ -114,6 +124,7 @@ pub struct TraceView {
     bytes: Bytes,
     resources: Vec<ResourceIx>,
     spans: Vec<SpanIx>,
+    scopes: Vec<ScopeIx>,
     kvs: Vec<KvIx>,
     events: Vec<EventIx>,
 }
@@ -219,16 +230,35 @@ impl<'a> ResourceView<'a> {
     }
 
     pub fn spans(self) -> impl ExactSizeIterator<Item = SpanView<'a>> + 'a {
+        self.view.spans_of(self.ix.spans)
+    }
+
+    /// Each ScopeSpans: the instrumentation scope's name and its spans.
+    pub fn scopes(self) -> impl ExactSizeIterator<Item = ScopeView<'a>> + 'a {
         let view = self.view;
-        self.ix.spans.of(&view.spans).iter().map(move |ix| SpanView {
-            bytes: &view.bytes,
-            ix,
-            attributes: KeyValues {
-                bytes: &view.bytes,
-                kvs: ix.attributes.of(&view.kvs),
-            },
-            events: ix.events.of(&view.events),
-        })
+        self.ix
+            .scopes
+            .of(&view.scopes)
+            .iter()
+            .map(move |ix| ScopeView { view, ix })
+    }
+}
+
+/// One ScopeSpans of a resource.
+#[derive(Clone, Copy, Debug)]
+pub struct ScopeView<'a> {
+    view: &'a TraceView,
+    ix: &'a ScopeIx,
+}
+
+impl<'a> ScopeView<'a> {
+    /// The instrumentation scope's name ("" when it has none).
+    pub fn name(&self) -> &'a str {
+        text(self.ix.name.of(&self.view.bytes))
+    }
+
+    pub fn spans(self) -> impl ExactSizeIterator<Item = SpanView<'a>> + 'a {
+        self.view.spans_of(self.ix.spans)
     }
 }
 
@@ -271,6 +301,11 @@ impl<'a> SpanView<'a> {
     pub fn status_code(&self) -> i32 {
         self.ix.status_code
     }
+    /// The span's `flags` (0 when absent): bits 0-7 the W3C trace flags, 0x100 "is-remote is known", 0x200
+    /// "the parent is remote".
+    pub fn flags(&self) -> u32 {
+        self.ix.flags
+    }
     pub fn attributes(&self) -> &KeyValues<'a> {
         &self.attributes
     }
@@ -294,6 +329,7 @@ impl TraceView {
             b: &bytes,
             resources: Vec::new(),
             spans: Vec::with_capacity(bytes.len() / 128),
+            scopes: Vec::new(),
             kvs: Vec::with_capacity(bytes.len() / 32),
             events: Vec::with_capacity(bytes.len() / 512),
         };
@@ -301,6 +337,7 @@ impl TraceView {
         let Indexer {
             resources,
             spans,
+            scopes,
             kvs,
             events,
             ..
@@ -309,8 +346,21 @@ impl TraceView {
             bytes,
             resources,
             spans,
+            scopes,
             kvs,
             events,
+        })
+    }
+
+    fn spans_of(&self, rows: Rows) -> impl ExactSizeIterator<Item = SpanView<'_>> {
+        rows.of(&self.spans).iter().map(move |ix| SpanView {
+            bytes: &self.bytes,
+            ix,
+            attributes: KeyValues {
+                bytes: &self.bytes,
+                kvs: ix.attributes.of(&self.kvs),
+            },
+            events: ix.events.of(&self.events),
         })
     }
 
@@ -339,8 +389,8 @@ enum Field {
     Fixed64(u64),
     /// Start and end of a length-delimited field's bytes.
     Len(usize, usize),
-    /// A fixed32 (flags; no field read here needs its value).
-    Fixed32,
+    /// A fixed32 (a span's or a link's flags).
+    Fixed32(u32),
 }
 
 /// A varint at `*pos` before `end`; `None` when truncated or longer than 64 bits.
@@ -391,8 +441,9 @@ fn field(b: &[u8], pos: &mut usize, end: usize) -> Option<(u32, Field)> {
             if end - *pos < 4 {
                 return None;
             }
+            let v = u32::from_le_bytes(b[*pos..*pos + 4].try_into().ok()?);
             *pos += 4;
-            Field::Fixed32
+            Field::Fixed32(v)
         }
         // Groups (3, 4) appear in no field of the schema; 6 and 7 are no wire type.
         _ => return None,
@@ -410,6 +461,7 @@ struct Indexer<'b> {
     b: &'b [u8],
     resources: Vec<ResourceIx>,
     spans: Vec<SpanIx>,
+    scopes: Vec<ScopeIx>,
     kvs: Vec<KvIx>,
     events: Vec<EventIx>,
 }
@@ -432,6 +484,7 @@ impl Indexer<'_> {
     /// ResourceSpans.
     fn resource_spans(&mut self, mut pos: usize, end: usize) -> Option<()> {
         let spans_from = self.spans.len() as u32;
+        let scopes_from = self.scopes.len() as u32;
         let mut attributes = None;
         while pos < end {
             match field(self.b, &mut pos, end)? {
@@ -446,6 +499,10 @@ impl Indexer<'_> {
             spans: Rows {
                 from: spans_from,
                 to: self.spans.len() as u32,
+            },
+            scopes: Rows {
+                from: scopes_from,
+                to: self.scopes.len() as u32,
             },
         });
         Some(())
@@ -471,17 +528,26 @@ impl Indexer<'_> {
     /// ScopeSpans.
     fn scope_spans(&mut self, mut pos: usize, end: usize) -> Option<()> {
         let mut scope = false;
+        let mut name = Slice::default();
+        let spans_from = self.spans.len() as u32;
         while pos < end {
             match field(self.b, &mut pos, end)? {
                 (1, Field::Len(s, e)) if !scope => {
                     scope = true;
-                    self::scope(self.b, s, e)?;
+                    name = self::scope(self.b, s, e)?;
                 }
                 (2, Field::Len(s, e)) => self.span(s, e)?,
                 (3, Field::Len(s, e)) => _ = string(self.b, s, e)?,
                 _ => return None,
             }
         }
+        self.scopes.push(ScopeIx {
+            name,
+            spans: Rows {
+                from: spans_from,
+                to: self.spans.len() as u32,
+            },
+        });
         Some(())
     }
 
@@ -520,7 +586,7 @@ impl Indexer<'_> {
                     status = true;
                     span.status_code = self::status(b, s, e)?;
                 }
-                (16, Field::Fixed32) => {}
+                (16, Field::Fixed32(v)) => span.flags = v,
                 _ => return None,
             }
         }
@@ -554,17 +620,19 @@ fn entity_ref(b: &[u8], mut pos: usize, end: usize) -> Option<()> {
     Some(())
 }
 
-/// InstrumentationScope: checked, not kept.
-fn scope(b: &[u8], mut pos: usize, end: usize) -> Option<()> {
+/// InstrumentationScope: checked; its name kept (the last one given, as prost keeps it).
+fn scope(b: &[u8], mut pos: usize, end: usize) -> Option<Slice> {
+    let mut name = Slice::default();
     while pos < end {
         match field(b, &mut pos, end)? {
-            (1 | 2, Field::Len(s, e)) => _ = string(b, s, e)?,
+            (1, Field::Len(s, e)) => name = string(b, s, e)?,
+            (2, Field::Len(s, e)) => _ = string(b, s, e)?,
             (3, Field::Len(s, e)) => check_key_value(b, s, e, 0)?,
             (4, Field::Varint(_)) => {}
             _ => return None,
         }
     }
-    Some(())
+    Some(name)
 }
 
 /// Span.Event: name and time kept, attributes checked.
@@ -588,7 +656,7 @@ fn link(b: &[u8], mut pos: usize, end: usize) -> Option<()> {
             (1 | 2, Field::Len(..)) => {}
             (3, Field::Len(s, e)) => _ = string(b, s, e)?,
             (4, Field::Len(s, e)) => check_key_value(b, s, e, 0)?,
-            (5, Field::Varint(_)) | (6, Field::Fixed32) => {}
+            (5, Field::Varint(_)) | (6, Field::Fixed32(_)) => {}
             _ => return None,
         }
     }

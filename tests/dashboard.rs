@@ -114,6 +114,10 @@ fn round(r: u64) -> ExportTraceServiceRequest {
                 kv("http.response.body.size", Value::IntValue(2000 + 100 * i as i64)),
                 kv("gen_ai.usage.input_tokens", Value::IntValue(50 + i as i64)),
                 kv("gen_ai.usage.output_tokens", Value::IntValue(200 + 3 * i as i64)),
+                kv(
+                    "gen_ai.latency.time_in_queue",
+                    Value::DoubleValue(0.01 + i as f64 * 0.001),
+                ),
             ],
         );
         request.events.push(Event {
@@ -338,7 +342,7 @@ impl Browser {
     }
 }
 
-const PANELS: [&str; 8] = [
+const PANELS: [&str; 9] = [
     "volume",
     "latency",
     "size",
@@ -347,6 +351,7 @@ const PANELS: [&str; 8] = [
     "gpu",
     "queue_time",
     "queue_size",
+    "server_queue_time",
 ];
 
 /// The page of a running collector: the empty state before spans, every panel drawn after, filters that change

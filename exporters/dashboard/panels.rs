@@ -440,6 +440,14 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
             None,
         ),
         ctx.queue_size(),
+        // Beside the async queue: the wait inside the model server (its scheduler or batch queue).
+        ctx.percentile_panel(
+            "server_queue_time",
+            "Time in server queue",
+            "s",
+            "model.queue.duration_seconds_window",
+            None,
+        ),
     ];
     Ok(json!({
         "from": (ctx.grid.start / 1000),

@@ -76,6 +76,12 @@ pub trait SpanLike {
     fn trace_state(&self) -> &str;
     fn trace_id(&self) -> &[u8];
     fn span_id(&self) -> &[u8];
+    /// Empty when the span has no parent.
+    fn parent_span_id(&self) -> &[u8];
+    /// The OTLP span `flags` (0 when absent).
+    fn flags(&self) -> u32;
+    /// Each event's name and time.
+    fn for_each_event(&self, f: &mut dyn FnMut(&[u8], u64));
 }
 
 impl SpanLike for Span {
@@ -114,6 +120,17 @@ impl SpanLike for Span {
     fn span_id(&self) -> &[u8] {
         &self.span_id
     }
+    fn parent_span_id(&self) -> &[u8] {
+        &self.parent_span_id
+    }
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+    fn for_each_event(&self, f: &mut dyn FnMut(&[u8], u64)) {
+        for e in &self.events {
+            f(e.name.as_bytes(), e.time_unix_nano);
+        }
+    }
 }
 
 impl<'a> SpanLike for SpanView<'a> {
@@ -151,6 +168,17 @@ impl<'a> SpanLike for SpanView<'a> {
     fn span_id(&self) -> &[u8] {
         SpanView::span_id(self)
     }
+    fn parent_span_id(&self) -> &[u8] {
+        SpanView::parent_span_id(self)
+    }
+    fn flags(&self) -> u32 {
+        SpanView::flags(self)
+    }
+    fn for_each_event(&self, f: &mut dyn FnMut(&[u8], u64)) {
+        for (name, time) in self.events() {
+            f(name, time);
+        }
+    }
 }
 
 /// A borrowed span reads as the span itself (the owned types are iterated by reference).
@@ -185,6 +213,15 @@ impl<S: SpanLike + ?Sized> SpanLike for &S {
     }
     fn span_id(&self) -> &[u8] {
         (**self).span_id()
+    }
+    fn parent_span_id(&self) -> &[u8] {
+        (**self).parent_span_id()
+    }
+    fn flags(&self) -> u32 {
+        (**self).flags()
+    }
+    fn for_each_event(&self, f: &mut dyn FnMut(&[u8], u64)) {
+        (**self).for_each_event(f)
     }
 }
 
@@ -266,6 +303,9 @@ pub enum Rejection {
     ImplausibleDuration,
     /// A dimension value cut to `max_label_value_length`.
     LabelTruncated,
+    /// A stage span (inference, tokens, first byte) whose request never came within `spans.orphan_wait`.
+    OrphanSpan,
+    InvalidQueueTime,
 }
 
 /// No request, inference or queue wait is believed to last longer than a day; longer spans are clock errors.
@@ -281,6 +321,8 @@ impl Rejection {
             Rejection::InvalidTimeToFirstByte => "invalid_time_to_first_byte",
             Rejection::ImplausibleDuration => "implausible_duration",
             Rejection::LabelTruncated => "label_truncated",
+            Rejection::OrphanSpan => "orphan_span",
+            Rejection::InvalidQueueTime => "invalid_queue_time",
         }
     }
 }
@@ -296,6 +338,10 @@ pub struct Request {
     pub response_size: Option<f64>,
     pub input_tokens: Option<f64>,
     pub output_tokens: Option<f64>,
+    /// Seconds waited inside the server (`queue_duration_attributes`).
+    pub queue: Option<f64>,
+    /// The time to first byte is the duration because nothing marked the first byte.
+    pub first_byte_fell_back: bool,
 }
 
 const GRPC_CODES: [(&str, i64); 17] = [
@@ -354,6 +400,11 @@ pub fn find<'a, A: Attributes + ?Sized>(attributes: &'a A, keys: &[String]) -> O
     keys.iter().find_map(|k| attributes.attribute(k)).flatten()
 }
 
+/// `find` for keys written in the code (the profiles').
+pub fn find_key<'a, A: Attributes + ?Sized>(attributes: &'a A, keys: &[&str]) -> Option<Val<'a>> {
+    keys.iter().find_map(|k| attributes.attribute(k)).flatten()
+}
+
 /// A number from an int, a double, or a numeric string.
 pub fn number(value: Val<'_>) -> Option<f64> {
     match value {
@@ -362,6 +413,48 @@ pub fn number(value: Val<'_>) -> Option<f64> {
         Val::Str(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     }
+}
+
+/// Seconds from a number (taken as seconds) or a duration string with units: `116.988991ms`, `211.405µs`, `1.5s`,
+/// `1m2.5s`, `100ns` (Rust's `Duration` Debug form, as TGI records it, and Go's `time.Duration` form). Written by
+/// hand: the duration crates at hand parse neither fractional values nor the `µs` of Rust's Debug output.
+pub fn seconds(value: Val<'_>) -> Option<f64> {
+    match value {
+        Val::Str(s) => duration_text(s.trim()),
+        other => number(other),
+    }
+}
+
+fn duration_text(s: &str) -> Option<f64> {
+    if let Ok(v) = s.parse::<f64>() {
+        return Some(v);
+    }
+    let (mut total, mut rest) = (0.0, s);
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
 }
 
 /// An integer from an int, an integral double, or an integer string.
@@ -530,6 +623,7 @@ impl Classifier {
         let duration = Self::duration(span, rejected);
         let attrs = span.attributes();
         let from_event = span.first_event(&rules.first_byte_event_names);
+        let mut first_byte_fell_back = false;
         let time_to_first_byte = match from_event {
             Some(t) if duration.is_some() && t >= span.start() => Some((t - span.start()) as f64 / 1e9),
             Some(_) => {
@@ -546,7 +640,10 @@ impl Classifier {
                 let present = find(attrs, &rules.time_to_first_token_attributes).is_some();
                 match from_attribute {
                     Some(v) => Some(v),
-                    None if !present && rules.time_to_first_byte_falls_back_to_duration => duration,
+                    None if !present && rules.time_to_first_byte_falls_back_to_duration => {
+                        first_byte_fell_back = true;
+                        duration
+                    }
                     None => None,
                 }
             }
@@ -564,6 +661,14 @@ impl Classifier {
                 Rejection::InvalidTokens,
                 rejected,
             ),
+            queue: find(attrs, &rules.queue_duration_attributes).and_then(|v| match seconds(v) {
+                Some(s) if s.is_finite() && s >= 0.0 => Some(s),
+                _ => {
+                    rejected.push(Rejection::InvalidQueueTime);
+                    None
+                }
+            }),
+            first_byte_fell_back,
         }
     }
 }
@@ -898,5 +1003,34 @@ mod tests {
         assert_eq!(adjusted_count("ot=rv:abcdef12345678;th:c"), 4.0, "th:c keeps a quarter");
         assert!((adjusted_count("ot=th:fd70a4") - 100.0).abs() < 0.01, "1% sampling");
         assert_eq!(adjusted_count("ot=th:zz"), 1.0, "unreadable: counted once");
+    }
+}
+
+#[cfg(test)]
+mod duration_text_tests {
+    use super::{Val, seconds};
+
+    #[test]
+    fn duration_strings_in_every_unit() {
+        let cases = [
+            ("116.988991ms", 0.116988991),
+            ("211.405µs", 0.000211405),
+            ("211.405μs", 0.000211405),
+            ("12us", 0.000012),
+            ("100ns", 0.0000001),
+            ("1.5s", 1.5),
+            ("1m2.5s", 62.5),
+            ("1h2m3s", 3723.0),
+            ("0.25", 0.25),
+        ];
+        for (text, want) in cases {
+            let got = seconds(Val::Str(text)).unwrap_or_else(|| panic!("{text} parses"));
+            assert!((got - want).abs() < 1e-12, "{text}: {got} != {want}");
+        }
+        assert_eq!(seconds(Val::Double(0.5)), Some(0.5));
+        assert_eq!(seconds(Val::Int(2)), Some(2.0));
+        for bad in ["", "ms", "1.5 parsecs", "1.2.3s", "-"] {
+            assert_eq!(seconds(Val::Str(bad)), None, "{bad}");
+        }
     }
 }

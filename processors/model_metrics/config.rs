@@ -126,6 +126,19 @@ pub struct SpanRules {
     pub message_id_attributes: Vec<String>,
     /// Spans whose end makes a replica active (its model is loaded).
     pub model_load_span_names: Vec<String>,
+    /// Attributes holding the time a request waited inside the server (seconds or a duration string).
+    pub queue_duration_attributes: Vec<String>,
+    /// Server profiles: `[auto]` recognises every built-in one, a list picks some, `[]` turns them off.
+    pub profiles: Vec<super::profiles::ProfileChoice>,
+    /// How long a request waits for the rest of its spans (stages, a parent that may be local) before it is
+    /// recorded.
+    #[serde(with = "duration")]
+    pub join_wait: Duration,
+    /// How long a stage span waits for its request; then it is counted as `orphan_span`.
+    #[serde(with = "duration")]
+    pub orphan_wait: Duration,
+    /// Spans waiting at most; past it the oldest traces are resolved early.
+    pub max_pending_spans: usize,
 }
 
 impl Default for SpanRules {
@@ -154,6 +167,11 @@ impl Default for SpanRules {
             async_enqueue_span_names: strings(&["async.enqueue"]),
             message_id_attributes: strings(&["messaging.message.id"]),
             model_load_span_names: strings(&["model.load"]),
+            queue_duration_attributes: strings(&["gen_ai.latency.time_in_queue"]),
+            profiles: vec![super::profiles::ProfileChoice::Auto],
+            join_wait: Duration::from_secs(5),
+            orphan_wait: Duration::from_secs(300),
+            max_pending_spans: 100_000,
         }
     }
 }
@@ -345,6 +363,12 @@ impl ComponentConfig for ModelMetricsConfig {
         }
         if self.queue_entry_ttl.is_zero() || self.replica_ttl.is_zero() {
             return Err("queue_entry_ttl and replica_ttl: must be more than 0".into());
+        }
+        if self.spans.join_wait.is_zero() || self.spans.orphan_wait < self.spans.join_wait {
+            return Err("spans.join_wait: must be more than 0, and spans.orphan_wait at least as long".into());
+        }
+        if self.spans.max_pending_spans == 0 {
+            return Err("spans.max_pending_spans: must be at least 1".into());
         }
         if self.spans.request_span_kinds.is_empty() {
             return Err("spans.request_span_kinds: list at least one kind, e.g. [server]".into());

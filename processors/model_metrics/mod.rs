@@ -6,9 +6,11 @@
 //! output tokens (OTLP exponential histograms, mergeable); and each histogram's quantiles over a sliding window of
 //! span end time, as OTLP summaries.
 
+mod assembly;
 pub mod classify;
 pub mod config;
 pub mod gateway;
+pub mod profiles;
 mod queue;
 mod state;
 pub mod window;
@@ -30,10 +32,12 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use assembly::{Assembly, Facts, Part, Role};
 use classify::{Attributes, Classifier, Rejection, SpanLike, Val, adjusted_count};
 use config::{ModelMetricsConfig, Source};
+use profiles::{Profiles, Read};
 pub use state::HistogramMetric;
-use state::{Dims, Observation, State};
+use state::{Dims, DimsId, Observation, State};
 
 pub struct ModelMetricsFactory;
 
@@ -81,6 +85,15 @@ impl ProcessorFactory for ModelMetricsFactory {
         Ok(Arc::new(ModelMetricsProcessor {
             inner: Arc::new(Inner {
                 classifier: Classifier::new(config.spans.clone()),
+                profiles: Profiles::new(&config.spans.profiles),
+                assembly: Mutex::new(Assembly::new(assembly::Limits {
+                    join_wait_ns: config.spans.join_wait.as_nanos() as u64,
+                    orphan_wait_ns: config.spans.orphan_wait.as_nanos() as u64,
+                    max_pending: config.spans.max_pending_spans,
+                    max_seen: SEEN_SPAN_IDS,
+                })),
+                draining: Default::default(),
+                model_dimension: config.dimensions.iter().position(|d| d.name == "model"),
                 state: Mutex::new(State::new(config.clone(), now)),
                 shards: (0..shards)
                     .map(|_| Mutex::new(State::shard(config.clone(), now, admitted.clone())))
@@ -109,9 +122,19 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Span ids remembered for the parent rule, per generation (two generations: 2 x 8 bytes x this, about 4 MiB).
+const SEEN_SPAN_IDS: usize = 1 << 18;
+
 struct Inner {
     config: Arc<ModelMetricsConfig>,
     classifier: Classifier,
+    profiles: Profiles,
+    /// The parts of requests waiting for the rest of their spans.
+    assembly: Mutex<Assembly>,
+    /// Set at shutdown: the last flush resolves every waiting request.
+    draining: std::sync::atomic::AtomicBool,
+    /// Which dimension a profile's model name replaces.
+    model_dimension: Option<usize>,
     /// The series as emitted: what the shards recorded, absorbed at each flush.
     state: Mutex<State>,
     /// Where spans are recorded between flushes, one per runtime thread (see `shard`).
@@ -155,7 +178,9 @@ impl Inner {
             .iter()
             .map(|d| {
                 let text = match d.source {
-                    Source::Resource => attribute_text(resource, &d.from),
+                    // `from` names the resource's attributes first, then the span's (a model name on the span).
+                    Source::Resource => attribute_text(resource, &d.from)
+                        .or_else(|| span.and_then(|attrs| attribute_text(attrs, &d.from))),
                     Source::Span => span.and_then(|attrs| attribute_text(attrs, &d.from)),
                 };
                 let text = text.unwrap_or_else(|| d.default.clone());
@@ -171,84 +196,238 @@ impl Inner {
             .into()
     }
 
-    fn observe_resource<S: SpanLike>(
+    #[allow(clippy::too_many_arguments)]
+    fn observe_resource<'a, S: SpanLike, I: Iterator<Item = S>>(
         &self,
         state: &mut State,
         resource: &[KeyValue],
-        spans: impl Iterator<Item = S>,
+        scopes: impl Iterator<Item = (&'a str, I)>,
         now: u64,
+        gathered: &mut Gathered,
         rejected: &mut Vec<Rejection>,
         overflowed: &mut Vec<&'static str>,
     ) {
         let per_span_dims = self.config.dimensions.iter().any(|d| d.source == Source::Span);
-        let resource_dims = state.intern(self.dims::<S::Attrs>(resource, None, rejected));
+        let resource_dims = self.dims::<S::Attrs>(resource, None, rejected);
+        // A dimension the resource lacks may be on the span (`dimensions[].from` falls back to span attributes).
+        let missing: Vec<&[String]> = self
+            .config
+            .dimensions
+            .iter()
+            .filter(|d| d.source == Source::Resource && classify::find(resource, &d.from).is_none())
+            .map(|d| d.from.as_slice())
+            .collect();
+        let resource_id = state.intern(resource_dims.clone());
+        let resource_key = resource_identity(resource);
         let mut replica_active = false;
-        for span in spans {
-            let is_request = self.classifier.is_request(&span);
-            let is_inference = self.classifier.is_inference(&span);
-            let is_queue = self.classifier.is_async_queue(&span);
-            let is_enqueue = self.classifier.is_async_enqueue(&span);
-            replica_active |= is_request || self.classifier.is_model_load(&span);
-            if !is_request && !is_inference && !is_queue && !is_enqueue {
-                continue;
-            }
-            let dims = if per_span_dims {
-                state.intern(self.dims(resource, Some(span.attributes()), rejected))
-            } else {
-                resource_dims
-            };
-            let count = adjusted_count(span.trace_state());
-            // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
-            let weight = if count == 1.0 { 1 } else { count.round().max(1.0) as u64 };
-            let mut record = |state: &mut State, metric: HistogramMetric, value: Option<f64>| {
-                if let Some(value) = value {
-                    let obs = Observation {
-                        value,
-                        weight,
-                        end_ns: span.end(),
-                        trace_id: span.trace_id(),
-                        span_id: span.span_id(),
-                    };
-                    if state.record(metric, dims, obs, now) {
-                        overflowed.push(metric.name());
+        for (scope_name, spans) in scopes {
+            let profile = self.profiles.detect(&profiles::Scope {
+                name: scope_name,
+                resource,
+            });
+            for span in spans {
+                let trace = trace_number(span.trace_id());
+                let key = (resource_key, trace);
+                if span.flags() & HAS_IS_REMOTE == 0 {
+                    gathered.noted.push(assembly::span_key(key, id_number(span.span_id())));
+                }
+                let wants_span_dims = per_span_dims
+                    || missing
+                        .iter()
+                        .any(|keys| classify::find(span.attributes(), keys).is_some());
+                let dims_of = |rejected: &mut Vec<Rejection>| {
+                    if wants_span_dims {
+                        self.dims(resource, Some(span.attributes()), rejected)
+                    } else {
+                        resource_dims.clone()
                     }
-                }
-            };
-            if is_inference {
-                let duration = Classifier::duration(&span, rejected);
-                record(state, HistogramMetric::InferenceDuration, duration);
-            }
-            if is_enqueue && let Some(id) = self.classifier.message_id(&span) {
-                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                let model = infercol_pipelines::replicas::model_dims(resource);
-                let values = state.dims(dims).clone();
-                queue.enqueue(&id, &values, model, std::time::Instant::now());
-            }
-            if is_queue {
-                let duration = Classifier::duration(&span, rejected);
-                record(state, HistogramMetric::AsyncQueueDuration, duration);
-                if let Some(id) = self.classifier.message_id(&span) {
-                    let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                    queue.dequeue(&id, std::time::Instant::now());
-                }
-            }
-            if is_request {
-                let r = self.classifier.request(&span, rejected);
-                let counted_in_overflow = state.count_request(dims, &r.status, count, now);
-                record(state, HistogramMetric::RequestDuration, r.duration);
-                record(state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
-                record(state, HistogramMetric::RequestSize, r.request_size);
-                record(state, HistogramMetric::ResponseSize, r.response_size);
-                record(state, HistogramMetric::InputTokens, r.input_tokens);
-                record(state, HistogramMetric::OutputTokens, r.output_tokens);
-                if counted_in_overflow {
-                    overflowed.push("model.requests");
+                };
+                let read = profile.map_or(Read::Generic, |p| p.read(&span));
+                let part = match read {
+                    Read::Ignore => continue,
+                    Read::ModelCall(facts) => {
+                        let dims = state.intern(dims_of(rejected));
+                        self.record_model_call(state, dims, &span, &facts, now, overflowed);
+                        continue;
+                    }
+                    Read::Part { role, facts, status } => {
+                        self.profile_part(&span, key, role, facts, status, dims_of, rejected)
+                    }
+                    Read::Generic => {
+                        let dims = if wants_span_dims {
+                            state.intern(dims_of(rejected))
+                        } else {
+                            resource_id
+                        };
+                        let request = self.observe_generic(state, resource, dims, &span, now, rejected, overflowed);
+                        match request {
+                            GenericRequest::No => continue,
+                            GenericRequest::Active => {
+                                replica_active = true;
+                                continue;
+                            }
+                            GenericRequest::Candidate => self.profile_part(
+                                &span,
+                                key,
+                                Role::Candidate,
+                                Facts::default(),
+                                None,
+                                dims_of,
+                                rejected,
+                            ),
+                        }
+                    }
+                };
+                if let Some(part) = part {
+                    replica_active |= part.role == Role::Request;
+                    gathered.parts.push(part);
                 }
             }
         }
         if replica_active {
             self.replicas.seen(resource, true);
         }
+    }
+
+    /// A profile's span as a part of a request: a request or candidate gets its head (dimensions, status,
+    /// sampling weight) and the generic reading of its own attributes under the profile's facts. A candidate is
+    /// decided here when its span says where its parent is; `None`: a SERVER span under a local parent, no request.
+    #[allow(clippy::too_many_arguments)]
+    fn profile_part<S: SpanLike>(
+        &self,
+        span: &S,
+        key: assembly::TraceKey,
+        role: Role,
+        mut facts: Facts,
+        status: Option<classify::Status>,
+        dims_of: impl FnOnce(&mut Vec<Rejection>) -> Dims,
+        rejected: &mut Vec<Rejection>,
+    ) -> Option<Part> {
+        let role = match role {
+            Role::Candidate => match parent_locality(span) {
+                Locality::None | Locality::Remote => Role::Request,
+                Locality::Local => return None,
+                Locality::Unknown => Role::Candidate,
+            },
+            other => other,
+        };
+        let profile_facts = facts != Facts::default();
+        let head = if role == Role::Stage {
+            None
+        } else {
+            let r = self.classifier.request(span, rejected);
+            fill(&mut facts.duration, r.duration);
+            if !facts.no_first_byte && !r.first_byte_fell_back {
+                fill(&mut facts.time_to_first_byte, r.time_to_first_byte);
+            }
+            fill(&mut facts.request_size, r.request_size);
+            fill(&mut facts.response_size, r.response_size);
+            fill(&mut facts.input_tokens, r.input_tokens);
+            fill(&mut facts.output_tokens, r.output_tokens);
+            // A profile's server says what its queue time is (vLLM's 0.0 means "never measured").
+            if !profile_facts {
+                fill(&mut facts.queue, r.queue);
+            }
+            Some(Box::new(assembly::Head {
+                dims: dims_of(rejected),
+                status: status.unwrap_or(r.status),
+                count: adjusted_count(span.trace_state()),
+                trace_id: span.trace_id().try_into().unwrap_or([0; 16]),
+                span_id: span.span_id().try_into().unwrap_or([0; 8]),
+            }))
+        };
+        Some(Part {
+            role,
+            key,
+            span_id: id_number(span.span_id()),
+            parent: id_number(span.parent_span_id()),
+            start: span.start(),
+            end: span.end(),
+            facts,
+            head,
+        })
+    }
+
+    /// The generic rules (contract section 2) for a span no profile claims: inference and async-queue spans are
+    /// recorded here, and so is a request span whose parent is known to be remote or absent.
+    #[allow(clippy::too_many_arguments)]
+    fn observe_generic<S: SpanLike>(
+        &self,
+        state: &mut State,
+        resource: &[KeyValue],
+        dims: DimsId,
+        span: &S,
+        now: u64,
+        rejected: &mut Vec<Rejection>,
+        overflowed: &mut Vec<&'static str>,
+    ) -> GenericRequest {
+        let is_request = self.classifier.is_request(span);
+        let is_inference = self.classifier.is_inference(span);
+        let is_queue = self.classifier.is_async_queue(span);
+        let is_enqueue = self.classifier.is_async_enqueue(span);
+        let mut outcome = GenericRequest::No;
+        if self.classifier.is_model_load(span) {
+            outcome = GenericRequest::Active;
+        }
+        if !is_request && !is_inference && !is_queue && !is_enqueue {
+            return outcome;
+        }
+        let count = adjusted_count(span.trace_state());
+        // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
+        let weight = weight_of(count);
+        let mut record = |state: &mut State, metric: HistogramMetric, value: Option<f64>| {
+            if let Some(value) = value {
+                let obs = Observation {
+                    value,
+                    weight,
+                    end_ns: span.end(),
+                    trace_id: span.trace_id(),
+                    span_id: span.span_id(),
+                };
+                if state.record(metric, dims, obs, now) {
+                    overflowed.push(metric.name());
+                }
+            }
+        };
+        if is_inference {
+            let duration = Classifier::duration(span, rejected);
+            record(state, HistogramMetric::InferenceDuration, duration);
+        }
+        if is_enqueue && let Some(id) = self.classifier.message_id(span) {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let values = state.dims(dims).clone();
+            let model = infercol_pipelines::replicas::model_dims(resource);
+            queue.enqueue(&id, &values, model, std::time::Instant::now());
+        }
+        if is_queue {
+            let duration = Classifier::duration(span, rejected);
+            record(state, HistogramMetric::AsyncQueueDuration, duration);
+            if let Some(id) = self.classifier.message_id(span) {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                queue.dequeue(&id, std::time::Instant::now());
+            }
+        }
+        if is_request {
+            match parent_locality(span) {
+                Locality::Local => return outcome,
+                Locality::Unknown => return GenericRequest::Candidate,
+                Locality::None | Locality::Remote => {}
+            }
+            let r = self.classifier.request(span, rejected);
+            let counted_in_overflow = state.count_request(dims, &r.status, count, now);
+            record(state, HistogramMetric::RequestDuration, r.duration);
+            record(state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
+            record(state, HistogramMetric::RequestSize, r.request_size);
+            record(state, HistogramMetric::ResponseSize, r.response_size);
+            record(state, HistogramMetric::InputTokens, r.input_tokens);
+            record(state, HistogramMetric::OutputTokens, r.output_tokens);
+            record(state, HistogramMetric::QueueDuration, r.queue);
+            if counted_in_overflow {
+                overflowed.push("model.requests");
+            }
+            outcome = GenericRequest::Active;
+        }
+        outcome
     }
 
     /// A recording shard no other thread holds, if there is one (tried from a rotating start, so that threads
@@ -273,21 +452,68 @@ impl Inner {
         let now = now_ns();
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut overflowed: Vec<&'static str> = Vec::new();
+        // One allocation for the noted span ids, however many spans (none per span).
+        let mut gathered = Gathered {
+            parts: Vec::new(),
+            noted: Vec::with_capacity(data.items()),
+        };
         let mut state = self.shard();
         if let Some(view) = data.view() {
             for rs in view.resources() {
                 // The resource's attributes in the owned form, once per resource (dimensions, replicas, queues).
                 let resource = rs.attributes().owned();
-                self.observe_resource(&mut state, &resource, rs.spans(), now, &mut rejected, &mut overflowed);
+                let scopes = rs.scopes().map(|scope| (scope.name(), scope.spans()));
+                self.observe_resource(
+                    &mut state,
+                    &resource,
+                    scopes,
+                    now,
+                    &mut gathered,
+                    &mut rejected,
+                    &mut overflowed,
+                );
             }
         } else if let Payload::Traces(request) = data.payload() {
             for rs in &request.resource_spans {
                 let resource: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
-                let spans = rs.scope_spans.iter().flat_map(|ss| &ss.spans);
-                self.observe_resource(&mut state, resource, spans, now, &mut rejected, &mut overflowed);
+                let scopes = rs.scope_spans.iter().map(|ss| {
+                    let name = ss.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+                    (name, ss.spans.iter())
+                });
+                self.observe_resource(
+                    &mut state,
+                    resource,
+                    scopes,
+                    now,
+                    &mut gathered,
+                    &mut rejected,
+                    &mut overflowed,
+                );
             }
         }
         drop(state);
+        if !gathered.parts.is_empty() || !gathered.noted.is_empty() || self.assembly_pending() {
+            let resolved = {
+                let mut assembly = self.assembly.lock().unwrap_or_else(PoisonError::into_inner);
+                assembly.note_spans(&gathered.noted, now);
+                for part in gathered.parts {
+                    assembly.add(part, now);
+                }
+                assembly.expire(now)
+            };
+            self.record_resolved(resolved, now, &mut rejected, &mut overflowed);
+        }
+        self.count_rejected(rejected);
+        for metric in overflowed {
+            self.count_overflow(metric, 1);
+        }
+    }
+
+    fn assembly_pending(&self) -> bool {
+        self.assembly.lock().unwrap_or_else(PoisonError::into_inner).pending() > 0
+    }
+
+    fn count_rejected(&self, rejected: Vec<Rejection>) {
         for r in rejected {
             self.rejected
                 .get_or_create(&vec![
@@ -296,9 +522,114 @@ impl Inner {
                 ])
                 .inc();
         }
-        for metric in overflowed {
-            self.count_overflow(metric, 1);
+    }
+
+    /// Records the requests whose wait is over, and counts the stages that found none.
+    fn record_resolved(
+        &self,
+        resolved: assembly::Resolved,
+        now: u64,
+        rejected: &mut Vec<Rejection>,
+        overflowed: &mut Vec<&'static str>,
+    ) {
+        rejected.extend((0..resolved.orphans).map(|_| Rejection::OrphanSpan));
+        if resolved.requests.is_empty() {
+            return;
         }
+        let mut state = self.shard();
+        for request in resolved.requests {
+            self.record_complete(&mut state, request, now, overflowed);
+        }
+    }
+
+    /// One request with every fact its spans gave: counted, and each of its values recorded.
+    fn record_complete(&self, state: &mut State, c: assembly::Complete, now: u64, overflowed: &mut Vec<&'static str>) {
+        let status = assembly::final_status(&c.head, &c.facts);
+        let dims = state.intern(self.with_model(c.head.dims.clone(), c.facts.model.as_deref()));
+        if state.count_request(dims, &status, c.head.count, now) {
+            overflowed.push("model.requests");
+        }
+        let f = &c.facts;
+        let since_start = |t: u64| (t >= c.start).then(|| (t - c.start) as f64 / 1e9);
+        let time_to_first_byte = f
+            .time_to_first_byte
+            .or_else(|| f.first_byte_ns.and_then(since_start))
+            .or_else(|| f.token_sent_ns.filter(|_| f.streamed).and_then(since_start))
+            .or(
+                if f.no_first_byte || !self.config.spans.time_to_first_byte_falls_back_to_duration {
+                    None
+                } else {
+                    f.duration
+                },
+            );
+        let queue = f.queue.or_else(|| match (f.queue_start_ns, f.execution_start_ns) {
+            (Some(q), Some(e)) if e >= q => Some((e - q) as f64 / 1e9),
+            _ => None,
+        });
+        let weight = weight_of(c.head.count);
+        for (metric, value) in [
+            (HistogramMetric::RequestDuration, f.duration),
+            (HistogramMetric::InferenceDuration, f.inference),
+            (HistogramMetric::TimeToFirstByte, time_to_first_byte),
+            (HistogramMetric::RequestSize, f.request_size),
+            (HistogramMetric::ResponseSize, f.response_size),
+            (HistogramMetric::InputTokens, f.input_tokens),
+            (HistogramMetric::OutputTokens, f.output_tokens),
+            (HistogramMetric::QueueDuration, queue),
+        ] {
+            let Some(value) = value else { continue };
+            let obs = Observation {
+                value,
+                weight,
+                end_ns: c.end,
+                trace_id: &c.head.trace_id,
+                span_id: &c.head.span_id,
+            };
+            if state.record(metric, dims, obs, now) {
+                overflowed.push(metric.name());
+            }
+        }
+    }
+
+    /// A model call's inference time and tokens, for the calling service's dimensions.
+    fn record_model_call<S: SpanLike>(
+        &self,
+        state: &mut State,
+        dims: DimsId,
+        span: &S,
+        facts: &Facts,
+        now: u64,
+        overflowed: &mut Vec<&'static str>,
+    ) {
+        let weight = weight_of(adjusted_count(span.trace_state()));
+        for (metric, value) in [
+            (HistogramMetric::InferenceDuration, facts.inference),
+            (HistogramMetric::InputTokens, facts.input_tokens),
+            (HistogramMetric::OutputTokens, facts.output_tokens),
+        ] {
+            let Some(value) = value else { continue };
+            let obs = Observation {
+                value,
+                weight,
+                end_ns: span.end(),
+                trace_id: span.trace_id(),
+                span_id: span.span_id(),
+            };
+            if state.record(metric, dims, obs, now) {
+                overflowed.push(metric.name());
+            }
+        }
+    }
+
+    /// The dimensions with the model a server named on its spans in place of the resource's.
+    fn with_model(&self, dims: Dims, model: Option<&str>) -> Dims {
+        let (Some(model), Some(at)) = (model, self.model_dimension) else {
+            return dims;
+        };
+        let cut = infercol_pipelines::replicas::truncate_label(model, self.config.max_label_value_length).0;
+        let mut values = dims.to_vec();
+        values[at] = cut.into_owned();
+        values.into()
     }
 
     /// Counts `points` recorded into the overflow series of `metric`.
@@ -312,9 +643,125 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Records the requests whose wait is over (all of them at shutdown), before the shards are absorbed.
+    fn resolve_waiting(&self) {
+        let now = now_ns();
+        let resolved = {
+            let mut assembly = self.assembly.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.draining.load(Ordering::Relaxed) {
+                assembly.drain()
+            } else {
+                assembly.expire(now)
+            }
+        };
+        let (mut rejected, mut overflowed) = (Vec::new(), Vec::new());
+        self.record_resolved(resolved, now, &mut rejected, &mut overflowed);
+        self.count_rejected(rejected);
+        for metric in overflowed {
+            self.count_overflow(metric, 1);
+        }
+    }
+}
+
+/// The OTLP span flags bit that says whether the parent is remote is known (and the bit that says it is).
+const HAS_IS_REMOTE: u32 = 0x100;
+const IS_REMOTE: u32 = 0x200;
+
+/// What one export request leaves for the assembly, gathered before its lock is taken.
+#[derive(Default)]
+struct Gathered {
+    parts: Vec<Part>,
+    /// `span_key`s of spans without is-remote bits (they may be the parent of a candidate).
+    noted: Vec<u64>,
+}
+
+/// What the generic rules did with a span.
+enum GenericRequest {
+    No,
+    /// A request or a model load: the replica is active.
+    Active,
+    /// A SERVER span whose parent may be local: it waits in the assembly.
+    Candidate,
+}
+
+/// Where a span's parent is, as far as the span itself says.
+enum Locality {
+    None,
+    Remote,
+    Local,
+    Unknown,
+}
+
+fn parent_locality(span: &impl SpanLike) -> Locality {
+    let flags = span.flags();
+    if span.parent_span_id().iter().all(|b| *b == 0) {
+        Locality::None
+    } else if flags & HAS_IS_REMOTE == 0 {
+        Locality::Unknown
+    } else if flags & IS_REMOTE != 0 {
+        Locality::Remote
+    } else {
+        Locality::Local
+    }
+}
+
+/// Histogram counts are integers: a sampled span stands for round(adjusted count) values.
+fn weight_of(count: f64) -> u64 {
+    if count == 1.0 { 1 } else { count.round().max(1.0) as u64 }
+}
+
+fn trace_number(id: &[u8]) -> u128 {
+    match <[u8; 16]>::try_from(id) {
+        Ok(bytes) => u128::from_be_bytes(bytes),
+        Err(_) => u128::from(hash_bytes(id)),
+    }
+}
+
+/// A span id as a number; 0 when there is none.
+fn id_number(id: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(id) {
+        Ok(bytes) => u64::from_be_bytes(bytes),
+        Err(_) if id.is_empty() => 0,
+        Err(_) => hash_bytes(id),
+    }
+}
+
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// Which process a resource is: a hash of its attributes, stable within this process.
+fn resource_identity(resource: &[KeyValue]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for kv in resource {
+        kv.key.hash(&mut h);
+        match kv.value.as_ref().map(Val::from) {
+            Some(Val::Str(s)) => s.hash(&mut h),
+            Some(Val::Int(i)) => i.hash(&mut h),
+            Some(Val::Double(d)) => d.to_bits().hash(&mut h),
+            Some(Val::Bool(b)) => b.hash(&mut h),
+            // Arrays, maps and bytes are rare on resources: their debug form is enough to tell them apart.
+            _ => format!("{:?}", kv.value).hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
+    if slot.is_none() {
+        *slot = value;
+    }
+}
+
 #[async_trait]
 impl crate::ticker::Flush for Inner {
     async fn flush(&self) -> Result<(), ConsumeError> {
+        self.resolve_waiting();
         let mut overflowed = Vec::new();
         let (request, lost) = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -379,6 +826,7 @@ impl Processor for ModelMetricsProcessor {
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
+        self.inner.draining.store(true, Ordering::Relaxed);
         self.timer
             .stop_and_flush(&*self.inner, "emitting derived metrics")
             .await

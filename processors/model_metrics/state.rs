@@ -34,6 +34,8 @@ pub enum HistogramMetric {
     InputTokens,
     OutputTokens,
     AsyncQueueDuration,
+    /// Time a request waited inside the model server (its scheduler or batch queue) before it was executed.
+    QueueDuration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -44,7 +46,7 @@ enum Quantity {
 }
 
 impl HistogramMetric {
-    pub const ALL: [HistogramMetric; 8] = [
+    pub const ALL: [HistogramMetric; 9] = [
         HistogramMetric::RequestDuration,
         HistogramMetric::InferenceDuration,
         HistogramMetric::TimeToFirstByte,
@@ -53,6 +55,7 @@ impl HistogramMetric {
         HistogramMetric::InputTokens,
         HistogramMetric::OutputTokens,
         HistogramMetric::AsyncQueueDuration,
+        HistogramMetric::QueueDuration,
     ];
 
     /// (OTLP name, unit, description)
@@ -70,6 +73,11 @@ impl HistogramMetric {
                 "s",
                 "Time requests waited in the async queue.",
             ),
+            HistogramMetric::QueueDuration => (
+                "model.queue.duration",
+                "s",
+                "Time requests waited inside the model server before they were executed.",
+            ),
         }
     }
 
@@ -78,7 +86,8 @@ impl HistogramMetric {
             HistogramMetric::RequestDuration
             | HistogramMetric::InferenceDuration
             | HistogramMetric::TimeToFirstByte
-            | HistogramMetric::AsyncQueueDuration => Quantity::Seconds,
+            | HistogramMetric::AsyncQueueDuration
+            | HistogramMetric::QueueDuration => Quantity::Seconds,
             HistogramMetric::RequestSize | HistogramMetric::ResponseSize => Quantity::Bytes,
             HistogramMetric::InputTokens | HistogramMetric::OutputTokens => Quantity::Tokens,
         }

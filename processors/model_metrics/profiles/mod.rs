@@ -1,0 +1,239 @@
+//! Server profiles (contract section 2, "server profiles"): how one real server's spans, at a named upstream
+//! version, map onto the contract's concepts. A profile is recognised from a scope's instrumentation name and its
+//! resource; it then reads each span of that scope as a request, a stage of one, a model call, or nothing. Spans
+//! no profile claims follow the generic rules.
+//!
+//! Each profile's file names the upstream version and files it follows; the fixtures in
+//! `tests/fixtures/profiles/<profile>/` are those spans as the server emits them.
+
+mod asgi;
+mod gen_ai;
+mod grpc_python;
+mod litellm;
+mod ray_serve;
+mod sglang;
+mod tgi;
+mod triton;
+mod vllm;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use serde::Deserialize;
+
+use super::assembly::{Facts, Role};
+use super::classify::{Attributes, SpanLike, Status, Val, find_key, seconds};
+
+/// A profile as the configuration names it (`spans.profiles`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileChoice {
+    /// Every built-in profile, recognised automatically.
+    Auto,
+    Vllm,
+    Triton,
+    Tgi,
+    Sglang,
+    RayServe,
+    Litellm,
+    Asgi,
+    GrpcPython,
+    Openllmetry,
+    Openinference,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Vllm,
+    Triton,
+    Tgi,
+    Sglang,
+    RayServe,
+    Litellm,
+    Asgi,
+    GrpcPython,
+    Openllmetry,
+    Openinference,
+}
+
+impl Profile {
+    /// In the order they are tried.
+    pub const ALL: [Profile; 10] = [
+        Profile::Vllm,
+        Profile::Triton,
+        Profile::Tgi,
+        Profile::Sglang,
+        Profile::RayServe,
+        Profile::Litellm,
+        Profile::Openllmetry,
+        Profile::Openinference,
+        Profile::Asgi,
+        Profile::GrpcPython,
+    ];
+
+    fn chosen_by(self, choice: ProfileChoice) -> bool {
+        matches!(
+            (choice, self),
+            (ProfileChoice::Auto, _)
+                | (ProfileChoice::Vllm, Profile::Vllm)
+                | (ProfileChoice::Triton, Profile::Triton)
+                | (ProfileChoice::Tgi, Profile::Tgi)
+                | (ProfileChoice::Sglang, Profile::Sglang)
+                | (ProfileChoice::RayServe, Profile::RayServe)
+                | (ProfileChoice::Litellm, Profile::Litellm)
+                | (ProfileChoice::Asgi, Profile::Asgi)
+                | (ProfileChoice::GrpcPython, Profile::GrpcPython)
+                | (ProfileChoice::Openllmetry, Profile::Openllmetry)
+                | (ProfileChoice::Openinference, Profile::Openinference)
+        )
+    }
+
+    /// Whether the spans of this scope (in this resource) are this server's.
+    fn matches(self, scope: &Scope<'_>) -> bool {
+        match self {
+            Profile::Vllm => vllm::matches(scope),
+            Profile::Triton => triton::matches(scope),
+            Profile::Tgi => tgi::matches(scope),
+            Profile::Sglang => sglang::matches(scope),
+            Profile::RayServe => ray_serve::matches(scope),
+            Profile::Litellm => litellm::matches(scope),
+            Profile::Asgi => asgi::matches(scope),
+            Profile::GrpcPython => grpc_python::matches(scope),
+            Profile::Openllmetry => gen_ai::matches_openllmetry(scope),
+            Profile::Openinference => gen_ai::matches_openinference(scope),
+        }
+    }
+
+    /// What one span of this server means.
+    pub fn read<S: SpanLike>(self, span: &S) -> Read {
+        match self {
+            Profile::Vllm => vllm::read(span),
+            Profile::Triton => triton::read(span),
+            Profile::Tgi => tgi::read(span),
+            Profile::Sglang => sglang::read(span),
+            Profile::RayServe => ray_serve::read(span),
+            Profile::Litellm => litellm::read(span),
+            Profile::Asgi => asgi::read(span),
+            Profile::GrpcPython => grpc_python::read(span),
+            Profile::Openllmetry => gen_ai::read_openllmetry(span),
+            Profile::Openinference => gen_ai::read_openinference(span),
+        }
+    }
+}
+
+/// What a scope is recognised by: its instrumentation scope's name and its resource.
+pub struct Scope<'a> {
+    pub name: &'a str,
+    pub resource: &'a [KeyValue],
+}
+
+impl Scope<'_> {
+    /// The resource's `service.name`, when it is a string.
+    pub fn service_name(&self) -> Option<&str> {
+        match self.resource.attribute("service.name") {
+            Some(Some(Val::Str(s))) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The profiles `spans.profiles` turns on.
+#[derive(Clone, Debug, Default)]
+pub struct Profiles {
+    enabled: Vec<Profile>,
+}
+
+impl Profiles {
+    pub fn new(choices: &[ProfileChoice]) -> Profiles {
+        let enabled = Profile::ALL
+            .into_iter()
+            .filter(|p| choices.iter().any(|c| p.chosen_by(*c)))
+            .collect();
+        Profiles { enabled }
+    }
+
+    /// The profile of a scope's spans, if one recognises them.
+    pub fn detect(&self, scope: &Scope<'_>) -> Option<Profile> {
+        self.enabled.iter().copied().find(|p| p.matches(scope))
+    }
+}
+
+/// What a profile makes of one span.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Read {
+    /// Not a span this profile knows: the generic rules read it.
+    Generic,
+    /// Neither a request nor part of one (a per-step call, a span of another process's making).
+    Ignore,
+    /// A request, a stage of one, or a SERVER span whose parent may be local; `status` is the request's when the
+    /// profile knows better than the generic rules.
+    Part {
+        role: Role,
+        facts: Facts,
+        status: Option<Status>,
+    },
+    /// A call the service made to a model (a gen_ai client span): inference time and tokens for the calling
+    /// service, recorded on their own.
+    ModelCall(Facts),
+}
+
+impl Read {
+    pub fn request(facts: Facts) -> Read {
+        Read::Part {
+            role: Role::Request,
+            facts,
+            status: None,
+        }
+    }
+
+    pub fn stage(facts: Facts) -> Read {
+        Read::Part {
+            role: Role::Stage,
+            facts,
+            status: None,
+        }
+    }
+}
+
+/// Seconds from the first of `keys` that the span carries (a number or a duration string), when it is a
+/// non-negative finite value.
+pub fn seconds_of<S: SpanLike>(span: &S, keys: &[&str]) -> Option<f64> {
+    find_key(span.attributes(), keys)
+        .and_then(seconds)
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+/// A count (tokens) from the first of `keys` the span carries.
+pub fn count_of<S: SpanLike>(span: &S, keys: &[&str]) -> Option<f64> {
+    find_key(span.attributes(), keys)
+        .and_then(super::classify::number)
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+/// A non-empty string attribute.
+pub fn text_of<S: SpanLike>(span: &S, keys: &[&str]) -> Option<String> {
+    match find_key(span.attributes(), keys)? {
+        Val::Str(s) if !s.is_empty() => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// The span's duration in seconds, when its times are sound.
+pub fn span_seconds<S: SpanLike>(span: &S) -> Option<f64> {
+    (span.start() > 0 && span.end() >= span.start()).then(|| (span.end() - span.start()) as f64 / 1e9)
+}
+
+/// The time of the span's first event named `name`.
+pub fn event_time<S: SpanLike>(span: &S, name: &str) -> Option<u64> {
+    let mut at = None;
+    span.for_each_event(&mut |n, t| {
+        if n == name.as_bytes() && at.is_none_or(|a| t < a) {
+            at = Some(t);
+        }
+    });
+    at
+}
+
+/// Seconds between two events of the span, when both are there in that order.
+pub fn between_events<S: SpanLike>(span: &S, from: &str, to: &str) -> Option<f64> {
+    let (a, b) = (event_time(span, from)?, event_time(span, to)?);
+    (b >= a).then(|| (b - a) as f64 / 1e9)
+}
