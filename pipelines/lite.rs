@@ -848,6 +848,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn scopes_and_flags_are_kept() {
+        let span = |id: u8, flags: u32| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![id; 8],
+            flags,
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![
+                    ScopeSpans {
+                        scope: Some(opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+                            name: "vllm.tracing.otel".into(),
+                            version: "1".into(),
+                            ..Default::default()
+                        }),
+                        spans: vec![span(1, 0x301), span(2, 0x100)],
+                        ..Default::default()
+                    },
+                    ScopeSpans {
+                        spans: vec![span(3, 0)],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+        };
+        let view = TraceView::decode(request.encode_to_vec().into()).expect("a view");
+        let resource = view.resources().next().unwrap();
+        let scopes: Vec<(String, Vec<(u8, u32)>)> = resource
+            .scopes()
+            .map(|s| {
+                (
+                    s.name().to_string(),
+                    s.spans().map(|sp| (sp.span_id()[0], sp.flags())).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            scopes,
+            vec![
+                ("vllm.tracing.otel".to_string(), vec![(1, 0x301), (2, 0x100)]),
+                (String::new(), vec![(3, 0)]),
+            ]
+        );
+        assert_eq!(resource.spans().len(), 3);
+    }
+
     /// What classification and the replica directory read, from either form, to compare them.
     #[derive(Debug, PartialEq)]
     struct Seen {
