@@ -374,20 +374,15 @@ impl Inner {
         }
         let count = adjusted_count(span.trace_state());
         // Histogram counts are integers: a sampled span stands for round(adjusted count) values.
-        let weight = weight_of(count);
+        let at = Recorded {
+            dims,
+            weight: weight_of(count),
+            end_ns: span.end(),
+            trace_id: span.trace_id(),
+            span_id: span.span_id(),
+        };
         let mut record = |state: &mut State, metric: HistogramMetric, value: Option<f64>| {
-            if let Some(value) = value {
-                let obs = Observation {
-                    value,
-                    weight,
-                    end_ns: span.end(),
-                    trace_id: span.trace_id(),
-                    span_id: span.span_id(),
-                };
-                if state.record(metric, dims, obs, now) {
-                    overflowed.push(metric.name());
-                }
-            }
+            at.record(state, &[(metric, value)], now, overflowed);
         };
         if is_inference {
             let duration = Classifier::duration(span, rejected);
@@ -566,8 +561,14 @@ impl Inner {
             (Some(q), Some(e)) if e >= q => Some((e - q) as f64 / 1e9),
             _ => None,
         });
-        let weight = weight_of(c.head.count);
-        for (metric, value) in [
+        let at = Recorded {
+            dims,
+            weight: weight_of(c.head.count),
+            end_ns: c.end,
+            trace_id: &c.head.trace_id,
+            span_id: &c.head.span_id,
+        };
+        let values = [
             (HistogramMetric::RequestDuration, f.duration),
             (HistogramMetric::InferenceDuration, f.inference),
             (HistogramMetric::TimeToFirstByte, time_to_first_byte),
@@ -576,19 +577,8 @@ impl Inner {
             (HistogramMetric::InputTokens, f.input_tokens),
             (HistogramMetric::OutputTokens, f.output_tokens),
             (HistogramMetric::QueueDuration, queue),
-        ] {
-            let Some(value) = value else { continue };
-            let obs = Observation {
-                value,
-                weight,
-                end_ns: c.end,
-                trace_id: &c.head.trace_id,
-                span_id: &c.head.span_id,
-            };
-            if state.record(metric, dims, obs, now) {
-                overflowed.push(metric.name());
-            }
-        }
+        ];
+        at.record(state, &values, now, overflowed);
     }
 
     /// A model call's inference time and tokens, for the calling service's dimensions.
@@ -601,24 +591,19 @@ impl Inner {
         now: u64,
         overflowed: &mut Vec<&'static str>,
     ) {
-        let weight = weight_of(adjusted_count(span.trace_state()));
-        for (metric, value) in [
+        let at = Recorded {
+            dims,
+            weight: weight_of(adjusted_count(span.trace_state())),
+            end_ns: span.end(),
+            trace_id: span.trace_id(),
+            span_id: span.span_id(),
+        };
+        let values = [
             (HistogramMetric::InferenceDuration, facts.inference),
             (HistogramMetric::InputTokens, facts.input_tokens),
             (HistogramMetric::OutputTokens, facts.output_tokens),
-        ] {
-            let Some(value) = value else { continue };
-            let obs = Observation {
-                value,
-                weight,
-                end_ns: span.end(),
-                trace_id: span.trace_id(),
-                span_id: span.span_id(),
-            };
-            if state.record(metric, dims, obs, now) {
-                overflowed.push(metric.name());
-            }
-        }
+        ];
+        at.record(state, &values, now, overflowed);
     }
 
     /// The dimensions with the model a server named on its spans in place of the resource's.
@@ -667,6 +652,40 @@ impl Inner {
 /// The OTLP span flags bit that says whether the parent is remote is known (and the bit that says it is).
 const HAS_IS_REMOTE: u32 = 0x100;
 const IS_REMOTE: u32 = 0x200;
+
+/// Where a request's or a span's values go: its series, weight, end time and exemplar ids.
+struct Recorded<'a> {
+    dims: DimsId,
+    weight: u64,
+    end_ns: u64,
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+}
+
+impl Recorded<'_> {
+    /// Records each value that is there; a point that went to the overflow series is noted.
+    fn record(
+        &self,
+        state: &mut State,
+        values: &[(HistogramMetric, Option<f64>)],
+        now: u64,
+        overflowed: &mut Vec<&'static str>,
+    ) {
+        for &(metric, value) in values {
+            let Some(value) = value else { continue };
+            let obs = Observation {
+                value,
+                weight: self.weight,
+                end_ns: self.end_ns,
+                trace_id: self.trace_id,
+                span_id: self.span_id,
+            };
+            if state.record(metric, self.dims, obs, now) {
+                overflowed.push(metric.name());
+            }
+        }
+    }
+}
 
 /// What one export request leaves for the assembly, gathered before its lock is taken.
 #[derive(Default)]

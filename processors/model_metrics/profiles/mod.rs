@@ -22,22 +22,31 @@ use serde::Deserialize;
 use super::assembly::{Facts, Role};
 use super::classify::{Attributes, SpanLike, Status, Val, find_key, seconds};
 
-/// A profile as the configuration names it (`spans.profiles`).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+/// A profile as the configuration names it (`spans.profiles`): `auto`, or one profile by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProfileChoice {
     /// Every built-in profile, recognised automatically.
     Auto,
-    Vllm,
-    Triton,
-    Tgi,
-    Sglang,
-    RayServe,
-    Litellm,
-    Asgi,
-    GrpcPython,
-    Openllmetry,
-    Openinference,
+    One(Profile),
+}
+
+impl<'de> Deserialize<'de> for ProfileChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if name == "auto" {
+            return Ok(ProfileChoice::Auto);
+        }
+        match Profile::ALL.into_iter().find(|p| p.name() == name) {
+            Some(p) => Ok(ProfileChoice::One(p)),
+            None => {
+                let names: Vec<&str> = Profile::ALL.iter().map(|p| p.name()).collect();
+                Err(serde::de::Error::custom(format!(
+                    "`{name}` is no profile: auto, {}",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,21 +78,24 @@ impl Profile {
         Profile::GrpcPython,
     ];
 
+    /// The name `spans.profiles` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Vllm => "vllm",
+            Profile::Triton => "triton",
+            Profile::Tgi => "tgi",
+            Profile::Sglang => "sglang",
+            Profile::RayServe => "ray_serve",
+            Profile::Litellm => "litellm",
+            Profile::Asgi => "asgi",
+            Profile::GrpcPython => "grpc_python",
+            Profile::Openllmetry => "openllmetry",
+            Profile::Openinference => "openinference",
+        }
+    }
+
     fn chosen_by(self, choice: ProfileChoice) -> bool {
-        matches!(
-            (choice, self),
-            (ProfileChoice::Auto, _)
-                | (ProfileChoice::Vllm, Profile::Vllm)
-                | (ProfileChoice::Triton, Profile::Triton)
-                | (ProfileChoice::Tgi, Profile::Tgi)
-                | (ProfileChoice::Sglang, Profile::Sglang)
-                | (ProfileChoice::RayServe, Profile::RayServe)
-                | (ProfileChoice::Litellm, Profile::Litellm)
-                | (ProfileChoice::Asgi, Profile::Asgi)
-                | (ProfileChoice::GrpcPython, Profile::GrpcPython)
-                | (ProfileChoice::Openllmetry, Profile::Openllmetry)
-                | (ProfileChoice::Openinference, Profile::Openinference)
-        )
+        choice == ProfileChoice::Auto || choice == ProfileChoice::One(self)
     }
 
     /// Whether the spans of this scope (in this resource) are this server's.
@@ -236,4 +248,55 @@ pub fn event_time<S: SpanLike>(span: &S, name: &str) -> Option<u64> {
 pub fn between_events<S: SpanLike>(span: &S, from: &str, to: &str) -> Option<f64> {
     let (a, b) = (event_time(span, from)?, event_time(span, to)?);
     (b >= a).then(|| (b - a) as f64 / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_are_chosen_by_name_or_all_at_once() {
+        let choices: Vec<ProfileChoice> = serde_json::from_str(r#"["triton", "ray_serve"]"#).unwrap();
+        assert_eq!(
+            choices,
+            vec![
+                ProfileChoice::One(Profile::Triton),
+                ProfileChoice::One(Profile::RayServe)
+            ]
+        );
+        assert_eq!(
+            Profiles::new(&choices).enabled,
+            vec![Profile::Triton, Profile::RayServe]
+        );
+        let auto: Vec<ProfileChoice> = serde_json::from_str(r#"["auto"]"#).unwrap();
+        assert_eq!(Profiles::new(&auto).enabled, Profile::ALL.to_vec());
+        assert!(Profiles::new(&[]).enabled.is_empty());
+        assert!(serde_json::from_str::<Vec<ProfileChoice>>(r#"["tritonn"]"#).is_err());
+    }
+
+    #[test]
+    fn a_scope_is_recognised_by_its_server() {
+        let resource = [];
+        let scope = |name| Scope {
+            name,
+            resource: &resource,
+        };
+        let all = Profiles::new(&[ProfileChoice::Auto]);
+        assert_eq!(all.detect(&scope("vllm.tracing.otel")), Some(Profile::Vllm));
+        assert_eq!(all.detect(&scope("triton-server")), Some(Profile::Triton));
+        assert_eq!(all.detect(&scope("sglang server")), Some(Profile::Sglang));
+        assert_eq!(
+            all.detect(&scope("opentelemetry.instrumentation.fastapi")),
+            Some(Profile::Asgi)
+        );
+        assert_eq!(
+            all.detect(&scope("opentelemetry.instrumentation.openai.v1")),
+            Some(Profile::Openllmetry)
+        );
+        assert_eq!(
+            all.detect(&scope("opentelemetry.instrumentation.grpc")),
+            Some(Profile::GrpcPython)
+        );
+        assert_eq!(all.detect(&scope("my-service")), None);
+    }
 }
