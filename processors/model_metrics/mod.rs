@@ -207,18 +207,29 @@ impl Inner {
         rejected: &mut Vec<Rejection>,
         overflowed: &mut Vec<&'static str>,
     ) {
-        let per_span_dims = self.config.dimensions.iter().any(|d| d.source == Source::Span);
-        let resource_dims = self.dims::<S::Attrs>(resource, None, rejected);
-        // A dimension the resource lacks may be on the span (`dimensions[].from` falls back to span attributes).
-        let missing: Vec<&[String]> = self
-            .config
-            .dimensions
-            .iter()
-            .filter(|d| d.source == Source::Resource && classify::find(resource, &d.from).is_none())
-            .map(|d| d.from.as_slice())
-            .collect();
-        let resource_id = state.intern(resource_dims.clone());
-        let resource_key = resource_identity(resource);
+        let dims = self.dims::<S::Attrs>(resource, None, rejected);
+        let cx = ResourceContext {
+            resource,
+            interned: state.intern(dims.clone()),
+            dims,
+            key: resource_identity(resource),
+            per_span_dims: self.config.dimensions.iter().any(|d| d.source == Source::Span),
+            // A dimension the resource lacks may be on the span (`dimensions[].from` falls back to span attributes).
+            missing: self
+                .config
+                .dimensions
+                .iter()
+                .filter(|d| d.source == Source::Resource && classify::find(resource, &d.from).is_none())
+                .map(|d| d.from.as_slice())
+                .collect(),
+        };
+        let mut batch = Batch {
+            state,
+            now,
+            gathered,
+            rejected,
+            overflowed,
+        };
         let mut replica_active = false;
         for (scope_name, spans) in scopes {
             let profile = self.profiles.detect(&profiles::Scope {
@@ -226,67 +237,77 @@ impl Inner {
                 resource,
             });
             for span in spans {
-                let trace = trace_number(span.trace_id());
-                let key = (resource_key, trace);
-                if span.flags() & HAS_IS_REMOTE == 0 {
-                    gathered.noted.push(assembly::span_key(key, id_number(span.span_id())));
-                }
-                let wants_span_dims = per_span_dims
-                    || missing
-                        .iter()
-                        .any(|keys| classify::find(span.attributes(), keys).is_some());
-                let dims_of = |rejected: &mut Vec<Rejection>| {
-                    if wants_span_dims {
-                        self.dims(resource, Some(span.attributes()), rejected)
-                    } else {
-                        resource_dims.clone()
-                    }
-                };
-                let read = profile.map_or(Read::Generic, |p| p.read(&span));
-                let part = match read {
-                    Read::Ignore => continue,
-                    Read::ModelCall(facts) => {
-                        let dims = state.intern(dims_of(rejected));
-                        self.record_model_call(state, dims, &span, &facts, now, overflowed);
-                        continue;
-                    }
-                    Read::Part { role, facts, status } => {
-                        self.profile_part(&span, key, role, facts, status, dims_of, rejected)
-                    }
-                    Read::Generic => {
-                        let dims = if wants_span_dims {
-                            state.intern(dims_of(rejected))
-                        } else {
-                            resource_id
-                        };
-                        let request = self.observe_generic(state, resource, dims, &span, now, rejected, overflowed);
-                        match request {
-                            GenericRequest::No => continue,
-                            GenericRequest::Active => {
-                                replica_active = true;
-                                continue;
-                            }
-                            GenericRequest::Candidate => self.profile_part(
-                                &span,
-                                key,
-                                Role::Candidate,
-                                Facts::default(),
-                                None,
-                                dims_of,
-                                rejected,
-                            ),
-                        }
-                    }
-                };
-                if let Some(part) = part {
-                    replica_active |= part.role == Role::Request;
-                    gathered.parts.push(part);
-                }
+                replica_active |= self.observe_span(&cx, &mut batch, profile, &span);
             }
         }
         if replica_active {
             self.replicas.seen(resource, true);
         }
+    }
+
+    /// One span: by its profile, else by the generic rules. Whether it makes its replica active.
+    fn observe_span<S: SpanLike>(
+        &self,
+        cx: &ResourceContext<'_>,
+        batch: &mut Batch<'_>,
+        profile: Option<profiles::Profile>,
+        span: &S,
+    ) -> bool {
+        let key = (cx.key, trace_number(span.trace_id()));
+        if span.flags() & HAS_IS_REMOTE == 0 {
+            batch
+                .gathered
+                .noted
+                .push(assembly::span_key(key, id_number(span.span_id())));
+        }
+        let wants_span_dims = cx.per_span_dims
+            || cx
+                .missing
+                .iter()
+                .any(|keys| classify::find(span.attributes(), keys).is_some());
+        let dims_of = |rejected: &mut Vec<Rejection>| {
+            if wants_span_dims {
+                self.dims(cx.resource, Some(span.attributes()), rejected)
+            } else {
+                cx.dims.clone()
+            }
+        };
+        let part = match profile.map_or(Read::Generic, |p| p.read(span)) {
+            Read::Ignore => return false,
+            Read::ModelCall(facts) => {
+                let dims = batch.state.intern(dims_of(batch.rejected));
+                self.record_model_call(batch.state, dims, span, &facts, batch.now, batch.overflowed);
+                return false;
+            }
+            Read::Part { role, facts, status } => {
+                self.profile_part(span, key, role, facts, status, dims_of, batch.rejected)
+            }
+            Read::Generic => {
+                let dims = if wants_span_dims {
+                    batch.state.intern(dims_of(batch.rejected))
+                } else {
+                    cx.interned
+                };
+                let Batch {
+                    state,
+                    now,
+                    rejected,
+                    overflowed,
+                    ..
+                } = batch;
+                match self.observe_generic(state, cx.resource, dims, span, *now, rejected, overflowed) {
+                    GenericRequest::No => return false,
+                    GenericRequest::Active => return true,
+                    GenericRequest::Candidate => {
+                        self.profile_part(span, key, Role::Candidate, Facts::default(), None, dims_of, rejected)
+                    }
+                }
+            }
+        };
+        let Some(part) = part else { return false };
+        let active = part.role == Role::Request;
+        batch.gathered.parts.push(part);
+        active
     }
 
     /// A profile's span as a part of a request: a request or candidate gets its head (dimensions, status,
@@ -652,6 +673,28 @@ impl Inner {
 /// The OTLP span flags bit that says whether the parent is remote is known (and the bit that says it is).
 const HAS_IS_REMOTE: u32 = 0x100;
 const IS_REMOTE: u32 = 0x200;
+
+/// What every span of one resource shares.
+struct ResourceContext<'r> {
+    resource: &'r [KeyValue],
+    /// The resource's dimension values, and their series key in the shard being recorded.
+    dims: Dims,
+    interned: DimsId,
+    /// The resource's identity (see `resource_identity`).
+    key: u64,
+    per_span_dims: bool,
+    /// The `from` lists of the resource-sourced dimensions this resource lacks.
+    missing: Vec<&'r [String]>,
+}
+
+/// Where one export request's spans are recorded, and what they leave for later.
+struct Batch<'b> {
+    state: &'b mut State,
+    now: u64,
+    gathered: &'b mut Gathered,
+    rejected: &'b mut Vec<Rejection>,
+    overflowed: &'b mut Vec<&'static str>,
+}
 
 /// Where a request's or a span's values go: its series, weight, end time and exemplar ids.
 struct Recorded<'a> {
