@@ -918,3 +918,75 @@ service:
     assert_eq!(unreadable, 0, "no partial record");
     assert_eq!(lines.len() as u64, sent, "every acknowledged request written once");
 }
+
+/// A client that sends only stage spans (Triton `compute` spans whose request never comes), each in a trace of
+/// its own, cannot make the processor hold them without bound: past `spans.max_pending_spans` the oldest are
+/// resolved early and counted as `orphan_span`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_spans_without_requests_cannot_hold_memory() {
+    let yaml = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: { endpoint: "127.0.0.1:0" }
+processors:
+  model_metrics: { flush_interval: 1s, spans: { max_pending_spans: 20000 } }
+exporters:
+  debug:
+service:
+  telemetry:
+    metrics: { address: "127.0.0.1:0" }
+  pipelines:
+    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    metrics: { receivers: [model_metrics], exporters: [debug] }
+"#;
+    let c = start_with(yaml, &[], None);
+    let mut traces = TraceServiceClient::connect(c.grpc()).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let (batches, per_batch) = (100u64, 4000u64);
+    for b in 0..batches {
+        let mut request = traces_request("triton-inference-server", Vec::new());
+        let scope = &mut request.resource_spans[0].scope_spans[0];
+        scope.scope = Some(opentelemetry_proto::tonic::common::v1::InstrumentationScope {
+            name: "triton-server".into(),
+            ..Default::default()
+        });
+        for i in 0..per_batch {
+            let n = b * per_batch + i + 1;
+            let mut span = server_span(n, 9, now - 2_000_000, now, vec![kv("x", Value::IntValue(1))]);
+            span.name = "compute".into();
+            span.parent_span_id = (n | 1 << 62).to_be_bytes().to_vec();
+            scope.spans.push(span);
+        }
+        traces.export(request).await.unwrap();
+    }
+    let telemetry = c.address("own metrics");
+    let sent = (batches * per_batch) as f64;
+    let orphans = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, own) = http_get(&telemetry, None).unwrap();
+            let orphans = own
+                .lines()
+                .find(|l| l.contains("reason=\"orphan_span\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if orphans >= sent - 20_000.0 || Instant::now() > deadline {
+                return orphans;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    println!("{sent} stage spans sent, {orphans} counted as orphans");
+    assert_peak(c.child.id(), 200);
+    assert!(
+        orphans >= sent - 20_000.0,
+        "all but the last 20,000 resolved early: {orphans}"
+    );
+}

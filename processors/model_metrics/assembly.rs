@@ -156,9 +156,8 @@ pub struct Limits {
 
 #[derive(Default)]
 struct Entry {
-    requests: Vec<Part>,
-    candidates: Vec<Part>,
-    stages: Vec<Part>,
+    /// Requests, candidates and stages, as they came (most traces hold one or two: no room is kept spare).
+    parts: Vec<Part>,
     /// When the first request or candidate arrived.
     request_since: Option<u64>,
     /// When the first stage arrived.
@@ -175,7 +174,7 @@ impl Entry {
     }
 
     fn len(&self) -> usize {
-        self.requests.len() + self.candidates.len() + self.stages.len()
+        self.parts.len()
     }
 }
 
@@ -262,9 +261,11 @@ impl Assembly {
         let Some(entry) = self.traces.get_mut(&key.1) else {
             return;
         };
-        let before = entry.candidates.len();
-        entry.candidates.retain(|c| span_key(key, c.parent) != parent_key);
-        let removed = before - entry.candidates.len();
+        let before = entry.parts.len();
+        entry
+            .parts
+            .retain(|p| p.role != Role::Candidate || span_key(p.key, p.parent) != parent_key);
+        let removed = before - entry.parts.len();
         self.pending -= removed;
         if entry.len() == 0 {
             self.remove_entry(key.1);
@@ -291,19 +292,13 @@ impl Assembly {
         let entry = self.traces.entry(trace).or_default();
         let old_deadline = entry.deadline(&limits);
         match part.role {
-            Role::Request => {
-                entry.request_since.get_or_insert(now);
-                entry.requests.push(part);
-            }
-            Role::Candidate => {
-                entry.request_since.get_or_insert(now);
-                entry.candidates.push(part);
-            }
-            Role::Stage => {
-                entry.stage_since.get_or_insert(now);
-                entry.stages.push(part);
-            }
+            Role::Request | Role::Candidate => entry.request_since.get_or_insert(now),
+            Role::Stage => entry.stage_since.get_or_insert(now),
+        };
+        if entry.parts.len() == entry.parts.capacity() {
+            entry.parts.reserve_exact(entry.parts.len().max(1));
         }
+        entry.parts.push(part);
         let new_deadline = entry.deadline(&limits);
         if new_deadline != old_deadline {
             self.deadlines.remove(&(old_deadline, trace));
@@ -338,12 +333,11 @@ impl Assembly {
             return;
         };
         self.pending -= entry.len();
-        for c in &entry.candidates {
+        for c in entry.parts.iter().filter(|p| p.role == Role::Candidate) {
             self.candidate_parents.remove(&span_key(c.key, c.parent));
         }
-        let mut requests: Vec<Part> = entry.requests;
-        requests.extend(entry.candidates);
-        let mut stages = entry.stages;
+        let (mut stages, mut requests): (Vec<Part>, Vec<Part>) =
+            entry.parts.into_iter().partition(|p| p.role == Role::Stage);
         stages.sort_by_key(|s| s.start);
         let holders: Vec<Option<usize>> = stages.iter().map(|s| holder(&requests, &stages, s)).collect();
         let mut facts: Vec<Facts> = requests.iter_mut().map(|r| std::mem::take(&mut r.facts)).collect();
@@ -527,5 +521,17 @@ mod tests {
         let inner = done.requests.iter().find(|r| r.start == 100).unwrap();
         let outer = done.requests.iter().find(|r| r.start == 0).unwrap();
         assert_eq!((inner.facts.inference, outer.facts.inference), (Some(0.1), None));
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The README states the memory a waiting span takes: keep the statement true.
+    #[test]
+    fn a_waiting_part_is_small() {
+        let part = std::mem::size_of::<super::Part>();
+        let head = std::mem::size_of::<super::Head>();
+        println!("part {part} bytes, head {head} bytes (boxed, requests only)");
+        assert!(part <= 352, "a waiting span takes {part} bytes");
     }
 }

@@ -171,7 +171,7 @@ impl Default for SpanRules {
             profiles: vec![super::profiles::ProfileChoice::Auto],
             join_wait: Duration::from_secs(5),
             orphan_wait: Duration::from_secs(300),
-            max_pending_spans: 100_000,
+            max_pending_spans: 20_000,
         }
     }
 }

@@ -279,8 +279,20 @@ impl Inner {
                 self.record_model_call(batch.state, dims, span, &facts, batch.now, batch.overflowed);
                 return false;
             }
-            Read::Part { role, facts, status } => {
-                self.profile_part(span, key, role, facts, status, dims_of, batch.rejected)
+            Read::Part {
+                role,
+                facts,
+                status,
+                alone,
+            } => {
+                let part = self.profile_part(span, key, role, facts, status, dims_of, batch.rejected);
+                match part {
+                    Some(part) if alone && part.role == Role::Request => {
+                        self.record_alone(batch, part);
+                        return true;
+                    }
+                    other => other,
+                }
             }
             Read::Generic => {
                 let dims = if wants_span_dims {
@@ -308,6 +320,19 @@ impl Inner {
         let active = part.role == Role::Request;
         batch.gathered.parts.push(part);
         active
+    }
+
+    /// A request no other span adds to, recorded now.
+    fn record_alone(&self, batch: &mut Batch<'_>, part: Part) {
+        if let Some(head) = part.head {
+            let complete = assembly::Complete {
+                head: *head,
+                start: part.start,
+                end: part.end,
+                facts: part.facts,
+            };
+            self.record_complete(batch.state, complete, batch.now, batch.overflowed);
+        }
     }
 
     /// A profile's span as a part of a request: a request or candidate gets its head (dimensions, status,

@@ -24,6 +24,7 @@ pub fn read<S: SpanLike>(span: &S) -> Read {
             role: Role::Candidate,
             facts: Facts::default(),
             status: None,
+            alone: false,
         };
     }
     match span.attributes().attribute("asgi.event.type") {

@@ -30,5 +30,7 @@ pub fn read<S: SpanLike>(span: &S) -> Read {
         role: Role::Candidate,
         facts: Facts::default(),
         status,
+        // The span carries the whole call: nothing waits for other spans.
+        alone: true,
     }
 }

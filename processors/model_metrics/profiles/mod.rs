@@ -176,11 +176,13 @@ pub enum Read {
     /// Neither a request nor part of one (a per-step call, a span of another process's making).
     Ignore,
     /// A request, a stage of one, or a SERVER span whose parent may be local; `status` is the request's when the
-    /// profile knows better than the generic rules.
+    /// profile knows better than the generic rules. `alone`: no other span adds to this request, so it is recorded
+    /// at once rather than waiting for its stages.
     Part {
         role: Role,
         facts: Facts,
         status: Option<Status>,
+        alone: bool,
     },
     /// A call the service made to a model (a gen_ai client span): inference time and tokens for the calling
     /// service, recorded on their own.
@@ -193,6 +195,17 @@ impl Read {
             role: Role::Request,
             facts,
             status: None,
+            alone: false,
+        }
+    }
+
+    /// A request span that carries every fact of its request.
+    pub fn whole_request(facts: Facts) -> Read {
+        Read::Part {
+            role: Role::Request,
+            facts,
+            status: None,
+            alone: true,
         }
     }
 
@@ -201,6 +214,7 @@ impl Read {
             role: Role::Stage,
             facts,
             status: None,
+            alone: false,
         }
     }
 }

@@ -65,5 +65,6 @@ fn request<S: SpanLike>(span: &S) -> Read {
             code: Code::Unset,
             class: StatusClass::OK,
         }),
+        alone: false,
     }
 }

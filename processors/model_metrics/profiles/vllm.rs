@@ -34,7 +34,8 @@ pub fn read<S: SpanLike>(span: &S) -> Read {
     // the request's own time is one.
     let inference =
         positive(seconds_of(span, &["gen_ai.latency.time_in_model_inference"])).filter(|v| e2e.is_none_or(|e| *v <= e));
-    Read::request(Facts {
+    // `llm_request` carries every number of its request: it is recorded at once.
+    Read::whole_request(Facts {
         duration: e2e,
         time_to_first_byte: ttft,
         no_first_byte: ttft.is_none(),
