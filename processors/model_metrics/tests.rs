@@ -1055,3 +1055,83 @@ fn recording_shards_emit_what_one_state_emits() {
     assert!(text.contains("model-4"), "every model has its series");
     assert_eq!(one, four);
 }
+
+/// `dimensions[].from` names the resource's attributes first, then the span's: a resource without
+/// `service.name` takes the model from the request span.
+#[tokio::test]
+async fn the_model_comes_from_the_span_when_the_resource_has_none() {
+    let mut config = ModelMetricsConfig::default();
+    config.dimensions[0].from = vec!["service.name".into(), "gen_ai.request.model".into()];
+    let (p, _, out) = processor(config, Telemetry::new());
+    let now = now_ns();
+    let mut a = request_span(1, now, 0.2, 200);
+    a.attributes
+        .push(kv("gen_ai.request.model", Value::StringValue("llama-3-8b".into())));
+    let b = request_span(2, now, 0.3, 200);
+    let bare = Resource {
+        attributes: vec![kv("deployment.environment.name", Value::StringValue("prod".into()))],
+        ..Default::default()
+    };
+    p.consume(traces(bare, vec![a.clone(), b])).await.unwrap();
+    // With a service.name on the resource, the resource wins.
+    p.consume(traces(
+        resource("svc", None),
+        vec![request_span(3, now, 0.1, 200), {
+            let mut c = a;
+            c.span_id = 9u64.to_be_bytes().to_vec();
+            c
+        }],
+    ))
+    .await
+    .unwrap();
+    p.shutdown().await.unwrap();
+    let emitted = out.0.lock().await;
+    let counts = request_counts(metrics_of(&emitted[0]));
+    assert_eq!(
+        counts.get(&("llama-3-8b".into(), "2xx".into())),
+        Some(&1.0),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(&("unknown_service".into(), "2xx".into())),
+        Some(&1.0),
+        "{counts:?}"
+    );
+    assert_eq!(counts.get(&("svc".into(), "2xx".into())), Some(&2.0), "{counts:?}");
+}
+
+/// One request, counted once: a SERVER span under a local parent (is-remote bits say so, or its parent shows up
+/// in the same trace and resource) is a stage; under a remote parent it is a request.
+#[tokio::test]
+async fn server_spans_under_a_local_parent_are_no_requests() {
+    let (p, _, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+    let now = now_ns();
+    let root = request_span(1, now, 0.5, 200);
+    let child = |id: u64, flags: u32| {
+        let mut s = request_span(id, now - 1_000_000, 0.3, 200);
+        s.trace_id = root.trace_id.clone();
+        s.parent_span_id = root.span_id.clone();
+        s.flags = flags;
+        s
+    };
+    // Known local (0x100), known remote (0x300), unknown with its parent in another export request.
+    let local = child(2, 0x100);
+    let remote = child(3, 0x300);
+    let unknown = child(4, 0);
+    p.consume(traces(resource("m", None), vec![local, remote, unknown]))
+        .await
+        .unwrap();
+    p.consume(traces(resource("m", None), vec![root])).await.unwrap();
+    // An unknown-locality span whose parent never comes is a request once the wait is over (here: shutdown).
+    let mut orphan = request_span(5, now, 0.2, 200);
+    orphan.parent_span_id = 77u64.to_be_bytes().to_vec();
+    p.consume(traces(resource("m", None), vec![orphan])).await.unwrap();
+    p.shutdown().await.unwrap();
+    let emitted = out.0.lock().await;
+    let counts = request_counts(metrics_of(&emitted[0]));
+    assert_eq!(
+        counts.get(&("m".into(), "2xx".into())),
+        Some(&3.0),
+        "root, remote child, orphan: {counts:?}"
+    );
+}
