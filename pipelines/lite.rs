@@ -161,6 +161,7 @@ impl<'a> KeyValues<'a> {
     }
 
     /// The first pair with `key`: `Some(None)` when it carries no value.
+    #[inline]
     pub fn get(&self, key: &[u8]) -> Option<Option<Value<'a>>> {
         let bytes = self.bytes;
         self.kvs

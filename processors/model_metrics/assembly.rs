@@ -13,6 +13,8 @@
 //! wait (the oldest first). A stage that finds no request is counted (`orphan_span`), never dropped silently.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::classify::{Status, StatusClass};
 use super::state::Dims;
@@ -150,8 +152,6 @@ pub struct Limits {
     pub join_wait_ns: u64,
     pub orphan_wait_ns: u64,
     pub max_pending: usize,
-    /// Span ids remembered per generation (see `Seen`).
-    pub max_seen: usize,
 }
 
 #[derive(Default)]
@@ -178,27 +178,36 @@ impl Entry {
     }
 }
 
-/// Span ids seen lately, so that a candidate whose parent came first knows it is a stage. Two generations: the
-/// current one is cleared into the previous one after `join_wait`, or when it holds `max_seen` ids, so memory is
-/// at most two tables of `max_seen` ids whatever the rate.
-struct Seen {
-    current: hashbrown::HashSet<u64>,
-    previous: hashbrown::HashSet<u64>,
-    since: u64,
+/// Span ids seen lately, so that a candidate whose parent came first knows it is a stage. Direct-mapped and
+/// lock-free: each id has one slot (by its low bits), and a newer id in that slot replaces it, so every span is
+/// noted with one store, memory is fixed (8 bytes a slot), and a parent is forgotten once `slots` later spans
+/// have been noted (then its candidate counts as a request: the rule degrades, nothing grows).
+pub struct Seen {
+    slots: Box<[AtomicU64]>,
 }
 
 impl Seen {
-    fn note(&mut self, id: u64, now: u64, limits: &Limits) {
-        if self.current.len() >= limits.max_seen || now.saturating_sub(self.since) > limits.join_wait_ns {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
-            self.since = now;
+    /// A table of 2^`bits` slots.
+    pub fn new(bits: u32) -> Seen {
+        Seen {
+            slots: (0..1usize << bits).map(|_| AtomicU64::new(0)).collect(),
         }
-        self.current.insert(id);
     }
 
-    fn contains(&self, id: u64) -> bool {
-        self.current.contains(&id) || self.previous.contains(&id)
+    /// 0 marks an empty slot: no key is 0.
+    fn slot(&self, key: u64) -> (&AtomicU64, u64) {
+        let key = key.max(1);
+        (&self.slots[key as usize & (self.slots.len() - 1)], key)
+    }
+
+    pub fn note(&self, key: u64) {
+        let (slot, key) = self.slot(key);
+        slot.store(key, Ordering::Relaxed);
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        let (slot, key) = self.slot(key);
+        slot.load(Ordering::Relaxed) == key
     }
 }
 
@@ -216,22 +225,19 @@ pub struct Assembly {
     deadlines: BTreeSet<(u64, u128)>,
     /// The candidates waiting, by their parent's `span_key`.
     candidate_parents: HashMap<u64, TraceKey>,
-    seen: Seen,
+    seen: Arc<Seen>,
     pending: usize,
 }
 
 impl Assembly {
-    pub fn new(limits: Limits) -> Assembly {
+    /// `seen` is where the spans without is-remote bits are noted (by the caller, without this lock).
+    pub fn new(limits: Limits, seen: Arc<Seen>) -> Assembly {
         Assembly {
             limits,
             traces: HashMap::new(),
             deadlines: BTreeSet::new(),
             candidate_parents: HashMap::new(),
-            seen: Seen {
-                current: Default::default(),
-                previous: Default::default(),
-                since: 0,
-            },
+            seen,
             pending: 0,
         }
     }
@@ -241,12 +247,14 @@ impl Assembly {
         self.pending
     }
 
-    /// Notes spans that could be the parent of a candidate (`span_key`s): candidates waiting for one of them are
-    /// stages, not requests.
-    pub fn note_spans(&mut self, ids: &[u64], now: u64) {
-        for &id in ids {
-            self.seen.note(id, now, &self.limits);
-        }
+    /// Candidates waiting now.
+    pub fn candidates(&self) -> usize {
+        self.candidate_parents.len()
+    }
+
+    /// Spans just noted in `seen` (their `span_key`s): candidates waiting for one of them are stages, not
+    /// requests.
+    pub fn note_spans(&mut self, ids: &[u64]) {
         if self.candidate_parents.is_empty() {
             return;
         }
@@ -336,8 +344,13 @@ impl Assembly {
         for c in entry.parts.iter().filter(|p| p.role == Role::Candidate) {
             self.candidate_parents.remove(&span_key(c.key, c.parent));
         }
-        let (mut stages, mut requests): (Vec<Part>, Vec<Part>) =
-            entry.parts.into_iter().partition(|p| p.role == Role::Stage);
+        // A candidate's parent may have been noted while it waited (by a thread that did not look for it).
+        let seen = &self.seen;
+        let (mut stages, mut requests): (Vec<Part>, Vec<Part>) = entry
+            .parts
+            .into_iter()
+            .filter(|p| p.role != Role::Candidate || !seen.contains(span_key(p.key, p.parent)))
+            .partition(|p| p.role == Role::Stage);
         stages.sort_by_key(|s| s.start);
         let holders: Vec<Option<usize>> = stages.iter().map(|s| holder(&requests, &stages, s)).collect();
         let mut facts: Vec<Facts> = requests.iter_mut().map(|r| std::mem::take(&mut r.facts)).collect();
@@ -410,8 +423,11 @@ mod tests {
         join_wait_ns: 5_000,
         orphan_wait_ns: 50_000,
         max_pending: 100,
-        max_seen: 1000,
     };
+
+    fn assembly() -> Assembly {
+        Assembly::new(LIMITS, Arc::new(Seen::new(10)))
+    }
 
     fn head() -> Option<Box<Head>> {
         Some(Box::new(Head {
@@ -451,7 +467,7 @@ mod tests {
     #[test]
     fn a_stage_joins_its_request_in_either_order() {
         for stage_first in [true, false] {
-            let mut a = Assembly::new(LIMITS);
+            let mut a = assembly();
             let request = part(Role::Request, 1, 0, 100, 900, Facts::default());
             let stage = part(Role::Stage, 2, 1, 200, 800, inference(0.6));
             if stage_first {
@@ -472,7 +488,7 @@ mod tests {
 
     #[test]
     fn a_stage_without_request_is_an_orphan_after_orphan_wait() {
-        let mut a = Assembly::new(LIMITS);
+        let mut a = assembly();
         a.add(part(Role::Stage, 2, 1, 200, 800, inference(0.6)), 0);
         assert_eq!(a.expire(LIMITS.join_wait_ns + 1).orphans, 0);
         let done = a.expire(LIMITS.orphan_wait_ns + 1);
@@ -483,24 +499,30 @@ mod tests {
     fn a_candidate_whose_parent_shows_up_is_no_request() {
         // Parent first, then the candidate; and the candidate first, then its parent.
         let key = (7, 9);
-        let mut a = Assembly::new(LIMITS);
-        a.note_spans(&[span_key(key, 5)], 0);
+        let mut a = assembly();
+        a.seen.note(span_key(key, 5));
         a.add(part(Role::Candidate, 6, 5, 0, 10, Facts::default()), 1);
         assert_eq!(a.pending(), 0);
-        let mut b = Assembly::new(LIMITS);
+        let mut b = assembly();
         b.add(part(Role::Candidate, 6, 5, 0, 10, Facts::default()), 1);
-        b.note_spans(&[span_key(key, 5)], 2);
+        b.seen.note(span_key(key, 5));
+        b.note_spans(&[span_key(key, 5)]);
         assert_eq!(b.pending(), 0);
         assert!(b.drain().requests.is_empty());
+        // Noted while it waited, by a thread that did not tell: still a stage at its deadline.
+        let mut d = assembly();
+        d.add(part(Role::Candidate, 6, 5, 0, 10, Facts::default()), 1);
+        d.seen.note(span_key(key, 5));
+        assert!(d.drain().requests.is_empty());
         // No parent ever: a request.
-        let mut c = Assembly::new(LIMITS);
+        let mut c = assembly();
         c.add(part(Role::Candidate, 6, 5, 0, 10, Facts::default()), 1);
         assert_eq!(c.expire(1 + LIMITS.join_wait_ns).requests.len(), 1);
     }
 
     #[test]
     fn pending_parts_are_bounded() {
-        let mut a = Assembly::new(LIMITS);
+        let mut a = assembly();
         for i in 0..150u64 {
             let mut p = part(Role::Stage, i + 1, 0, 0, 1, Facts::default());
             p.key = (i, i as u128);
@@ -513,7 +535,7 @@ mod tests {
 
     #[test]
     fn stages_go_to_the_innermost_request_that_holds_them() {
-        let mut a = Assembly::new(LIMITS);
+        let mut a = assembly();
         a.add(part(Role::Request, 1, 0, 0, 1000, Facts::default()), 0);
         a.add(part(Role::Request, 2, 0, 100, 500, Facts::default()), 0);
         a.add(part(Role::Stage, 3, 0, 200, 300, inference(0.1)), 0);

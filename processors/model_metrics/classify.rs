@@ -48,6 +48,7 @@ pub trait Attributes {
 }
 
 impl Attributes for [KeyValue] {
+    #[inline]
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
         self.iter()
             .find(|kv| kv.key == key)
@@ -56,6 +57,7 @@ impl Attributes for [KeyValue] {
 }
 
 impl Attributes for KeyValues<'_> {
+    #[inline]
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
         self.get(key.as_bytes()).map(|v| v.map(Val::from))
     }

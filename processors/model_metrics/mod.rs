@@ -82,16 +82,22 @@ impl ProcessorFactory for ModelMetricsFactory {
             .max(1);
         let now = now_ns();
         let admitted = state::Admitted::default();
+        let seen = Arc::new(assembly::Seen::new(SEEN_SPAN_BITS));
         Ok(Arc::new(ModelMetricsProcessor {
             inner: Arc::new(Inner {
                 classifier: Classifier::new(config.spans.clone()),
                 profiles: Profiles::new(&config.spans.profiles),
-                assembly: Mutex::new(Assembly::new(assembly::Limits {
-                    join_wait_ns: config.spans.join_wait.as_nanos() as u64,
-                    orphan_wait_ns: config.spans.orphan_wait.as_nanos() as u64,
-                    max_pending: config.spans.max_pending_spans,
-                    max_seen: SEEN_SPAN_IDS,
-                })),
+                assembly: Mutex::new(Assembly::new(
+                    assembly::Limits {
+                        join_wait_ns: config.spans.join_wait.as_nanos() as u64,
+                        orphan_wait_ns: config.spans.orphan_wait.as_nanos() as u64,
+                        max_pending: config.spans.max_pending_spans,
+                    },
+                    seen.clone(),
+                )),
+                seen,
+                waiting: Default::default(),
+                candidates_waiting: Default::default(),
                 draining: Default::default(),
                 model_dimension: config.dimensions.iter().position(|d| d.name == "model"),
                 state: Mutex::new(State::new(config.clone(), now)),
@@ -122,8 +128,8 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Span ids remembered for the parent rule, per generation (two generations: 2 x 8 bytes x this, about 4 MiB).
-const SEEN_SPAN_IDS: usize = 1 << 18;
+/// Span ids remembered for the parent rule: 2^18 slots of 8 bytes, 2 MiB.
+const SEEN_SPAN_BITS: u32 = 18;
 
 struct Inner {
     config: Arc<ModelMetricsConfig>,
@@ -131,6 +137,11 @@ struct Inner {
     profiles: Profiles,
     /// The parts of requests waiting for the rest of their spans.
     assembly: Mutex<Assembly>,
+    /// Spans without is-remote bits, noted without the assembly's lock (see `assembly::Seen`).
+    seen: Arc<assembly::Seen>,
+    /// The assembly's parts and candidates waiting, as of its last change (read without its lock).
+    waiting: AtomicUsize,
+    candidates_waiting: AtomicUsize,
     /// Set at shutdown: the last flush resolves every waiting request.
     draining: std::sync::atomic::AtomicBool,
     /// Which dimension a profile's model name replaces.
@@ -255,10 +266,11 @@ impl Inner {
     ) -> bool {
         let key = (cx.key, trace_number(span.trace_id()));
         if span.flags() & HAS_IS_REMOTE == 0 {
-            batch
-                .gathered
-                .noted
-                .push(assembly::span_key(key, id_number(span.span_id())));
+            let id = assembly::span_key(key, id_number(span.span_id()));
+            self.seen.note(id);
+            if batch.gathered.collect_noted {
+                batch.gathered.noted.push(id);
+            }
         }
         let wants_span_dims = cx.per_span_dims
             || cx
@@ -493,10 +505,12 @@ impl Inner {
         let now = now_ns();
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut overflowed: Vec<&'static str> = Vec::new();
-        // One allocation for the noted span ids, however many spans (none per span).
+        // Only while candidates wait are the noted span ids looked up (one allocation, none per span).
+        let collect_noted = self.candidates_waiting.load(Ordering::Relaxed) > 0;
         let mut gathered = Gathered {
             parts: Vec::new(),
-            noted: Vec::with_capacity(data.items()),
+            noted: Vec::with_capacity(if collect_noted { data.items() } else { 0 }),
+            collect_noted,
         };
         let mut state = self.shard();
         if let Some(view) = data.view() {
@@ -533,14 +547,16 @@ impl Inner {
             }
         }
         drop(state);
-        if !gathered.parts.is_empty() || !gathered.noted.is_empty() || self.assembly_pending() {
+        if !gathered.parts.is_empty() || !gathered.noted.is_empty() || self.waiting.load(Ordering::Relaxed) > 0 {
             let resolved = {
                 let mut assembly = self.assembly.lock().unwrap_or_else(PoisonError::into_inner);
-                assembly.note_spans(&gathered.noted, now);
+                assembly.note_spans(&gathered.noted);
                 for part in gathered.parts {
                     assembly.add(part, now);
                 }
-                assembly.expire(now)
+                let resolved = assembly.expire(now);
+                self.publish_waiting(&assembly);
+                resolved
             };
             self.record_resolved(resolved, now, &mut rejected, &mut overflowed);
         }
@@ -550,8 +566,9 @@ impl Inner {
         }
     }
 
-    fn assembly_pending(&self) -> bool {
-        self.assembly.lock().unwrap_or_else(PoisonError::into_inner).pending() > 0
+    fn publish_waiting(&self, assembly: &Assembly) {
+        self.waiting.store(assembly.pending(), Ordering::Relaxed);
+        self.candidates_waiting.store(assembly.candidates(), Ordering::Relaxed);
     }
 
     fn count_rejected(&self, rejected: Vec<Rejection>) {
@@ -680,11 +697,13 @@ impl Inner {
         let now = now_ns();
         let resolved = {
             let mut assembly = self.assembly.lock().unwrap_or_else(PoisonError::into_inner);
-            if self.draining.load(Ordering::Relaxed) {
+            let resolved = if self.draining.load(Ordering::Relaxed) {
                 assembly.drain()
             } else {
                 assembly.expire(now)
-            }
+            };
+            self.publish_waiting(&assembly);
+            resolved
         };
         let (mut rejected, mut overflowed) = (Vec::new(), Vec::new());
         self.record_resolved(resolved, now, &mut rejected, &mut overflowed);
@@ -759,8 +778,10 @@ impl Recorded<'_> {
 #[derive(Default)]
 struct Gathered {
     parts: Vec<Part>,
-    /// `span_key`s of spans without is-remote bits (they may be the parent of a candidate).
+    /// `span_key`s of spans without is-remote bits (they may be the parent of a waiting candidate), gathered
+    /// only while candidates wait.
     noted: Vec<u64>,
+    collect_noted: bool,
 }
 
 /// What the generic rules did with a span.
