@@ -160,6 +160,13 @@ impl<'a> KeyValues<'a> {
             .map(move |kv| (kv.key.of(bytes), value(bytes, kv.value)))
     }
 
+    /// Each key.
+    #[inline]
+    pub fn keys(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let bytes = self.bytes;
+        self.kvs.iter().map(move |kv| kv.key.of(bytes))
+    }
+
     /// The first pair with `key`: `Some(None)` when it carries no value.
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<Option<Value<'a>>> {

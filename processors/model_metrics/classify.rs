@@ -45,6 +45,45 @@ impl<'a> From<ViewValue<'a>> for Val<'a> {
 /// A list of attributes: the first one with a key, and its value (`None` inside when it carries none).
 pub trait Attributes {
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>>;
+    /// Each attribute's key.
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8]));
+}
+
+/// A span's attributes with a 64-bit sketch of their keys: the lookup of a key the span does not carry (most of
+/// the contract's alternatives: legacy names, gRPC keys on an HTTP span) is answered without a scan. A key the
+/// span carries always has its bit set, so every answer is the list's own.
+pub struct Sketched<'a, A: ?Sized> {
+    attributes: &'a A,
+    bits: u64,
+}
+
+fn key_bit(key: &[u8]) -> u64 {
+    let n = key.len();
+    let Some(&last) = key.last() else { return 1 };
+    let h = (n as u64).wrapping_mul(0x9E37_79B9) ^ (u64::from(last) << 5) ^ u64::from(key[n / 2]).wrapping_mul(7);
+    1 << (h.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 58)
+}
+
+impl<'a, A: Attributes + ?Sized> Sketched<'a, A> {
+    #[inline]
+    pub fn new(attributes: &'a A) -> Self {
+        let mut bits = 0;
+        attributes.for_each_key(&mut |k| bits |= key_bit(k));
+        Sketched { attributes, bits }
+    }
+}
+
+impl<A: Attributes + ?Sized> Attributes for Sketched<'_, A> {
+    #[inline]
+    fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
+        if self.bits & key_bit(key.as_bytes()) == 0 {
+            return None;
+        }
+        self.attributes.attribute(key)
+    }
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) {
+        self.attributes.for_each_key(f)
+    }
 }
 
 impl Attributes for [KeyValue] {
@@ -54,12 +93,22 @@ impl Attributes for [KeyValue] {
             .find(|kv| kv.key == key)
             .map(|kv| kv.value.as_ref().map(Val::from))
     }
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) {
+        for kv in self {
+            f(kv.key.as_bytes());
+        }
+    }
 }
 
 impl Attributes for KeyValues<'_> {
     #[inline]
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
         self.get(key.as_bytes()).map(|v| v.map(Val::from))
+    }
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) {
+        for k in self.keys() {
+            f(k);
+        }
     }
 }
 
@@ -565,8 +614,16 @@ impl Classifier {
     }
 
     pub fn status<S: SpanLike>(&self, span: &S, rejected: &mut Vec<Rejection>) -> Status {
+        self.status_of(span, &Sketched::new(span.attributes()), rejected)
+    }
+
+    fn status_of<S: SpanLike, A: Attributes + ?Sized>(
+        &self,
+        span: &S,
+        attrs: &A,
+        rejected: &mut Vec<Rejection>,
+    ) -> Status {
         let rules = &self.rules;
-        let attrs = span.attributes();
         let grpc_code = find(attrs, &rules.grpc_status_code_attributes);
         let is_grpc = grpc_code.is_some()
             || find(attrs, &rules.rpc_system_attributes)
@@ -621,9 +678,9 @@ impl Classifier {
 
     pub fn request<S: SpanLike>(&self, span: &S, rejected: &mut Vec<Rejection>) -> Request {
         let rules = &self.rules;
-        let status = self.status(span, rejected);
+        let attrs = &Sketched::new(span.attributes());
+        let status = self.status_of(span, attrs, rejected);
         let duration = Self::duration(span, rejected);
-        let attrs = span.attributes();
         let from_event = span.first_event(&rules.first_byte_event_names);
         let mut first_byte_fell_back = false;
         let time_to_first_byte = match from_event {
@@ -1033,6 +1090,52 @@ mod duration_text_tests {
         assert_eq!(seconds(Val::Int(2)), Some(2.0));
         for bad in ["", "ms", "1.5 parsecs", "1.2.3s", "-"] {
             assert_eq!(seconds(Val::Str(bad)), None, "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod sketch_tests {
+    use super::{Attributes, Sketched};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+
+    /// The sketch only skips scans: every lookup answers as the attributes themselves do.
+    #[test]
+    fn a_sketched_lookup_answers_as_the_list_does() {
+        let keys = [
+            "http.response.status_code",
+            "http.status_code",
+            "rpc.grpc.status_code",
+            "rpc.system",
+            "a",
+            "",
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.prompt_tokens",
+            "gen_ai.latency.time_in_queue",
+            "x.y.z",
+            "websocket.close_code",
+            "http.request.body.size",
+            "http.response.body.size",
+            "ab",
+            "ba",
+        ];
+        for mask in 0u32..(1 << 10) {
+            let attrs: Vec<KeyValue> = keys
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << (i % 10)) != 0 && i % 3 != 2)
+                .map(|(i, k)| KeyValue {
+                    key: k.to_string(),
+                    value: Some(AnyValue {
+                        value: Some(Value::IntValue(i as i64)),
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            let sketched = Sketched::new(attrs.as_slice());
+            for k in keys {
+                assert_eq!(sketched.attribute(k), attrs.as_slice().attribute(k), "{k} in {mask:b}");
+            }
         }
     }
 }
