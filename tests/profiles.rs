@@ -1,9 +1,9 @@
 //! Server profiles end to end: each fixture in `tests/fixtures/profiles/<server>/` holds the spans of one or a
 //! few requests, shaped as that server's source emits them (the folder's NOTES.md names the version and the
 //! files). Each case goes through the real binary over OTLP/HTTP (JSON, as Triton sends it), split into two
-//! export requests, in both orders; the metrics it emits must hold the requests of `expected.json`: counts by
-//! model, protocol, status code and class, and the exact end-to-end, inference, first-byte and queue times and
-//! tokens.
+//! export requests, in both orders, and over OTLP/gRPC (protobuf, read through the borrowed view); the metrics
+//! it emits must hold the requests of `expected.json`: counts by model, protocol, status code and class, and the
+//! exact end-to-end, inference, first-byte and queue times and tokens.
 
 mod common;
 
@@ -18,6 +18,7 @@ const CONFIG: &str = r#"
 receivers:
   otlp:
     protocols:
+      grpc: { endpoint: "127.0.0.1:0" }
       http: { endpoint: "127.0.0.1:0" }
 processors:
   model_metrics:
@@ -184,12 +185,29 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) {
     assert!(response.status().is_success(), "{}", response.text().await.unwrap());
 }
 
+/// OTLP/gRPC: the same request as protobuf (read through the collector's borrowed view, not the owned types).
+async fn export(url: &str, body: &Value) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let request: ExportTraceServiceRequest = serde_json::from_value(body.clone()).unwrap();
+    let mut client = TraceServiceClient::connect(url.to_string()).await.unwrap();
+    let response = client.export(request).await.unwrap().into_inner();
+    assert!(
+        response.partial_success.as_ref().is_none_or(|p| p.rejected_spans == 0),
+        "{response:?}"
+    );
+}
+
 /// Runs one case in one order through a fresh collector, and reads what it emitted.
-async fn run(parts: &[Value]) -> (Seen, String) {
+async fn run(parts: &[Value], grpc: bool) -> (Seen, String) {
     let mut c = Collector::start(CONFIG);
     let client = reqwest::Client::new();
     for part in parts {
-        post(&client, &c.http(), part).await;
+        if grpc {
+            export(&c.grpc(), part).await;
+        } else {
+            post(&client, &c.http(), part).await;
+        }
     }
     let metrics = c.path("metrics.jsonl");
     let (status, log) = c.stop();
@@ -223,12 +241,14 @@ async fn check_profile(profile: &str) {
             .to_string();
         let want = expected(requests.as_array().unwrap(), &service);
         let [a, b] = halves(&request);
-        for (order, parts) in [
-            ("whole", vec![request.clone()]),
-            ("a-b", vec![a.clone(), b.clone()]),
-            ("b-a", vec![b, a]),
-        ] {
-            let (got, log) = run(&parts).await;
+        let orders = [
+            ("whole", vec![request.clone()], false),
+            ("a-b", vec![a.clone(), b.clone()], false),
+            ("b-a", vec![b.clone(), a.clone()], false),
+            ("b-a over gRPC", vec![b, a], true),
+        ];
+        for (order, parts, grpc) in orders {
+            let (got, log) = run(&parts, grpc).await;
             assert!(
                 close(&got, &want),
                 "{profile}/{case} ({order}):\n got  {got:?}\n want {want:?}\n{log}"
