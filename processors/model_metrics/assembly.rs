@@ -99,7 +99,8 @@ impl Facts {
     }
 }
 
-fn fill<T>(slot: &mut Option<T>, other: Option<T>) {
+/// Sets `slot` to `other` when it holds nothing yet: the first fact given wins.
+pub(super) fn fill<T>(slot: &mut Option<T>, other: Option<T>) {
     if slot.is_none() {
         *slot = other;
     }

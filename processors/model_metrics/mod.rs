@@ -32,7 +32,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use assembly::{Assembly, Facts, Part, Role};
+use assembly::{Assembly, Facts, Part, Role, fill};
 use classify::{Attributes, Classifier, Rejection, SpanLike, Val, adjusted_count};
 use config::{ModelMetricsConfig, Source};
 use profiles::{Profiles, Read};
@@ -876,12 +876,6 @@ fn resource_identity(resource: &[KeyValue]) -> u64 {
         }
     }
     h.finish()
-}
-
-fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
-    if slot.is_none() {
-        *slot = value;
-    }
 }
 
 #[async_trait]
