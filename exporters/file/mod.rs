@@ -1,5 +1,10 @@
 //! Exporter `file`: one OTLP/JSON export request per line, as the OpenTelemetry Collector's file exporter writes,
-//! each line written and flushed before the export is acknowledged so that a reader sees it.
+//! each line written and flushed before the export is acknowledged so that a reader sees it. With `rotation` the
+//! file is rolled over at a size into dated backups, as the Collector's does.
+
+mod rotation;
+#[cfg(test)]
+mod tests;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -13,11 +18,18 @@ use infercol_pipelines::{
 };
 use serde::Deserialize;
 
+use rotation::Rotation;
+pub use rotation::RotationConfig;
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileExporterConfig {
     /// The file to append to; created when missing.
     pub path: PathBuf,
+    /// Roll the file over at a size, keeping dated backups beside it. Absent: the file only grows; present, even
+    /// with no body (`rotation:`), rotation is on with the defaults.
+    #[serde(deserialize_with = "rotation::present")]
+    pub rotation: Option<RotationConfig>,
 }
 
 impl ComponentConfig for FileExporterConfig {
@@ -25,7 +37,7 @@ impl ComponentConfig for FileExporterConfig {
         if self.path.as_os_str().is_empty() {
             return Err("path: required, the file to write to".into());
         }
-        Ok(())
+        self.rotation.as_ref().map_or(Ok(()), RotationConfig::validate)
     }
 }
 
@@ -40,8 +52,10 @@ infercol_pipelines::factory!(
 
 impl ExporterFactory for FileExporterFactory {
     fn create(&self, config: &AnyConfig, _ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
+        let config = config_as::<FileExporterConfig>(config)?;
         Ok(Arc::new(FileExporter {
-            path: config_as::<FileExporterConfig>(config)?.path.clone(),
+            path: config.path.clone(),
+            rotation: config.rotation.as_ref().map(Rotation::new),
             file: Mutex::new(None),
         }))
     }
@@ -49,6 +63,7 @@ impl ExporterFactory for FileExporterFactory {
 
 pub struct FileExporter {
     path: PathBuf,
+    rotation: Option<Rotation>,
     file: Mutex<Option<File>>,
 }
 
@@ -74,6 +89,8 @@ impl Exporter for FileExporter {
         let file = guard
             .as_mut()
             .ok_or_else(|| ExportError::permanent("file exporter is not started"))?;
+        self.rotate_if_due(file, line.len())
+            .map_err(|e| ExportError::retryable(format!("rotating {}: {e}", self.path.display()), None))?;
         write_record(file, line.as_bytes())
             .map_err(|e| ExportError::retryable(format!("writing {}: {e}", self.path.display()), None))
     }
@@ -84,6 +101,20 @@ impl Exporter for FileExporter {
         {
             file.sync_all()
                 .map_err(|e| ComponentError::new(format!("syncing {}: {e}", self.path.display())))?;
+        }
+        Ok(())
+    }
+}
+
+impl FileExporter {
+    /// Before a record of `len` bytes: when it would take the file past the rotation size, the file becomes a
+    /// backup and `file` a fresh one, so that every record lies whole in one file.
+    fn rotate_if_due(&self, file: &mut File, len: usize) -> std::io::Result<()> {
+        let Some(rotation) = &self.rotation else {
+            return Ok(());
+        };
+        if rotation.is_due(file.metadata()?.len(), len as u64) {
+            *file = rotation.rotate(&self.path)?;
         }
         Ok(())
     }
