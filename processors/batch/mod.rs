@@ -218,12 +218,16 @@ mod tests {
     }
 
     fn spans(n: usize) -> Data {
+        named("s", n)
+    }
+
+    fn named(prefix: &str, n: usize) -> Data {
         Data::traces(ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
                     spans: (0..n)
                         .map(|i| Span {
-                            name: format!("s{i}"),
+                            name: format!("{prefix}{i}"),
                             ..Default::default()
                         })
                         .collect(),
@@ -236,25 +240,28 @@ mod tests {
 
     fn processor(size: usize, timeout: Duration) -> (Arc<dyn Processor>, Arc<Collect>) {
         let sink = Arc::new(Collect(Default::default()));
+        (processor_into(size, timeout, sink.clone()), sink)
+    }
+
+    fn processor_into(size: usize, timeout: Duration, next: Arc<dyn Consumer>) -> Arc<dyn Processor> {
         let config: AnyConfig = Box::new(BatchConfig {
             send_batch_size: size,
             timeout,
         });
-        let p = BatchProcessorFactory
+        BatchProcessorFactory
             .create(
                 &config,
                 ProcessorContext {
                     id: ComponentId::parse("batch").unwrap(),
                     pipeline: "traces".into(),
                     signal: Signal::Traces,
-                    next: sink.clone(),
+                    next,
                     metrics_output: None,
                     telemetry: Telemetry::new(),
                     replicas: Default::default(),
                 },
             )
-            .unwrap();
-        (p, sink)
+            .unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -279,5 +286,58 @@ mod tests {
         assert_eq!(got.len(), 3, "shutdown flushes");
         let total: usize = got.iter().map(|d| d.items()).sum();
         assert_eq!(total, 16);
+    }
+
+    /// A consumer whose first call waits until released (an exporter queue that is full), then collects.
+    #[derive(Default)]
+    struct Held {
+        entered: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+        first: std::sync::atomic::AtomicBool,
+        names: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Consumer for Held {
+        async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+            if !self.first.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            let Payload::Traces(t) = data.payload() else {
+                return Err(ConsumeError::Permanent("traces expected".into()));
+            };
+            let names = t
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans);
+            self.names.lock().unwrap().extend(names.map(|s| s.name.clone()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_lets_a_timed_flush_in_progress_finish() {
+        let next = Arc::new(Held::default());
+        let p = processor_into(1000, Duration::from_millis(200), next.clone());
+        p.start().await.unwrap();
+        p.consume(named("a", 5)).await.unwrap();
+        // The timed flush has taken the five out of the batch and waits on `next`.
+        next.entered.notified().await;
+        p.consume(named("b", 3)).await.unwrap();
+        let stopping = tokio::spawn({
+            let p = p.clone();
+            async move { p.shutdown().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waited = !stopping.is_finished();
+        next.release.notify_one();
+        stopping.await.unwrap().unwrap();
+        let mut got = next.names.lock().unwrap().clone();
+        got.sort();
+        let want = ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2"];
+        assert_eq!(got, want, "every item consumed reaches next exactly once");
+        assert!(waited, "shutdown waited for the flush in progress");
     }
 }

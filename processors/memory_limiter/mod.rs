@@ -187,7 +187,7 @@ impl Processor for MemoryLimiter {
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
-        self.task.stop().await;
+        self.task.stop("memory_limiter: checking memory").await;
         Ok(())
     }
 }

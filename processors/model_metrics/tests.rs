@@ -158,6 +158,7 @@ fn merged_sketches_from_many_agents_keep_the_bound() {
 
 // ---- the processor end to end (in process) ----
 
+#[derive(Default)]
 struct Collect(tokio::sync::Mutex<Vec<Data>>);
 
 #[async_trait]
@@ -217,8 +218,18 @@ fn traces(resource: Resource, spans: Vec<Span>) -> Data {
 }
 
 fn processor(config: ModelMetricsConfig, telemetry: Telemetry) -> (Arc<dyn Processor>, Arc<Collect>, Arc<Collect>) {
-    let next = Arc::new(Collect(Default::default()));
     let out = Arc::new(Collect(Default::default()));
+    let (p, next) = processor_into(config, telemetry, out.clone());
+    (p, next, out)
+}
+
+/// A processor whose derived metrics go to `out`.
+fn processor_into(
+    config: ModelMetricsConfig,
+    telemetry: Telemetry,
+    out: Arc<dyn Consumer>,
+) -> (Arc<dyn Processor>, Arc<Collect>) {
+    let next = Arc::new(Collect(Default::default()));
     let config: AnyConfig = Box::new(config);
     let p = ModelMetricsFactory
         .create(
@@ -228,13 +239,13 @@ fn processor(config: ModelMetricsConfig, telemetry: Telemetry) -> (Arc<dyn Proce
                 pipeline: "traces".into(),
                 signal: infercol_pipelines::Signal::Traces,
                 next: next.clone(),
-                metrics_output: Some(out.clone()),
+                metrics_output: Some(out),
                 telemetry,
                 replicas: Default::default(),
             },
         )
         .unwrap();
-    (p, next, out)
+    (p, next)
 }
 
 fn metrics_of(data: &Data) -> &ExportMetricsServiceRequest {
@@ -578,6 +589,68 @@ async fn delta_temporality() {
         b.data_points[0].start_time_unix_nano, a.data_points[0].time_unix_nano,
         "intervals abut"
     );
+}
+
+/// An output whose first call waits until released (a full exporter queue), then collects.
+#[derive(Default)]
+struct Held {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    first: std::sync::atomic::AtomicBool,
+    got: Collect,
+}
+
+#[async_trait]
+impl Consumer for Held {
+    async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+        if !self.first.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        self.got.consume(data).await
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_timed_flush_in_progress_deliver_its_delta_counts() {
+    let config = ModelMetricsConfig {
+        aggregation_temporality: Temporality::Delta,
+        flush_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let out = Arc::new(Held::default());
+    let (p, _) = processor_into(config, Telemetry::new(), out.clone());
+    p.start().await.unwrap();
+    let now = now_ns();
+    p.consume(traces(
+        resource("m", None),
+        vec![request_span(1, now, 0.1, 200), request_span(2, now, 0.2, 200)],
+    ))
+    .await
+    .unwrap();
+    // The timed flush has taken the two counts (delta: reset) and waits on the output.
+    out.entered.notified().await;
+    p.consume(traces(resource("m", None), vec![request_span(3, now, 0.3, 200)]))
+        .await
+        .unwrap();
+    let stopping = tokio::spawn({
+        let p = p.clone();
+        async move { p.shutdown().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waited = !stopping.is_finished();
+    out.release.notify_one();
+    stopping.await.unwrap().unwrap();
+    let emitted = out.got.0.lock().await;
+    let total: f64 = emitted
+        .iter()
+        .filter_map(|d| request_counts(metrics_of(d)).get(&("m".into(), "2xx".into())).copied())
+        .sum();
+    assert_eq!(
+        total, 3.0,
+        "every request recorded before shutdown is counted in some flush"
+    );
+    assert!(waited, "shutdown waited for the flush in progress");
 }
 
 #[tokio::test]
