@@ -3,6 +3,7 @@
 pub mod dashboard;
 pub mod debug;
 pub mod file;
+pub mod nop;
 pub mod otlp;
 pub mod prometheus;
 

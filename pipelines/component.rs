@@ -2,7 +2,8 @@
 //!
 //! As in the OpenTelemetry Collector, every component type has a factory that knows its type name, the signals
 //! it supports, how to read its configuration, and how to create an instance from it. Only the binary knows
-//! every factory; it hands them to the [`Registry`].
+//! every factory; it hands them to the [`Registry`]. A connector is the exporter of one pipeline and the receiver
+//! of another (traces in, metrics out); an extension runs beside the pipelines (a health check).
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -18,22 +19,32 @@ use crate::data::{Data, Signal};
 use crate::delivery::{RetryOnFailure, SendingQueue};
 use crate::telemetry::Telemetry;
 
-/// The four kinds of component a configuration declares.
+/// The five kinds of component a configuration declares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Receiver,
     Processor,
     Exporter,
+    Connector,
     Extension,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Receiver,
+        Kind::Processor,
+        Kind::Exporter,
+        Kind::Connector,
+        Kind::Extension,
+    ];
+
     /// The configuration section that declares components of this kind.
     pub fn section(self) -> &'static str {
         match self {
             Kind::Receiver => "receivers",
             Kind::Processor => "processors",
             Kind::Exporter => "exporters",
+            Kind::Connector => "connectors",
             Kind::Extension => "extensions",
         }
     }
@@ -43,6 +54,7 @@ impl Kind {
             Kind::Receiver => "receiver",
             Kind::Processor => "processor",
             Kind::Exporter => "exporter",
+            Kind::Connector => "connector",
             Kind::Extension => "extension",
         }
     }
@@ -202,6 +214,26 @@ pub trait Exporter: Send + Sync {
     }
 }
 
+/// A connector: the exporter of some pipelines, whose output enters others (model_metrics turns spans into
+/// metrics). The pipelines that list it under `exporters` call `consume` in their workers.
+#[async_trait]
+pub trait Connector: Consumer {
+    async fn start(&self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+    /// Emits everything it holds; called once the pipelines feeding it have drained.
+    async fn shutdown(&self) -> Result<(), ComponentError> {
+        Ok(())
+    }
+}
+
+/// An extension runs beside the pipelines: started before them, stopped after them.
+#[async_trait]
+pub trait Extension: Send {
+    async fn start(&mut self) -> Result<(), ComponentError>;
+    async fn shutdown(&mut self) -> Result<(), ComponentError>;
+}
+
 /// The consumers a receiver feeds, one per signal it was placed in.
 #[derive(Clone, Default)]
 pub struct Consumers {
@@ -222,13 +254,37 @@ impl Consumers {
     }
 }
 
+/// State some components share, asked for by type (as Vector's `extra_context`): the replica directory that the
+/// receivers fill and model_metrics reads. The spine does not know what is in it; a component that asks for a type
+/// gets the one instance every other component asking for it gets.
+#[derive(Clone, Default)]
+pub struct Shared(Arc<std::sync::Mutex<BTreeMap<std::any::TypeId, Box<dyn Any + Send + Sync>>>>);
+
+impl Shared {
+    /// The shared `T`, made with `T::default()` by whoever asks first. `T` is a handle (an `Arc` inside), so the
+    /// clone handed out is the same state.
+    pub fn get<T: Any + Clone + Default + Send + Sync>(&self) -> T {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()))
+            .downcast_ref::<T>()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Makes `value` the shared `T` (a test hands in a directory it fills itself).
+    pub fn provide<T: Any + Clone + Default + Send + Sync>(&self, value: T) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(std::any::TypeId::of::<T>(), Box::new(value));
+    }
+}
+
 /// What a receiver is created with.
 pub struct ReceiverContext {
     pub id: ComponentId,
     pub consumers: Consumers,
     pub telemetry: Telemetry,
-    /// Replica processes learned from the resources of received telemetry, shared by every receiver.
-    pub replicas: crate::replicas::ReplicaDirectory,
+    pub shared: Shared,
 }
 
 /// What a processor is created with.
@@ -239,17 +295,49 @@ pub struct ProcessorContext {
     pub signal: Signal,
     /// The rest of the chain.
     pub next: Arc<dyn Consumer>,
-    /// The metrics pipelines that name this processor under `receivers`, when it emits metrics.
-    pub metrics_output: Option<Arc<dyn Consumer>>,
     pub telemetry: Telemetry,
-    /// What the collector knows of model replicas (shared with the receivers).
-    pub replicas: crate::replicas::ReplicaDirectory,
+    pub shared: Shared,
 }
 
 /// What an exporter is created with.
 pub struct ExporterContext {
     pub id: ComponentId,
     pub telemetry: Telemetry,
+}
+
+/// What a connector is created with: one instance per connector id and route (traces to metrics).
+pub struct ConnectorContext {
+    pub id: ComponentId,
+    /// The signal it takes, as an exporter of the pipelines that list it under `exporters`.
+    pub from: Signal,
+    /// The signal it emits into the pipelines that list it under `receivers`.
+    pub to: Signal,
+    /// Those pipelines' entry (every one of them, or none, takes each request).
+    pub next: Arc<dyn Consumer>,
+    pub telemetry: Telemetry,
+    pub shared: Shared,
+}
+
+/// How the service stands, for extensions that report it (health_check).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Components are being started; nothing is accepted yet.
+    Starting,
+    /// Every pipeline runs.
+    Running,
+    /// Receivers stop and pipelines drain.
+    Stopping,
+    /// A component failed (its start, or a pipeline worker); the message says which.
+    Failed(String),
+}
+
+/// What an extension is created with.
+pub struct ExtensionContext {
+    pub id: ComponentId,
+    pub telemetry: Telemetry,
+    pub shared: Shared,
+    /// The service's health, updated as it starts, runs and stops.
+    pub health: tokio::sync::watch::Receiver<Health>,
 }
 
 /// A component's configuration, type-erased; its factory knows the concrete type.
@@ -324,10 +412,6 @@ pub trait ReceiverFactory: Factory {
 }
 
 pub trait ProcessorFactory: Factory {
-    /// Whether the processor emits metrics of its own into metrics pipelines that list it under `receivers`.
-    fn emits_metrics(&self) -> bool {
-        false
-    }
     fn create(&self, config: &AnyConfig, ctx: ProcessorContext) -> Result<Arc<dyn Processor>, ComponentError>;
 }
 
@@ -339,7 +423,15 @@ pub trait ExporterFactory: Factory {
     fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError>;
 }
 
-pub trait ExtensionFactory: Factory {}
+pub trait ConnectorFactory: Factory {
+    /// The (from, to) signal pairs it connects.
+    fn routes(&self) -> &'static [(Signal, Signal)];
+    fn create(&self, config: &AnyConfig, ctx: ConnectorContext) -> Result<Arc<dyn Connector>, ComponentError>;
+}
+
+pub trait ExtensionFactory: Factory {
+    fn create(&self, config: &AnyConfig, ctx: ExtensionContext) -> Result<Box<dyn Extension>, ComponentError>;
+}
 
 /// Implements [`Factory`] for a factory type from its config type and signals.
 #[macro_export]
@@ -382,6 +474,7 @@ pub struct Registry {
     pub receivers: BTreeMap<&'static str, Arc<dyn ReceiverFactory>>,
     pub processors: BTreeMap<&'static str, Arc<dyn ProcessorFactory>>,
     pub exporters: BTreeMap<&'static str, Arc<dyn ExporterFactory>>,
+    pub connectors: BTreeMap<&'static str, Arc<dyn ConnectorFactory>>,
     pub extensions: BTreeMap<&'static str, Arc<dyn ExtensionFactory>>,
 }
 
@@ -398,6 +491,14 @@ impl Registry {
         self.exporters.insert(f.type_name(), Arc::new(f));
         self
     }
+    pub fn connector(mut self, f: impl ConnectorFactory + 'static) -> Self {
+        self.connectors.insert(f.type_name(), Arc::new(f));
+        self
+    }
+    pub fn extension(mut self, f: impl ExtensionFactory + 'static) -> Self {
+        self.extensions.insert(f.type_name(), Arc::new(f));
+        self
+    }
 
     /// The factory of a type, as the generic [`Factory`].
     pub fn factory(&self, kind: Kind, type_name: &str) -> Option<&dyn Factory> {
@@ -408,6 +509,7 @@ impl Registry {
             Kind::Receiver => self.receivers.get(type_name).map(|f| up(f) as &dyn Factory),
             Kind::Processor => self.processors.get(type_name).map(|f| up(f) as &dyn Factory),
             Kind::Exporter => self.exporters.get(type_name).map(|f| up(f) as &dyn Factory),
+            Kind::Connector => self.connectors.get(type_name).map(|f| up(f) as &dyn Factory),
             Kind::Extension => self.extensions.get(type_name).map(|f| up(f) as &dyn Factory),
         }
     }
@@ -417,6 +519,7 @@ impl Registry {
             Kind::Receiver => self.receivers.keys().copied().collect(),
             Kind::Processor => self.processors.keys().copied().collect(),
             Kind::Exporter => self.exporters.keys().copied().collect(),
+            Kind::Connector => self.connectors.keys().copied().collect(),
             Kind::Extension => self.extensions.keys().copied().collect(),
         }
     }

@@ -231,27 +231,71 @@ impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Ordered
     }
 }
 
+/// Every error a configuration has, in the order of their lines: a user fixes them in one go, not one per run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    fn sorted(mut errors: Vec<ConfigError>) -> ConfigErrors {
+        errors.sort_by_key(|e| e.line.unwrap_or(u64::MAX));
+        errors.dedup();
+        ConfigErrors(errors)
+    }
+
+    /// The first error (there is always one).
+    pub fn first(&self) -> &ConfigError {
+        &self.0[0]
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 /// A whole configuration, parsed and checked.
 #[derive(Debug)]
 pub struct Config {
     pub receivers: Vec<Declared>,
     pub processors: Vec<Declared>,
     pub exporters: Vec<Declared>,
+    pub connectors: Vec<Declared>,
     pub extensions: Vec<Declared>,
     pub pipelines: Vec<Pipeline>,
+    /// `service.extensions`: the extensions to run, in order.
+    pub service_extensions: Vec<ComponentId>,
     pub telemetry: TelemetryConfig,
-    /// What the loader noticed but accepted (an unset environment variable), for the caller to log once logging
-    /// is set up.
+    /// What the loader noticed but accepted (an unset environment variable, a connector written as a processor),
+    /// for the caller to log once logging is set up.
     pub warnings: Vec<String>,
 }
 
 impl Config {
-    /// Parses YAML text (after `${env:...}` substitution) and validates it against the registry.
-    pub fn parse(yaml: &str, registry: &Registry) -> Result<Config, ConfigError> {
+    /// Parses YAML text (after `${env:...}` substitution) and validates it against the registry; the error holds
+    /// every mistake found, each with its line.
+    pub fn parse(yaml: &str, registry: &Registry) -> Result<Config, ConfigErrors> {
         let expanded = expand_env(yaml, &|name| std::env::var(name).ok())?;
-        let raw = parse_raw(&expanded.text, registry)?;
-        let mut config = raw.validate(registry)?;
-        config.warnings = expanded.warnings;
+        let (raw, mut errors) = parse_raw(&expanded.text, registry)?;
+        let mut config = raw.validate(registry, &mut errors);
+        if !errors.is_empty() {
+            return Err(ConfigErrors::sorted(errors));
+        }
+        config.warnings.splice(0..0, expanded.warnings);
         Ok(config)
     }
 
@@ -260,6 +304,7 @@ impl Config {
             Kind::Receiver => &self.receivers,
             Kind::Processor => &self.processors,
             Kind::Exporter => &self.exporters,
+            Kind::Connector => &self.connectors,
             Kind::Extension => &self.extensions,
         }
     }
@@ -289,7 +334,7 @@ impl Config {
                 )),
             }
         };
-        for kind in [Kind::Receiver, Kind::Exporter, Kind::Extension] {
+        for kind in Kind::ALL {
             for declared in self.declared(kind) {
                 if !self.is_used(kind, &declared.id) {
                     continue;
@@ -311,45 +356,92 @@ impl Config {
         Ok(())
     }
 
-    /// Whether a declared component is part of some pipeline (unused ones are not built, as in the Collector).
+    /// Whether a declared component is part of the service (unused ones are not built, as in the Collector).
     pub fn is_used(&self, kind: Kind, id: &ComponentId) -> bool {
-        self.pipelines.iter().any(|p| {
-            let list = match kind {
-                Kind::Receiver => &p.receivers,
-                Kind::Processor => &p.processors,
-                Kind::Exporter => &p.exporters,
-                Kind::Extension => return false,
-            };
-            list.iter().any(|(r, _)| r == id)
-        })
+        let listed = |list: &[(ComponentId, u64)]| list.iter().any(|(r, _)| r == id);
+        match kind {
+            Kind::Receiver => self.pipelines.iter().any(|p| listed(&p.receivers)),
+            Kind::Processor => self.pipelines.iter().any(|p| listed(&p.processors)),
+            Kind::Exporter => self.pipelines.iter().any(|p| listed(&p.exporters)),
+            Kind::Connector => self.pipelines.iter().any(|p| listed(&p.exporters)),
+            Kind::Extension => self.service_extensions.contains(id),
+        }
+    }
+
+    /// Whether `id` in a pipeline's `receivers` or `exporters` list is a connector.
+    pub fn is_connector(&self, id: &ComponentId) -> bool {
+        self.find(Kind::Connector, id).is_some()
     }
 }
 
 struct RawConfig {
-    receivers: Vec<Declared>,
-    processors: Vec<Declared>,
-    exporters: Vec<Declared>,
-    extensions: Vec<Declared>,
+    sections: BTreeMap<Kind, Vec<Declared>>,
+    /// Connectors declared under `processors` (the form before connectors existed): id and line.
+    legacy_processors: Vec<(ComponentId, u64)>,
     service: Option<RawService>,
 }
 
-fn parse_raw(yaml: &str, registry: &Registry) -> Result<RawConfig, ConfigError> {
+/// How many components with a broken body one parse may step over to report the mistakes after them.
+const MAX_SKIPPED: usize = 64;
+
+/// Parses the document, collecting every mistake: one at a key (an unknown type or section, an id declared twice)
+/// is noted and its value skipped; one inside a component's body stops the parser, so the document is parsed
+/// again with that body skipped (its defaults stand in), until the rest parses.
+fn parse_raw(yaml: &str, registry: &Registry) -> Result<(RawConfig, Vec<ConfigError>), ConfigErrors> {
     if yaml.trim().is_empty() {
-        return Err(ConfigError::at(None, "the configuration is empty"));
+        return Err(ConfigError::at(None, "the configuration is empty").into());
     }
-    // Duplicate keys are an error by default in serde-saphyr.
-    let slot = ErrorSlot::default();
-    serde_saphyr::with_deserializer_from_str(yaml, |d| ConfigSeed { registry, slot: &slot }.deserialize(d))
-        .map_err(|e| slot.0.take().unwrap_or_else(|| saphyr_error(&e)))
+    let mut skipped: BTreeSet<(Kind, ComponentId)> = BTreeSet::new();
+    let mut broken: Vec<ConfigError> = Vec::new();
+    loop {
+        let slot = ErrorSlot::default();
+        let parsed = serde_saphyr::with_deserializer_from_str(yaml, |d| {
+            ConfigSeed {
+                registry,
+                slot: &slot,
+                skipped: &skipped,
+            }
+            .deserialize(d)
+        });
+        let mut errors = std::mem::take(&mut *slot.noted.borrow_mut());
+        match parsed {
+            Ok(raw) => {
+                errors.extend(broken);
+                return Ok((raw, errors));
+            }
+            Err(e) => {
+                let fatal = slot.fatal.take().unwrap_or_else(|| saphyr_error(&e));
+                match slot.broken_body.take() {
+                    Some(body) if skipped.len() < MAX_SKIPPED && skipped.insert(body.clone()) => broken.push(fatal),
+                    _ => {
+                        errors.extend(broken);
+                        errors.push(fatal);
+                        return Err(ConfigErrors::sorted(errors));
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// The first error found by our own visitors, with the exact line (serde's error type cannot carry it through).
+/// What our own visitors found, with exact lines (serde's error type cannot carry them through).
 #[derive(Default)]
-struct ErrorSlot(std::cell::RefCell<Option<ConfigError>>);
+struct ErrorSlot {
+    /// Mistakes stepped over; the parse went on.
+    noted: std::cell::RefCell<Vec<ConfigError>>,
+    /// The mistake that stopped this parse.
+    fatal: std::cell::RefCell<Option<ConfigError>>,
+    /// The component whose body held it, to be skipped on the next parse.
+    broken_body: std::cell::RefCell<Option<(Kind, ComponentId)>>,
+}
 
 impl ErrorSlot {
+    fn note(&self, line: u64, message: String) {
+        self.noted.borrow_mut().push(ConfigError::at(Some(line), message));
+    }
+
     fn fail<E: de::Error>(&self, line: u64, message: String) -> E {
-        let mut slot = self.0.borrow_mut();
+        let mut slot = self.fatal.borrow_mut();
         if slot.is_none() {
             *slot = Some(ConfigError::at(Some(line), message.clone()));
         }
@@ -390,6 +482,7 @@ fn saphyr_error(e: &serde_saphyr::Error) -> ConfigError {
 struct ConfigSeed<'a> {
     registry: &'a Registry,
     slot: &'a ErrorSlot,
+    skipped: &'a BTreeSet<(Kind, ComponentId)>,
 }
 
 impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
@@ -403,57 +496,54 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
     type Value = RawConfig;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a mapping with receivers, processors, exporters, extensions and service")
+        f.write_str("a mapping with receivers, processors, exporters, connectors, extensions and service")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawConfig, A::Error> {
         let mut raw = RawConfig {
-            receivers: Vec::new(),
-            processors: Vec::new(),
-            exporters: Vec::new(),
-            extensions: Vec::new(),
+            sections: BTreeMap::new(),
+            legacy_processors: Vec::new(),
             service: None,
         };
         while let Some(key) = map.next_key::<Spanned<String>>()? {
             let line = key.referenced.line();
-            let kind = match key.value.as_str() {
-                "receivers" => Kind::Receiver,
-                "processors" => Kind::Processor,
-                "exporters" => Kind::Exporter,
-                "extensions" => Kind::Extension,
-                "connectors" => {
-                    return Err(self.slot.fail(
-                        line,
-                        "`connectors` are not supported: infercol derives metrics with the `model_metrics` processor, \
-                         which feeds the metrics pipelines that list it under `receivers`"
-                            .into(),
-                    ));
-                }
-                "service" => {
-                    raw.service = Some(map.next_value::<Option<RawService>>()?.unwrap_or_default());
-                    continue;
-                }
-                other => {
-                    return Err(self.slot.fail(
-                        line,
-                        format!(
-                            "unknown top-level key `{other}`; expected one of receivers, processors, exporters, \
-                         extensions, service"
-                        ),
-                    ));
-                }
+            if key.value == "service" {
+                raw.service = Some(map.next_value::<Option<RawService>>()?.unwrap_or_default());
+                continue;
+            }
+            let Some(kind) = Kind::ALL.into_iter().find(|k| k.section() == key.value) else {
+                self.slot.note(
+                    line,
+                    format!(
+                        "unknown top-level key `{}`; expected one of receivers, processors, exporters, connectors, \
+                         extensions, service",
+                        key.value
+                    ),
+                );
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
             };
+            if raw.sections.contains_key(&kind) {
+                self.slot.note(line, format!("`{}` declared twice", kind.section()));
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            }
             let declared = map.next_value_seed(SectionSeed {
                 kind,
                 registry: self.registry,
                 slot: self.slot,
+                skipped: self.skipped,
             })?;
-            match kind {
-                Kind::Receiver => raw.receivers = declared,
-                Kind::Processor => raw.processors = declared,
-                Kind::Exporter => raw.exporters = declared,
-                Kind::Extension => raw.extensions = declared,
+            let mut own = Vec::new();
+            for (as_kind, d) in declared {
+                if as_kind == kind {
+                    own.push(d);
+                } else {
+                    raw.legacy_processors.push((d.id.clone(), d.line));
+                    raw.sections.entry(as_kind).or_default().push(d);
+                }
             }
+            raw.sections.entry(kind).or_default().extend(own);
         }
         Ok(raw)
     }
@@ -463,66 +553,104 @@ struct SectionSeed<'a> {
     kind: Kind,
     registry: &'a Registry,
     slot: &'a ErrorSlot,
+    skipped: &'a BTreeSet<(Kind, ComponentId)>,
 }
 
 impl<'de> DeserializeSeed<'de> for SectionSeed<'_> {
-    type Value = Vec<Declared>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Declared>, D::Error> {
+    type Value = Vec<(Kind, Declared)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_option(self)
     }
 }
 
+impl<'a> SectionSeed<'a> {
+    /// The factory for a declared id, and the kind it really is: a connector declared under `processors` (as
+    /// model_metrics was before connectors) is read as the connector. `Err` says why the id is refused.
+    fn factory(&self, id: &ComponentId) -> Result<(Kind, &'a dyn crate::component::Factory), String> {
+        let section = self.kind.section();
+        if let Some(f) = self.registry.factory(self.kind, id.type_name()) {
+            return Ok((self.kind, f));
+        }
+        if self.kind == Kind::Processor
+            && let Some(f) = self.registry.factory(Kind::Connector, id.type_name())
+        {
+            return Ok((Kind::Connector, f));
+        }
+        if let Some(other) = Kind::ALL
+            .into_iter()
+            .find(|k| self.registry.factory(*k, id.type_name()).is_some())
+        {
+            return Err(format!(
+                "{section}.{id}: `{}` is a {}; declare it under `{}`",
+                id.type_name(),
+                other.singular(),
+                other.section()
+            ));
+        }
+        let known = self.registry.type_names(self.kind).join(", ");
+        Err(format!(
+            "{section}.{id}: unknown {} type `{}`; known types: {}",
+            self.kind.singular(),
+            id.type_name(),
+            if known.is_empty() { "none" } else { &known }
+        ))
+    }
+}
+
 impl<'de> Visitor<'de> for SectionSeed<'_> {
-    type Value = Vec<Declared>;
+    type Value = Vec<(Kind, Declared)>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "a mapping of {} ids to their configuration", self.kind.singular())
     }
 
-    fn visit_none<E: de::Error>(self) -> Result<Vec<Declared>, E> {
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(Vec::new())
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Vec<Declared>, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(Vec::new())
     }
 
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Declared>, D::Error> {
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Declared>, A::Error> {
-        let mut out: Vec<Declared> = Vec::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Vec<(Kind, Declared)> = Vec::new();
+        let section = self.kind.section();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
-            let section = self.kind.section();
             let line = key.referenced.line();
-            let id = ComponentId::parse(&key.value).map_err(|e| self.slot.fail(line, format!("{section}: {e}")))?;
-            let Some(factory) = self.registry.factory(self.kind, id.type_name()) else {
-                let known = self.registry.type_names(self.kind).join(", ");
-                return Err(self.slot.fail(
-                    line,
-                    format!(
-                        "{section}.{id}: unknown {} type `{}`; known types: {}",
-                        self.kind.singular(),
-                        id.type_name(),
-                        if known.is_empty() { "none" } else { &known }
-                    ),
-                ));
+            let found = ComponentId::parse(&key.value)
+                .map_err(|e| format!("{section}: {e}"))
+                .and_then(|id| {
+                    if out.iter().any(|(_, d)| d.id == id) {
+                        return Err(format!("{section}.{id}: declared twice"));
+                    }
+                    self.factory(&id).map(|(kind, f)| (id, kind, f))
+                });
+            let (id, kind, factory) = match found {
+                Ok(found) => found,
+                Err(message) => {
+                    self.slot.note(line, message);
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
             };
-            if out.iter().any(|d| d.id == id) {
-                return Err(self.slot.fail(line, format!("{section}.{id}: declared twice")));
-            }
-            let config = map.next_value_seed(ComponentSeed {
-                factory,
-                slot: self.slot,
-                what: format!("{section}.{id}"),
-                line,
-            })?;
-            out.push(Declared {
-                id,
-                line: key.referenced.line(),
-                config,
-            });
+            let config = if self.skipped.contains(&(kind, id.clone())) {
+                // Its body was reported on an earlier parse: skipped now, so that what follows is checked too.
+                map.next_value::<de::IgnoredAny>()?;
+                factory.default_config()
+            } else {
+                map.next_value_seed(ComponentSeed {
+                    factory,
+                    slot: self.slot,
+                    what: format!("{section}.{id}"),
+                    body: (kind, id.clone()),
+                    line,
+                })?
+            };
+            out.push((kind, Declared { id, line, config }));
         }
         Ok(out)
     }
@@ -532,6 +660,7 @@ struct ComponentSeed<'a> {
     factory: &'a dyn crate::component::Factory,
     slot: &'a ErrorSlot,
     what: String,
+    body: (Kind, ComponentId),
     line: u64,
 }
 
@@ -561,6 +690,7 @@ impl<'de> Visitor<'de> for ComponentSeed<'_> {
         let mut erased = <dyn erased_serde::Deserializer>::erase(d);
         self.factory.parse_config(&mut erased).map_err(|e| {
             let (message, line) = split_location(&e.to_string());
+            *self.slot.broken_body.borrow_mut() = Some(self.body.clone());
             self.slot
                 .fail(line.unwrap_or(self.line), format!("{}: {message}", self.what))
         })
@@ -568,187 +698,395 @@ impl<'de> Visitor<'de> for ComponentSeed<'_> {
 }
 
 impl RawConfig {
-    fn validate(self, registry: &Registry) -> Result<Config, ConfigError> {
-        let service = self
-            .service
-            .ok_or_else(|| ConfigError::at(None, "missing `service` section: declare service.pipelines"))?;
+    /// Builds the configuration, noting every mistake in `errors` (the caller refuses the configuration when it
+    /// is not empty).
+    fn validate(mut self, registry: &Registry, errors: &mut Vec<ConfigError>) -> Config {
+        let service = self.service.take().unwrap_or_else(|| {
+            errors.push(ConfigError::at(
+                None,
+                "missing `service` section: declare service.pipelines",
+            ));
+            RawService::default()
+        });
+        let mut section = |k: Kind| self.sections.remove(&k).unwrap_or_default();
+        let mut config = Config {
+            receivers: section(Kind::Receiver),
+            processors: section(Kind::Processor),
+            exporters: section(Kind::Exporter),
+            connectors: section(Kind::Connector),
+            extensions: section(Kind::Extension),
+            pipelines: Vec::new(),
+            service_extensions: Vec::new(),
+            telemetry: service.telemetry,
+            warnings: Vec::new(),
+        };
         let raw_pipelines = service.pipelines.map(|p| p.0).unwrap_or_default();
         if raw_pipelines.is_empty() {
-            return Err(ConfigError::at(
+            errors.push(ConfigError::at(
                 None,
                 "service.pipelines: no pipeline; declare at least one, e.g. `traces: { receivers: [otlp], exporters: [debug] }`",
             ));
         }
-        let find = |list: &[Declared], id: &ComponentId| list.iter().any(|d| &d.id == id);
+        let mut checker = PipelineChecker {
+            config: &config,
+            registry,
+            legacy: &self.legacy_processors,
+            errors,
+            moved: BTreeMap::new(),
+        };
         let mut pipelines = Vec::new();
-        let mut seen_ids = BTreeSet::new();
         for (key, raw) in raw_pipelines {
-            let line = key.referenced.line();
-            let id = key.value;
-            let where_ = format!("service.pipelines.{id}");
-            let signal_name = id.split_once('/').map(|(s, _)| s).unwrap_or(&id);
-            let signal = Signal::parse(signal_name).ok_or_else(|| {
-                ConfigError::at(
-                    Some(line),
-                    format!("{where_}: unknown signal `{signal_name}`; a pipeline id is traces, metrics or logs, optionally followed by /name"),
-                )
-            })?;
-            if !seen_ids.insert(id.clone()) {
-                return Err(ConfigError::at(Some(line), format!("{where_}: declared twice")));
+            if pipelines.iter().any(|p: &Pipeline| p.id == key.value) {
+                checker.error(
+                    key.referenced.line(),
+                    format!("service.pipelines.{}: declared twice", key.value),
+                );
+                continue;
             }
-            if raw.receivers.is_empty() {
-                return Err(ConfigError::at(
-                    Some(line),
-                    format!("{where_}: must have at least one receiver"),
-                ));
-            }
-            if raw.exporters.is_empty() {
-                return Err(ConfigError::at(
-                    Some(line),
-                    format!("{where_}: must have at least one exporter"),
-                ));
-            }
-            let resolve = |kind: Kind, refs: Vec<Ref>| -> Result<Vec<(ComponentId, u64)>, ConfigError> {
-                let mut out: Vec<(ComponentId, u64)> = Vec::new();
-                let list_name = kind.section();
-                for r in refs {
-                    let rline = r.referenced.line();
-                    let rid = ComponentId::parse(&r.value)
-                        .map_err(|e| ConfigError::at(Some(rline), format!("{where_}.{list_name}: {e}")))?;
-                    if out.iter().any(|(o, _)| o == &rid) {
-                        return Err(ConfigError::at(
-                            Some(rline),
-                            format!("{where_}.{list_name}: `{rid}` is listed twice"),
-                        ));
-                    }
-                    let declared_as_kind = find(
-                        match kind {
-                            Kind::Receiver => &self.receivers,
-                            Kind::Processor => &self.processors,
-                            _ => &self.exporters,
-                        },
-                        &rid,
-                    );
-                    // A processor that emits metrics may stand under `receivers` of a metrics pipeline.
-                    let emitter = kind == Kind::Receiver
-                        && !declared_as_kind
-                        && find(&self.processors, &rid)
-                        && registry
-                            .processors
-                            .get(rid.type_name())
-                            .is_some_and(|f| f.emits_metrics());
-                    if emitter {
-                        if signal != Signal::Metrics {
-                            return Err(ConfigError::at(
-                                Some(rline),
-                                format!(
-                                    "{where_}.receivers: processor `{rid}` emits metrics; list it under receivers of a metrics pipeline only"
-                                ),
-                            ));
-                        }
-                        out.push((rid, rline));
-                        continue;
-                    }
-                    if !declared_as_kind {
-                        return Err(ConfigError::at(
-                            Some(rline),
-                            format!(
-                                "{where_}.{list_name}: references {} `{rid}`, which is not declared under `{list_name}`",
-                                kind.singular()
-                            ),
-                        ));
-                    }
-                    let factory = registry.factory(kind, rid.type_name());
-                    if let Some(f) = factory
-                        && !f.signals().contains(&signal)
-                    {
-                        let supported: Vec<&str> = f.signals().iter().map(|s| s.as_str()).collect();
-                        return Err(ConfigError::at(
-                            Some(rline),
-                            format!(
-                                "{where_}.{list_name}: {} `{rid}` does not support {signal} (it supports {})",
-                                kind.singular(),
-                                supported.join(", ")
-                            ),
-                        ));
-                    }
-                    out.push((rid, rline));
-                }
-                Ok(out)
-            };
-            let receivers = resolve(Kind::Receiver, raw.receivers)?;
-            let processors = resolve(Kind::Processor, raw.processors)?;
-            let exporters = resolve(Kind::Exporter, raw.exporters)?;
-            pipelines.push(Pipeline {
-                id,
-                signal,
-                line,
-                receivers,
-                processors,
-                exporters,
-            });
-        }
-        // A processor feeding a metrics pipeline must not sit in that pipeline's own chain (a loop).
-        for p in &pipelines {
-            for (rid, rline) in &p.receivers {
-                if self.receivers.iter().any(|d| &d.id == rid) {
-                    continue;
-                }
-                let consumers_of_emitter = pipelines.iter().filter(|q| q.processors.iter().any(|(x, _)| x == rid));
-                for q in consumers_of_emitter {
-                    if q.signal == Signal::Metrics {
-                        return Err(ConfigError::at(
-                            Some(*rline),
-                            format!(
-                                "service.pipelines.{}: processor `{rid}` emits metrics into this pipeline and also sits in metrics pipeline `{}`, which makes a loop",
-                                p.id, q.id
-                            ),
-                        ));
-                    }
-                }
-                if !pipelines.iter().any(|q| q.processors.iter().any(|(x, _)| x == rid)) {
-                    return Err(ConfigError::at(
-                        Some(*rline),
-                        format!(
-                            "service.pipelines.{}.receivers: processor `{rid}` emits metrics only from the spans it sees; place it under `processors` of a traces pipeline too",
-                            p.id
-                        ),
-                    ));
-                }
+            if let Some(p) = checker.pipeline(key, raw) {
+                pipelines.push(p);
             }
         }
-        for ext in &service.extensions {
-            let rline = ext.referenced.line();
-            let id = ComponentId::parse(&ext.value)
-                .map_err(|e| ConfigError::at(Some(rline), format!("service.extensions: {e}")))?;
-            if !find(&self.extensions, &id) {
-                return Err(ConfigError::at(
-                    Some(rline),
-                    format!(
-                        "service.extensions: references extension `{id}`, which is not declared under `extensions`"
-                    ),
-                ));
-            }
+        let moved = std::mem::take(&mut checker.moved);
+        config.pipelines = pipelines;
+        for (id, (line, into)) in moved {
+            config.warnings.push(format!(
+                "processors.{id} (line {line}): `{}` is a connector; this processor form is read as one. Write it \
+                 under `connectors:` and list it under `exporters` of {} instead of `processors`; the metrics \
+                 pipelines keep it under `receivers`",
+                id.type_name(),
+                into.join(", ")
+            ));
         }
-        service
+        check_connectors(&config, registry, errors);
+        check_loops(&config, errors);
+        config.service_extensions = resolve_extensions(&config, &service.extensions, errors);
+        if let Err(e) = config
             .telemetry
             .metrics
             .auth
             .validate("service.telemetry.metrics.auth.")
-            .map_err(|e| ConfigError::at(None, e))?;
-        if let Some(level) = &service.telemetry.logs.level {
-            parse_log_level(level).map_err(|e| ConfigError::at(None, format!("service.telemetry.logs.level: {e}")))?;
+        {
+            errors.push(ConfigError::at(None, e));
         }
-        Ok(Config {
-            receivers: self.receivers,
-            processors: self.processors,
-            exporters: self.exporters,
-            extensions: self.extensions,
-            pipelines,
-            telemetry: service.telemetry,
-            warnings: Vec::new(),
+        if let Some(level) = &config.telemetry.logs.level
+            && let Err(e) = parse_log_level(level)
+        {
+            errors.push(ConfigError::at(None, format!("service.telemetry.logs.level: {e}")));
+        }
+        config
+    }
+}
+
+/// Resolves the references of pipelines, noting each mistake and going on.
+struct PipelineChecker<'a> {
+    config: &'a Config,
+    registry: &'a Registry,
+    legacy: &'a [(ComponentId, u64)],
+    errors: &'a mut Vec<ConfigError>,
+    /// Connectors written as processors: where they were declared and the pipelines they were moved to.
+    moved: BTreeMap<ComponentId, (u64, Vec<String>)>,
+}
+
+/// What a pipeline's reference names.
+enum Named {
+    Component,
+    Connector,
+    /// A connector under `processors` (the form before connectors): it becomes an exporter of the pipeline.
+    LegacyConnector,
+}
+
+impl PipelineChecker<'_> {
+    fn error(&mut self, line: u64, message: String) {
+        self.errors.push(ConfigError::at(Some(line), message));
+    }
+
+    fn pipeline(&mut self, key: Spanned<String>, raw: PipelineConfig) -> Option<Pipeline> {
+        let line = key.referenced.line();
+        let id = key.value;
+        let where_ = format!("service.pipelines.{id}");
+        let signal_name = id.split_once('/').map(|(s, _)| s).unwrap_or(&id);
+        let Some(signal) = Signal::parse(signal_name) else {
+            self.error(
+                line,
+                format!("{where_}: unknown signal `{signal_name}`; a pipeline id is traces, metrics or logs, optionally followed by /name"),
+            );
+            return None;
+        };
+        // An empty list is reported; a list whose references were all wrong already has its errors.
+        let empty = |what: &str, refs: &[Ref], legacy_too: bool| {
+            (refs.is_empty() && !legacy_too)
+                .then(|| ConfigError::at(Some(line), format!("{where_}: must have at least one {what}")))
+        };
+        let has_legacy = raw
+            .processors
+            .iter()
+            .any(|r| self.legacy.iter().any(|(l, _)| l.to_string() == r.value));
+        let missing: Vec<ConfigError> = [
+            empty("receiver", &raw.receivers, false),
+            empty("exporter", &raw.exporters, has_legacy),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let receivers = self.list(&where_, Kind::Receiver, signal, raw.receivers);
+        let mut processors = self.list(&where_, Kind::Processor, signal, raw.processors);
+        let mut exporters = self.list(&where_, Kind::Exporter, signal, raw.exporters);
+        let legacy: Vec<(ComponentId, u64)> = processors
+            .iter()
+            .filter(|(p, _)| self.legacy.iter().any(|(l, _)| l == p))
+            .cloned()
+            .collect();
+        for (connector, at) in legacy {
+            processors.retain(|(p, _)| p != &connector);
+            let declared_at = self
+                .legacy
+                .iter()
+                .find(|(l, _)| l == &connector)
+                .map_or(at, |(_, l)| *l);
+            let entry = self.moved.entry(connector.clone()).or_insert((declared_at, Vec::new()));
+            entry.1.push(format!("pipeline {id}"));
+            if !exporters.iter().any(|(e, _)| e == &connector) {
+                exporters.insert(0, (connector, at));
+            }
+        }
+        if !missing.is_empty() || receivers.is_empty() || exporters.is_empty() {
+            self.errors.extend(missing);
+            return None;
+        }
+        Some(Pipeline {
+            id,
+            signal,
+            line,
+            receivers,
+            processors,
+            exporters,
         })
     }
+
+    /// Resolves one list of a pipeline; a reference that is wrong is reported and left out.
+    fn list(&mut self, where_: &str, list: Kind, signal: Signal, refs: Vec<Ref>) -> Vec<(ComponentId, u64)> {
+        let mut out: Vec<(ComponentId, u64)> = Vec::new();
+        let list_name = list.section();
+        for r in refs {
+            let rline = r.referenced.line();
+            let rid = match ComponentId::parse(&r.value) {
+                Ok(rid) => rid,
+                Err(e) => {
+                    self.error(rline, format!("{where_}.{list_name}: {e}"));
+                    continue;
+                }
+            };
+            if out.iter().any(|(o, _)| o == &rid) {
+                self.error(rline, format!("{where_}.{list_name}: `{rid}` is listed twice"));
+                continue;
+            }
+            match self.named(where_, list, signal, &rid) {
+                Ok(_) => out.push((rid, rline)),
+                Err(message) => self.error(rline, message),
+            }
+        }
+        out
+    }
+
+    /// What `rid` in a pipeline's `list` is, or why it cannot stand there.
+    fn named(&self, where_: &str, list: Kind, signal: Signal, rid: &ComponentId) -> Result<Named, String> {
+        let list_name = list.section();
+        let config = self.config;
+        if config.find(list, rid).is_some() {
+            let factory = self.registry.factory(list, rid.type_name());
+            if let Some(f) = factory
+                && !f.signals().contains(&signal)
+            {
+                let supported: Vec<&str> = f.signals().iter().map(|s| s.as_str()).collect();
+                return Err(format!(
+                    "{where_}.{list_name}: {} `{rid}` does not support {signal} (it supports {})",
+                    list.singular(),
+                    supported.join(", ")
+                ));
+            }
+            return Ok(Named::Component);
+        }
+        if config.is_connector(rid) {
+            let routes = self
+                .registry
+                .connectors
+                .get(rid.type_name())
+                .map_or(&[][..], |f| f.routes());
+            let fits = match list {
+                Kind::Receiver => routes.iter().any(|(_, to)| *to == signal),
+                Kind::Exporter | Kind::Processor => routes.iter().any(|(from, _)| *from == signal),
+                _ => false,
+            };
+            let legacy = list == Kind::Processor && self.legacy.iter().any(|(l, _)| l == rid);
+            return match (fits, list) {
+                (true, Kind::Receiver | Kind::Exporter) => Ok(Named::Connector),
+                (true, _) if legacy => Ok(Named::LegacyConnector),
+                (_, Kind::Processor) if !legacy => Err(format!(
+                    "{where_}.processors: `{rid}` is a connector; list it under `exporters` of the pipeline it reads and under `receivers` of the pipelines it feeds"
+                )),
+                _ => Err(format!(
+                    "{where_}.{list_name}: connector `{rid}` cannot stand there in a {signal} pipeline (it connects {})",
+                    describe_routes(routes)
+                )),
+            };
+        }
+        let declared_elsewhere = Kind::ALL.into_iter().find(|k| config.find(*k, rid).is_some());
+        Err(match declared_elsewhere {
+            Some(other) => format!(
+                "{where_}.{list_name}: `{rid}` is declared under `{}`; a {} cannot stand under `{list_name}`",
+                other.section(),
+                other.singular()
+            ),
+            None => format!(
+                "{where_}.{list_name}: references {} `{rid}`, which is not declared under `{list_name}`",
+                list.singular()
+            ),
+        })
+    }
+}
+
+fn describe_routes(routes: &[(Signal, Signal)]) -> String {
+    let names: Vec<String> = routes.iter().map(|(f, t)| format!("{f} to {t}")).collect();
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The routes of a connector id in a configuration.
+fn routes_of(config: &Config, registry: &Registry, id: &ComponentId) -> &'static [(Signal, Signal)] {
+    match config.find(Kind::Connector, id) {
+        Some(_) => registry.connectors.get(id.type_name()).map_or(&[], |f| f.routes()),
+        None => &[],
+    }
+}
+
+/// A connector must be the exporter of a pipeline and the receiver of another it can feed, as in the Collector.
+fn check_connectors(config: &Config, registry: &Registry, errors: &mut Vec<ConfigError>) {
+    for p in &config.pipelines {
+        for (cid, line) in p.exporters.iter().filter(|(c, _)| config.is_connector(c)) {
+            let routes = routes_of(config, registry, cid);
+            let feeds = config
+                .pipelines
+                .iter()
+                .any(|q| q.receivers.iter().any(|(r, _)| r == cid) && routes.contains(&(p.signal, q.signal)));
+            if !feeds {
+                errors.push(ConfigError::at(
+                    Some(*line),
+                    format!(
+                        "service.pipelines.{}.exporters: connector `{cid}` is not under `receivers` of any pipeline it can feed ({})",
+                        p.id,
+                        describe_routes(routes)
+                    ),
+                ));
+            }
+        }
+        for (cid, line) in p.receivers.iter().filter(|(c, _)| config.is_connector(c)) {
+            let routes = routes_of(config, registry, cid);
+            let fed = config
+                .pipelines
+                .iter()
+                .any(|q| q.exporters.iter().any(|(e, _)| e == cid) && routes.contains(&(q.signal, p.signal)));
+            if !fed {
+                errors.push(ConfigError::at(
+                    Some(*line),
+                    format!(
+                        "service.pipelines.{}.receivers: connector `{cid}` is not under `exporters` of any pipeline, so it has nothing to emit ({})",
+                        p.id,
+                        describe_routes(routes)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The pipelines a pipeline feeds through connectors, with the connector and the line it is listed on.
+pub(crate) fn downstream<'a>(
+    config: &'a Config,
+    p: &'a Pipeline,
+) -> impl Iterator<Item = (usize, &'a ComponentId, u64)> + 'a {
+    p.exporters
+        .iter()
+        .filter(|(c, _)| config.is_connector(c))
+        .flat_map(move |(cid, line)| {
+            config
+                .pipelines
+                .iter()
+                .enumerate()
+                .filter(move |(_, q)| q.receivers.iter().any(|(r, _)| r == cid))
+                .map(move |(i, _)| (i, cid, *line))
+        })
+}
+
+/// A loop through connectors would send a pipeline's own output back into it forever.
+fn check_loops(config: &Config, errors: &mut Vec<ConfigError>) {
+    // Depth-first search with colours: 1 on the path, 2 done.
+    fn visit(
+        config: &Config,
+        at: usize,
+        colour: &mut [u8],
+        path: &mut Vec<(usize, String, u64)>,
+    ) -> Option<ConfigError> {
+        colour[at] = 1;
+        for (next, cid, line) in downstream(config, &config.pipelines[at]) {
+            path.push((at, cid.to_string(), line));
+            if colour[next] == 1 {
+                let start = path.iter().position(|(p, _, _)| *p == next).unwrap_or(0);
+                let cycle: Vec<String> = path[start..]
+                    .iter()
+                    .map(|(p, c, _)| format!("{} -> {c}", config.pipelines[*p].id))
+                    .collect();
+                return Some(ConfigError::at(
+                    Some(path[start].2),
+                    format!(
+                        "service.pipelines: a loop through connectors: {} -> {}; a pipeline must not receive what it exports",
+                        cycle.join(" -> "),
+                        config.pipelines[next].id
+                    ),
+                ));
+            }
+            if colour[next] == 0
+                && let Some(e) = visit(config, next, colour, path)
+            {
+                return Some(e);
+            }
+            path.pop();
+        }
+        colour[at] = 2;
+        None
+    }
+    let mut colour = vec![0u8; config.pipelines.len()];
+    for start in 0..config.pipelines.len() {
+        if colour[start] == 0
+            && let Some(e) = visit(config, start, &mut colour, &mut Vec::new())
+        {
+            errors.push(e);
+            return;
+        }
+    }
+}
+
+fn resolve_extensions(config: &Config, refs: &[Ref], errors: &mut Vec<ConfigError>) -> Vec<ComponentId> {
+    let mut out = Vec::new();
+    for ext in refs {
+        let line = ext.referenced.line();
+        match ComponentId::parse(&ext.value) {
+            Err(e) => errors.push(ConfigError::at(Some(line), format!("service.extensions: {e}"))),
+            Ok(id) if config.find(Kind::Extension, &id).is_none() => errors.push(ConfigError::at(
+                Some(line),
+                format!("service.extensions: references extension `{id}`, which is not declared under `extensions`"),
+            )),
+            Ok(id) if out.contains(&id) => errors.push(ConfigError::at(
+                Some(line),
+                format!("service.extensions: `{id}` is listed twice"),
+            )),
+            Ok(id) => out.push(id),
+        }
+    }
+    out
 }
 
 /// Checks a log level name and returns it in the form `tracing` filters take.
@@ -818,18 +1156,49 @@ mod parse_tests {
     }
     struct FakeExporter;
     crate::factory!(FakeExporter, "sink", FakeConfig, &[Signal::Traces]);
+    struct FakeSinkAll;
+    crate::factory!(FakeSinkAll, "sink", FakeConfig, &[Signal::Traces, Signal::Metrics]);
+    impl ExporterFactory for FakeSinkAll {
+        fn create(&self, _: &AnyConfig, _: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
+            Err(ComponentError::new("not in this test"))
+        }
+    }
     impl ExporterFactory for FakeExporter {
         fn create(&self, _: &AnyConfig, _: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
             Err(ComponentError::new("not in this test"))
         }
     }
 
+    /// A connector from traces to traces or to metrics.
+    struct Relay;
+    crate::factory!(Relay, "relay", FakeConfig, &[Signal::Traces, Signal::Metrics]);
+    impl ConnectorFactory for Relay {
+        fn routes(&self) -> &'static [(Signal, Signal)] {
+            &[(Signal::Traces, Signal::Traces), (Signal::Traces, Signal::Metrics)]
+        }
+        fn create(&self, _: &AnyConfig, _: ConnectorContext) -> Result<Arc<dyn Connector>, ComponentError> {
+            Err(ComponentError::new("not in this test"))
+        }
+    }
+
     fn registry() -> Registry {
-        Registry::default().receiver(FakeReceiver).exporter(FakeExporter)
+        Registry::default()
+            .receiver(FakeReceiver)
+            .exporter(FakeExporter)
+            .connector(Relay)
     }
 
     fn err(yaml: &str) -> ConfigError {
-        Config::parse(yaml, &registry()).expect_err("config should be rejected")
+        Config::parse(yaml, &registry())
+            .expect_err("config should be rejected")
+            .0
+            .remove(0)
+    }
+
+    fn errors(yaml: &str) -> Vec<ConfigError> {
+        Config::parse(yaml, &registry())
+            .expect_err("config should be rejected")
+            .0
     }
 
     #[test]
@@ -904,5 +1273,75 @@ mod parse_tests {
         let e = err("receivers:\n  fake:\nexporters:\n  sink:\nservic:\n  pipelines: {}\n");
         assert!(e.message.contains("servic"), "{e}");
         assert_eq!(e.line, Some(5));
+    }
+
+    #[test]
+    fn a_connector_is_the_exporter_of_one_pipeline_and_the_receiver_of_another() {
+        let c = Config::parse(
+            "receivers:\n  fake:\nconnectors:\n  relay:\nexporters:\n  sink:\nservice:\n  pipelines:\n    traces: { receivers: [fake], exporters: [relay] }\n    metrics: { receivers: [relay], exporters: [sink] }\n",
+            &Registry::default()
+                .receiver(FakeReceiver)
+                .connector(Relay)
+                .exporter(FakeSinkAll),
+        )
+        .unwrap();
+        assert_eq!(c.connectors.len(), 1);
+        assert!(c.is_used(Kind::Connector, &c.connectors[0].id));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Exported to but never received from: its output would go nowhere.
+        let e = err(
+            "receivers:\n  fake:\nconnectors:\n  relay:\nexporters:\n  sink:\nservice:\n  pipelines:\n    traces: { receivers: [fake], exporters: [relay, sink] }\n",
+        );
+        assert!(e.message.contains("connector `relay` is not under `receivers`"), "{e}");
+        assert_eq!(e.line, Some(9));
+        // A connector from traces cannot be the exporter of a metrics pipeline.
+        let all = errors(
+            "receivers:\n  fake:\nconnectors:\n  relay:\nexporters:\n  sink:\nservice:\n  pipelines:\n    traces: { receivers: [relay], exporters: [sink] }\n    metrics: { receivers: [fake], exporters: [relay] }\n",
+        );
+        assert!(
+            all.iter()
+                .any(|e| e.message.contains("cannot stand there in a metrics pipeline") && e.line == Some(10)),
+            "{all:?}"
+        );
+    }
+
+    #[test]
+    fn a_loop_through_connectors_is_refused() {
+        let errors = errors(
+            "receivers:\n  fake:\nconnectors:\n  relay/a:\n  relay/b:\nexporters:\n  sink:\nservice:\n  pipelines:\n    traces/in: { receivers: [fake, relay/b], exporters: [relay/a] }\n    traces/out: { receivers: [relay/a], exporters: [sink, relay/b] }\n",
+        );
+        let e = errors
+            .iter()
+            .find(|e| e.message.contains("loop"))
+            .expect("a loop error");
+        assert!(
+            e.message
+                .contains("traces/in -> relay/a -> traces/out -> relay/b -> traces/in"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(10), "{e}");
+    }
+
+    #[test]
+    fn independent_mistakes_are_all_reported_each_with_its_line() {
+        let errors = errors(
+            "receivers:\n  fake:\n    count: 0\n  fake/b:\n    colour: red\nexporters:\n  sink:\n  kafka:\nservice:\n  pipelines:\n    traces: { receivers: [fake, fake/b], exporters: [sink, sink/missing] }\n",
+        );
+        let found: Vec<(Option<u64>, &str)> = errors.iter().map(|e| (e.line, e.message.as_str())).collect();
+        assert_eq!(errors.len(), 4, "{found:?}");
+        assert!(
+            errors[0].message.contains("count: must be at least 1")
+                && errors[0].line.is_some_and(|l| (2..=3).contains(&l)),
+            "{found:?}"
+        );
+        assert!(
+            errors[1].message.contains("receivers.fake/b") && errors[1].message.contains("colour"),
+            "{found:?}"
+        );
+        assert_eq!(errors[1].line, Some(5), "{found:?}");
+        assert!(errors[2].message.contains("unknown exporter type `kafka`"), "{found:?}");
+        assert_eq!(errors[2].line, Some(8), "{found:?}");
+        assert!(errors[3].message.contains("`sink/missing`"), "{found:?}");
+        assert_eq!(errors[3].line, Some(11), "{found:?}");
     }
 }

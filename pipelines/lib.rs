@@ -18,11 +18,12 @@ pub mod telemetry;
 pub mod tls;
 
 pub use component::{
-    AnyConfig, ComponentConfig, ComponentError, ComponentId, ConsumeError, Consumer, Consumers, ExportError, Exporter,
-    ExporterContext, ExporterFactory, Factory, Gate, Kind, Processor, ProcessorContext, ProcessorFactory, Receiver,
-    ReceiverContext, ReceiverFactory, Registry, config_as, parse_config,
+    AnyConfig, ComponentConfig, ComponentError, ComponentId, Connector, ConnectorContext, ConnectorFactory,
+    ConsumeError, Consumer, Consumers, ExportError, Exporter, ExporterContext, ExporterFactory, Extension,
+    ExtensionContext, ExtensionFactory, Factory, Gate, Health, Kind, Processor, ProcessorContext, ProcessorFactory,
+    Receiver, ReceiverContext, ReceiverFactory, Registry, Shared, config_as, parse_config,
 };
-pub use config::{Config, ConfigError, Endpoint};
+pub use config::{Config, ConfigError, ConfigErrors, Endpoint};
 pub use data::{Data, Payload, Signal};
 pub use delivery::{RetryOnFailure, SendingQueue, Sizer};
 pub use graph::{FanOut, Service};

@@ -1,6 +1,7 @@
 //! infercol's receivers. Each is one folder: its configuration beside the code that does the work.
 
 pub mod hostmetrics;
+pub mod nop;
 pub mod nvml;
 pub mod otlp;
 pub mod replica_probe;

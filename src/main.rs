@@ -26,10 +26,13 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
     version,
     about = "An OpenTelemetry collector that turns the spans of model services into inference metrics",
     long_about = "An OpenTelemetry collector that turns the spans of model services into inference metrics.\n\n\
-                  Without --config it runs its embedded default configuration: OTLP on 127.0.0.1:4317 (gRPC) and \
-                  127.0.0.1:4318 (HTTP), a summary of what arrives on stderr, spans written to spans.jsonl, and its \
-                  own metrics on http://127.0.0.1:8888/metrics. SIGINT or SIGTERM stop it after flushing everything \
-                  it accepted."
+                  Without --config it runs its embedded default configuration (`infercol default-config` prints it): \
+                  OTLP on 127.0.0.1:4317 (gRPC) and 127.0.0.1:4318 (HTTP); the model_metrics connector turning \
+                  spans into inference metrics, beside host and GPU samples; those metrics for Prometheus on \
+                  http://127.0.0.1:9464/metrics and drawn on the dashboard at http://127.0.0.1:9465/; a summary of \
+                  what arrives on stderr; its own metrics on http://127.0.0.1:8888/metrics; a health check for \
+                  probes on http://127.0.0.1:13133/. Nothing is written to disk. SIGINT or SIGTERM stop it after \
+                  flushing everything it accepted."
 )]
 struct Cli {
     /// The YAML configuration to run (the OpenTelemetry Collector's shape).
@@ -58,8 +61,9 @@ fn registry() -> Registry {
         .receiver(infercol_receivers::replica_probe::ReplicaProbeFactory)
         .processor(infercol_processors::batch::BatchProcessorFactory)
         .processor(infercol_processors::memory_limiter::MemoryLimiterFactory)
-        .processor(infercol_processors::model_metrics::ModelMetricsFactory)
+        .receiver(infercol_receivers::nop::NopReceiverFactory)
         .processor(infercol_processors::model_metrics::gateway::ModelQuantilesFactory)
+        .connector(infercol_processors::model_metrics::ModelMetricsFactory)
         .exporter(infercol_exporters::dashboard::DashboardExporterFactory)
         .exporter(infercol_exporters::debug::DebugExporterFactory)
         .exporter(infercol_exporters::file::FileExporterFactory)
@@ -67,6 +71,22 @@ fn registry() -> Registry {
         .exporter(infercol_exporters::otlp::OtlpHttpExporterFactory)
         .exporter(infercol_exporters::prometheus::PrometheusExporterFactory)
         .exporter(infercol_exporters::prometheus::RemoteWriteExporterFactory)
+        .exporter(infercol_exporters::nop::NopExporterFactory)
+        .extension(infercol_extensions::health_check::HealthCheckFactory)
+}
+
+/// What a component type handles: its signals, or a connector's routes (`traces -> metrics`).
+fn handles(registry: &Registry, kind: Kind, name: &str) -> String {
+    if kind == Kind::Connector
+        && let Some(f) = registry.connectors.get(name)
+    {
+        let routes: Vec<String> = f.routes().iter().map(|(from, to)| format!("{from} -> {to}")).collect();
+        return routes.join(", ");
+    }
+    registry
+        .factory(kind, name)
+        .map(|f| f.signals().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
 }
 
 /// Reads and parses the configuration; the error names the file, the line and what is wrong.
@@ -78,7 +98,17 @@ fn load(path: Option<&Path>, registry: &Registry) -> Result<Config, String> {
         ),
         None => ("the default configuration".to_string(), DEFAULT_CONFIG.to_string()),
     };
-    Config::parse(&text, registry).map_err(|e| format!("invalid configuration {name}: {e}"))
+    Config::parse(&text, registry).map_err(|e| match e.0.as_slice() {
+        [one] => format!("invalid configuration {name}: {one}"),
+        all => {
+            let lines: Vec<String> = all.iter().map(|e| format!("  {e}")).collect();
+            format!(
+                "invalid configuration {name}: {} errors:\n{}",
+                all.len(),
+                lines.join("\n")
+            )
+        }
+    })
 }
 
 fn init_logs(config: Option<&Config>) {
@@ -105,14 +135,10 @@ fn main() -> ExitCode {
     let registry = registry();
     match cli.command {
         Some(Command::Components) => {
-            for kind in [Kind::Receiver, Kind::Processor, Kind::Exporter, Kind::Extension] {
+            for kind in Kind::ALL {
                 println!("{}:", kind.section());
                 for name in registry.type_names(kind) {
-                    let signals = registry
-                        .factory(kind, name)
-                        .map(|f| f.signals().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
-                        .unwrap_or_default();
-                    println!("  - {name:<16} {signals}");
+                    println!("  - {name:<16} {}", handles(&registry, kind, name));
                 }
             }
             ExitCode::SUCCESS

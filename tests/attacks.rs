@@ -547,7 +547,7 @@ receivers:
   otlp:
     protocols:
       grpc: { endpoint: "127.0.0.1:0" }
-processors:
+connectors:
   model_metrics: { flush_interval: 300ms }
 exporters:
   debug:
@@ -557,7 +557,7 @@ service:
   telemetry:
     metrics: { address: "127.0.0.1:0" }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    traces: { receivers: [otlp], exporters: [model_metrics, debug] }
     metrics: { receivers: [model_metrics], exporters: [prometheus, prometheus/small] }
 "#;
     let c = start_with(yaml, &[], None);
@@ -929,7 +929,7 @@ receivers:
   otlp:
     protocols:
       grpc: { endpoint: "127.0.0.1:0" }
-processors:
+connectors:
   model_metrics: { flush_interval: 1s, spans: { max_pending_spans: 20000 } }
 exporters:
   debug:
@@ -937,7 +937,7 @@ service:
   telemetry:
     metrics: { address: "127.0.0.1:0" }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    traces: { receivers: [otlp], exporters: [model_metrics, debug] }
     metrics: { receivers: [model_metrics], exporters: [debug] }
 "#;
     let c = start_with(yaml, &[], None);

@@ -84,7 +84,7 @@ receivers:
     startup_timeout: 60s
     targets:
 {targets}
-processors:
+connectors:
   model_metrics:
     flush_interval: 300ms
     quantile_window: 5m
@@ -95,7 +95,7 @@ service:
   telemetry:
     metrics: {{ address: "127.0.0.1:0" }}
   pipelines:
-    traces: {{ receivers: [otlp], processors: [model_metrics], exporters: [file/spans] }}
+    traces: {{ receivers: [otlp], exporters: [model_metrics, file/spans] }}
     metrics: {{ receivers: [replica_probe, model_metrics], exporters: [file/metrics] }}
 "#
     )

@@ -233,7 +233,8 @@ fn the_embedded_default_configuration_is_valid() {
             .replace("127.0.0.1:4318", "127.0.0.1:0")
             .replace("127.0.0.1:8888", "127.0.0.1:0")
             .replace("127.0.0.1:9464", "127.0.0.1:0")
-            .replace("127.0.0.1:9465", "127.0.0.1:0"),
+            .replace("127.0.0.1:9465", "127.0.0.1:0")
+            .replace("127.0.0.1:13133", "127.0.0.1:0"),
     );
     assert!(ok, "{text}");
 }
@@ -254,6 +255,7 @@ fn every_example_configuration_validates() {
                 .env("INFERCOL_TELEMETRY_ENDPOINT", "127.0.0.1:0")
                 .env("INFERCOL_PROMETHEUS_ENDPOINT", "127.0.0.1:0")
                 .env("INFERCOL_DASHBOARD_ENDPOINT", "127.0.0.1:0")
+                .env("INFERCOL_HEALTH_CHECK_ENDPOINT", "127.0.0.1:0")
                 .output()
                 .unwrap();
             assert!(

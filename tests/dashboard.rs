@@ -33,7 +33,7 @@ receivers:
     protocols:
       grpc: { endpoint: "127.0.0.1:0" }
   hostmetrics: { collection_interval: 1s, sample_interval: 250ms }
-processors:
+connectors:
   model_metrics: { flush_interval: 1s }
 exporters:
   dashboard: { endpoint: "127.0.0.1:0" }
@@ -43,7 +43,7 @@ service:
   telemetry:
     metrics: { level: none }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    traces: { receivers: [otlp], exporters: [model_metrics, debug] }
     metrics: { receivers: [otlp, model_metrics, hostmetrics], exporters: [dashboard, prometheus] }
 "#;
 

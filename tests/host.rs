@@ -46,7 +46,7 @@ receivers:
     sample_interval: 250ms
   nvml:
     collection_interval: 1s
-processors:
+connectors:
   model_metrics:
 exporters:
   file/spans: { path: "{dir}/spans.jsonl" }
@@ -55,7 +55,7 @@ service:
   telemetry:
     metrics: { address: "127.0.0.1:0" }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [file/spans] }
+    traces: { receivers: [otlp], exporters: [model_metrics, file/spans] }
     metrics: { receivers: [hostmetrics, nvml, model_metrics], exporters: [file/metrics] }
 "#,
     );

@@ -19,7 +19,7 @@ receivers:
   otlp:
     protocols:
       grpc: { endpoint: "127.0.0.1:0" }
-processors:
+connectors:
   model_metrics:
     flush_interval: 500ms
     quantile_window: 5m
@@ -30,7 +30,7 @@ service:
   telemetry:
     metrics: { address: "127.0.0.1:0" }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [file/spans] }
+    traces: { receivers: [otlp], exporters: [model_metrics, file/spans] }
     metrics: { receivers: [model_metrics], exporters: [file/metrics] }
 "#;
 

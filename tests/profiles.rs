@@ -20,7 +20,7 @@ receivers:
     protocols:
       grpc: { endpoint: "127.0.0.1:0" }
       http: { endpoint: "127.0.0.1:0" }
-processors:
+connectors:
   model_metrics:
     flush_interval: 1s
 exporters:
@@ -30,7 +30,7 @@ service:
   telemetry:
     metrics: { address: "127.0.0.1:0" }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [file/spans] }
+    traces: { receivers: [otlp], exporters: [model_metrics, file/spans] }
     metrics: { receivers: [model_metrics], exporters: [file/metrics] }
 "#;
 

@@ -71,7 +71,7 @@ receivers:
   otlp:
     protocols:
       grpc: {{ endpoint: "127.0.0.1:0" }}
-processors:
+connectors:
   model_metrics:
     flush_interval: 500ms
 exporters:
@@ -82,7 +82,7 @@ service:
   telemetry:
     metrics: {{ address: "127.0.0.1:0" }}
   pipelines:
-    traces: {{ receivers: [otlp], processors: [model_metrics], exporters: [file] }}
+    traces: {{ receivers: [otlp], exporters: [model_metrics, file] }}
     metrics: {{ receivers: [model_metrics], exporters: [prometheus{rw_name}] }}
 "#
     ))
@@ -194,7 +194,7 @@ receivers:
     protocols:
       grpc: { endpoint: "127.0.0.1:0" }
       http: { endpoint: "127.0.0.1:0" }
-processors:
+connectors:
   model_metrics:
     flush_interval: 200ms
 exporters:
@@ -205,7 +205,7 @@ service:
   telemetry:
     metrics: { address: "127.0.0.1:0" }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [file] }
+    traces: { receivers: [otlp], exporters: [model_metrics, file] }
     metrics: { receivers: [otlp, model_metrics], exporters: [prometheus] }
 "#,
     );

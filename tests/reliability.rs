@@ -205,7 +205,7 @@ receivers:
       http: { endpoint: "127.0.0.1:0", max_request_body_size: 1048576 }
     auth:
       bearer_token: s3cret
-processors:
+connectors:
   model_metrics:
     flush_interval: 500ms
     cardinality_limit: 1000
@@ -219,7 +219,7 @@ service:
   telemetry:
     metrics: { address: "127.0.0.1:0" }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    traces: { receivers: [otlp], exporters: [model_metrics, debug] }
     metrics: { receivers: [model_metrics], exporters: [file/metrics] }
 "#,
     );

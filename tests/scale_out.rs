@@ -52,7 +52,7 @@ receivers:
   otlp:
     protocols:
       grpc: {{ endpoint: "127.0.0.1:0" }}
-processors:
+connectors:
   model_metrics:
     flush_interval: 300ms
     aggregation_temporality: delta
@@ -65,7 +65,7 @@ service:
   telemetry:
     metrics: {{ level: none }}
   pipelines:
-    traces: {{ receivers: [otlp], processors: [model_metrics], exporters: [otlp] }}
+    traces: {{ receivers: [otlp], exporters: [model_metrics, otlp] }}
     metrics: {{ receivers: [model_metrics], exporters: [otlp] }}
 "#
     ))

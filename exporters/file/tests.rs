@@ -264,6 +264,7 @@ fn parse(exporters: &str) -> Result<Config, infercol_pipelines::ConfigError> {
         &yaml,
         &Registry::default().receiver(FakeReceiver).exporter(FileExporterFactory),
     )
+    .map_err(|mut e| e.0.remove(0))
 }
 
 fn rotation_of(exporters: &str) -> Option<RotationConfig> {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use infercol_pipelines::config::duration;
-use infercol_pipelines::telemetry::ProcessorCounters;
 use infercol_pipelines::{
     AnyConfig, ComponentConfig, ComponentError, ConsumeError, Consumer, Data, Payload, Processor, ProcessorContext,
     ProcessorFactory, Signal, config_as,
@@ -64,7 +63,6 @@ impl ProcessorFactory for BatchProcessorFactory {
                 send_batch_size: config.send_batch_size,
                 next: ctx.next,
                 pending: Mutex::new(Pending::default()),
-                counters: ctx.telemetry.processor(&ctx.id, &ctx.pipeline, ctx.signal),
             }),
             timeout: config.timeout,
             timer: Default::default(),
@@ -135,13 +133,11 @@ struct Inner {
     send_batch_size: usize,
     next: Arc<dyn Consumer>,
     pending: Mutex<Pending>,
-    counters: ProcessorCounters,
 }
 
 impl Inner {
     async fn send(&self, batches: Vec<Data>) -> Result<(), ConsumeError> {
         for batch in batches {
-            self.counters.outgoing.inc_by(batch.items() as u64);
             self.next.consume(batch).await?;
         }
         Ok(())
@@ -168,7 +164,6 @@ pub struct BatchProcessor {
 #[async_trait]
 impl Consumer for BatchProcessor {
     async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
-        self.inner.counters.incoming.inc_by(data.items() as u64);
         let full = {
             let mut pending = self
                 .inner
@@ -256,9 +251,8 @@ mod tests {
                     pipeline: "traces".into(),
                     signal: Signal::Traces,
                     next,
-                    metrics_output: None,
                     telemetry: Telemetry::new(),
-                    replicas: Default::default(),
+                    shared: Default::default(),
                 },
             )
             .unwrap()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use infercol_pipelines::{Data, Processor, Signal};
+use infercol_pipelines::{Data, Connector, Signal};
 use prost::Message;
 
 #[path = "../tests/support/spans.rs"]
@@ -23,7 +23,7 @@ fn run(threads: usize, one_shard: bool, requests: &Arc<Vec<Data>>, seconds: f64)
         .build()
         .unwrap();
     // The processor takes one shard per thread of the runtime it is created in; outside one, a single shard.
-    let processor: Arc<dyn Processor> = if one_shard {
+    let processor: Arc<dyn Connector> = if one_shard {
         spans::processor()
     } else {
         let _inside = runtime.enter();

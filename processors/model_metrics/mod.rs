@@ -25,8 +25,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use infercol_pipelines::telemetry::Labels;
 use infercol_pipelines::{
-    AnyConfig, ComponentError, ConsumeError, Consumer, Data, Payload, Processor, ProcessorContext, ProcessorFactory,
-    Signal, config_as,
+    AnyConfig, ComponentError, Connector, ConnectorContext, ConnectorFactory, ConsumeError, Consumer, Data, Payload,
+    ReplicaDirectory, Signal, config_as,
 };
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prometheus_client::metrics::counter::Counter;
@@ -48,19 +48,13 @@ infercol_pipelines::factory!(
     &[Signal::Traces]
 );
 
-impl ProcessorFactory for ModelMetricsFactory {
-    fn emits_metrics(&self) -> bool {
-        true
+impl ConnectorFactory for ModelMetricsFactory {
+    fn routes(&self) -> &'static [(Signal, Signal)] {
+        &[(Signal::Traces, Signal::Metrics)]
     }
 
-    fn create(&self, config: &AnyConfig, ctx: ProcessorContext) -> Result<Arc<dyn Processor>, ComponentError> {
+    fn create(&self, config: &AnyConfig, ctx: ConnectorContext) -> Result<Arc<dyn Connector>, ComponentError> {
         let config = Arc::new(config_as::<ModelMetricsConfig>(config)?.clone());
-        if ctx.metrics_output.is_none() {
-            tracing::warn!(
-                processor = %ctx.id,
-                "no metrics pipeline lists this processor under `receivers`: its metrics go nowhere"
-            );
-        }
         let id = ctx.id.to_string();
         let rejected = ctx.telemetry.counter_family(
             "infercol_model_metrics_rejected_values",
@@ -83,7 +77,7 @@ impl ProcessorFactory for ModelMetricsFactory {
         let now = now_ns();
         let admitted = state::Admitted::default();
         let seen = Arc::new(assembly::Seen::new(SEEN_SPAN_BITS));
-        Ok(Arc::new(ModelMetricsProcessor {
+        Ok(Arc::new(ModelMetricsConnector {
             inner: Arc::new(Inner {
                 classifier: Classifier::new(config.spans.clone()),
                 profiles: Profiles::new(&config.spans.profiles),
@@ -108,9 +102,8 @@ impl ProcessorFactory for ModelMetricsFactory {
                 next_shard: AtomicUsize::new(0),
                 queue: Mutex::new(Default::default()),
                 config,
-                next: ctx.next,
-                output: ctx.metrics_output,
-                replicas: ctx.replicas,
+                output: ctx.next,
+                replicas: ctx.shared.get::<ReplicaDirectory>(),
                 id,
                 rejected,
                 overflow,
@@ -155,9 +148,9 @@ struct Inner {
     admitted: state::Admitted,
     /// Requests in the async queues: an enqueue and its dequeue may be recorded in different shards.
     queue: Mutex<queue::QueueTracker>,
-    next: Arc<dyn Consumer>,
-    output: Option<Arc<dyn Consumer>>,
-    replicas: infercol_pipelines::ReplicaDirectory,
+    /// The entry of the metrics pipelines that list this connector under `receivers`.
+    output: Arc<dyn Consumer>,
+    replicas: ReplicaDirectory,
     id: String,
     rejected: Family<Labels, Counter>,
     overflow: Family<Labels, Counter>,
@@ -912,30 +905,31 @@ impl crate::ticker::Flush for Inner {
                 .get_or_create(&vec![("processor".into(), self.id.clone())])
                 .inc_by(lost);
         }
-        match (request, &self.output) {
-            (Some(request), Some(output)) => output.consume(Data::metrics(request)).await,
-            _ => Ok(()),
+        match request {
+            Some(request) => self.output.consume(Data::metrics(request)).await,
+            None => Ok(()),
         }
     }
 }
 
-pub struct ModelMetricsProcessor {
+/// The traces-to-metrics connector: it records what the spans say and emits the metrics on its flush interval.
+pub struct ModelMetricsConnector {
     inner: Arc<Inner>,
     timer: crate::ticker::Ticker,
 }
 
 #[async_trait]
-impl Consumer for ModelMetricsProcessor {
+impl Consumer for ModelMetricsConnector {
     async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
         if data.signal() == Signal::Traces {
             self.inner.observe(&data);
         }
-        self.inner.next.consume(data).await
+        Ok(())
     }
 }
 
 #[async_trait]
-impl Processor for ModelMetricsProcessor {
+impl Connector for ModelMetricsConnector {
     async fn start(&self) -> Result<(), ComponentError> {
         self.timer.flush_every(
             self.inner.config.flush_interval,

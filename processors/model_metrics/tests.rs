@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use infercol_pipelines::{
-    AnyConfig, ComponentId, ConsumeError, Consumer, Data, Payload, Processor, ProcessorContext, ProcessorFactory,
-    Telemetry,
+    AnyConfig, ComponentId, Connector, ConnectorContext, ConnectorFactory, ConsumeError, Consumer, Data, Payload,
+    Shared, Telemetry,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -217,35 +217,41 @@ fn traces(resource: Resource, spans: Vec<Span>) -> Data {
     })
 }
 
-fn processor(config: ModelMetricsConfig, telemetry: Telemetry) -> (Arc<dyn Processor>, Arc<Collect>, Arc<Collect>) {
-    let out = Arc::new(Collect(Default::default()));
-    let (p, next) = processor_into(config, telemetry, out.clone());
-    (p, next, out)
+fn processor(config: ModelMetricsConfig, telemetry: Telemetry) -> (Arc<dyn Connector>, Arc<Collect>) {
+    processor_in(config, telemetry, Shared::default())
 }
 
-/// A processor whose derived metrics go to `out`.
+/// The connector, its metrics collected.
+fn processor_in(
+    config: ModelMetricsConfig,
+    telemetry: Telemetry,
+    shared: Shared,
+) -> (Arc<dyn Connector>, Arc<Collect>) {
+    let out = Arc::new(Collect(Default::default()));
+    (processor_into(config, telemetry, shared, out.clone()), out)
+}
+
+/// A connector whose derived metrics go to `out`.
 fn processor_into(
     config: ModelMetricsConfig,
     telemetry: Telemetry,
+    shared: Shared,
     out: Arc<dyn Consumer>,
-) -> (Arc<dyn Processor>, Arc<Collect>) {
-    let next = Arc::new(Collect(Default::default()));
+) -> Arc<dyn Connector> {
     let config: AnyConfig = Box::new(config);
-    let p = ModelMetricsFactory
+    ModelMetricsFactory
         .create(
             &config,
-            ProcessorContext {
+            ConnectorContext {
                 id: ComponentId::parse("model_metrics").unwrap(),
-                pipeline: "traces".into(),
-                signal: infercol_pipelines::Signal::Traces,
-                next: next.clone(),
-                metrics_output: Some(out),
+                from: infercol_pipelines::Signal::Traces,
+                to: infercol_pipelines::Signal::Metrics,
+                next: out,
                 telemetry,
-                replicas: Default::default(),
+                shared,
             },
         )
-        .unwrap();
-    (p, next)
+        .unwrap()
 }
 
 fn metrics_of(data: &Data) -> &ExportMetricsServiceRequest {
@@ -291,7 +297,7 @@ fn request_counts(m: &ExportMetricsServiceRequest) -> std::collections::BTreeMap
 
 #[tokio::test]
 async fn counts_by_status_class_quantiles_and_passing_spans_on() {
-    let (p, next, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+    let (p, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
     let now = now_ns();
     let mut rng = Rng(7);
     let mut durations = Vec::new();
@@ -321,8 +327,6 @@ async fn counts_by_status_class_quantiles_and_passing_spans_on() {
     p.consume(traces(Resource::default(), vec![failed])).await.unwrap();
     p.shutdown().await.unwrap();
 
-    let passed: usize = next.0.lock().await.iter().map(|d| d.items()).sum();
-    assert_eq!(passed, 1001, "spans pass on unchanged");
     let emitted = out.0.lock().await;
     assert_eq!(emitted.len(), 1, "shutdown flushes once");
     let m = metrics_of(&emitted[0]);
@@ -414,13 +418,13 @@ on_one_and_four_threads!(
 );
 
 /// A processor that keeps three series per metric, its output, and its telemetry.
-fn three_series() -> (Arc<dyn Processor>, Arc<Collect>, Telemetry) {
+fn three_series() -> (Arc<dyn Connector>, Arc<Collect>, Telemetry) {
     let telemetry = Telemetry::new();
     let config = ModelMetricsConfig {
         cardinality_limit: 3,
         ..Default::default()
     };
-    let (p, _, out) = processor(config, telemetry.clone());
+    let (p, out) = processor(config, telemetry.clone());
     (p, out, telemetry)
 }
 
@@ -508,7 +512,7 @@ async fn admitted_series_keep_their_points() {
 #[tokio::test]
 async fn bad_values_are_rejected_and_counted() {
     let telemetry = Telemetry::new();
-    let (p, _, out) = processor(ModelMetricsConfig::default(), telemetry.clone());
+    let (p, out) = processor(ModelMetricsConfig::default(), telemetry.clone());
     let now = now_ns();
     let mut backwards = request_span(1, now, 0.1, 200);
     backwards.end_time_unix_nano = backwards.start_time_unix_nano - 5;
@@ -554,7 +558,7 @@ async fn delta_temporality() {
         flush_interval: Duration::from_secs(3600),
         ..Default::default()
     };
-    let (p, _, out) = processor(config, Telemetry::new());
+    let (p, out) = processor(config, Telemetry::new());
     p.start().await.unwrap();
     let now = now_ns();
     p.consume(traces(
@@ -619,7 +623,7 @@ async fn shutdown_lets_a_timed_flush_in_progress_deliver_its_delta_counts() {
         ..Default::default()
     };
     let out = Arc::new(Held::default());
-    let (p, _) = processor_into(config, Telemetry::new(), out.clone());
+    let p = processor_into(config, Telemetry::new(), Shared::default(), out.clone());
     p.start().await.unwrap();
     let now = now_ns();
     p.consume(traces(
@@ -655,7 +659,7 @@ async fn shutdown_lets_a_timed_flush_in_progress_deliver_its_delta_counts() {
 
 #[tokio::test]
 async fn sampled_spans_count_by_their_adjusted_count() {
-    let (p, _, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+    let (p, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
     let now = now_ns();
     let spans = (0..10)
         .map(|i| {
@@ -679,7 +683,7 @@ async fn idle_series_expire() {
         metrics_expiration: Duration::from_millis(1),
         ..Default::default()
     };
-    let (p, _, out) = processor(config, Telemetry::new());
+    let (p, out) = processor(config, Telemetry::new());
     let now = now_ns();
     p.consume(traces(resource("m", None), vec![request_span(1, now, 0.1, 200)]))
         .await
@@ -734,7 +738,7 @@ async fn explicit_buckets_and_a_dimension_from_span_attributes() {
         buckets: vec![0.05, 0.1, 0.5, 1.0],
         ..Default::default()
     });
-    let (p, _, out) = processor(config, Telemetry::new());
+    let (p, out) = processor(config, Telemetry::new());
     let now = now_ns();
     let mut a = request_span(1, now, 0.07, 200);
     a.attributes
@@ -774,25 +778,10 @@ async fn explicit_buckets_and_a_dimension_from_span_attributes() {
 fn processor_with(
     config: ModelMetricsConfig,
     replicas: infercol_pipelines::ReplicaDirectory,
-) -> (Arc<dyn Processor>, Arc<Collect>) {
-    let next = Arc::new(Collect(Default::default()));
-    let out = Arc::new(Collect(Default::default()));
-    let config: AnyConfig = Box::new(config);
-    let p = ModelMetricsFactory
-        .create(
-            &config,
-            ProcessorContext {
-                id: ComponentId::parse("model_metrics").unwrap(),
-                pipeline: "traces".into(),
-                signal: infercol_pipelines::Signal::Traces,
-                next,
-                metrics_output: Some(out.clone()),
-                telemetry: Telemetry::new(),
-                replicas,
-            },
-        )
-        .unwrap();
-    (p, out)
+) -> (Arc<dyn Connector>, Arc<Collect>) {
+    let shared = Shared::default();
+    shared.provide(replicas);
+    processor_in(config, Telemetry::new(), shared)
 }
 
 fn gauge_value(m: &ExportMetricsServiceRequest, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -1008,10 +997,9 @@ async fn the_borrowed_view_and_the_owned_form_give_the_same_metrics() {
     assert!(viewed.view().is_some(), "a well-formed request travels as its view");
     let mut emitted = Vec::new();
     for data in [Data::traces(request), viewed] {
-        let (p, next, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+        let (p, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
         p.consume(data).await.unwrap();
         p.shutdown().await.unwrap();
-        assert_eq!(next.0.lock().await[0].items(), 400, "spans pass on unchanged");
         // Times and exemplars (a random pick) aside, the metrics are identical.
         let mut json: serde_json::Value = serde_json::from_str(&out.0.lock().await[0].to_json()).unwrap();
         fn strip(v: &mut serde_json::Value) {
@@ -1079,7 +1067,7 @@ fn recording_shards_emit_what_one_state_emits() {
     }
     let emitted = |runtime: tokio::runtime::Runtime, concurrent: bool| -> serde_json::Value {
         runtime.block_on(async {
-            let (p, next, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+            let (p, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
             if concurrent {
                 let mut tasks = tokio::task::JoinSet::new();
                 for chunk in requests.chunks(8) {
@@ -1099,8 +1087,6 @@ fn recording_shards_emit_what_one_state_emits() {
                 }
             }
             p.shutdown().await.unwrap();
-            let passed: usize = next.0.lock().await.iter().map(|d| d.items()).sum();
-            assert_eq!(passed, 64 * 50, "spans pass on unchanged");
             let out = out.0.lock().await;
             assert_eq!(out.len(), 1);
             let mut json: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
@@ -1135,7 +1121,7 @@ fn recording_shards_emit_what_one_state_emits() {
 async fn the_model_comes_from_the_span_when_the_resource_has_none() {
     let mut config = ModelMetricsConfig::default();
     config.dimensions[0].from = vec!["service.name".into(), "gen_ai.request.model".into()];
-    let (p, _, out) = processor(config, Telemetry::new());
+    let (p, out) = processor(config, Telemetry::new());
     let now = now_ns();
     let mut a = request_span(1, now, 0.2, 200);
     a.attributes
@@ -1177,7 +1163,7 @@ async fn the_model_comes_from_the_span_when_the_resource_has_none() {
 /// in the same trace and resource) is a stage; under a remote parent it is a request.
 #[tokio::test]
 async fn server_spans_under_a_local_parent_are_no_requests() {
-    let (p, _, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
+    let (p, out) = processor(ModelMetricsConfig::default(), Telemetry::new());
     let now = now_ns();
     let root = request_span(1, now, 0.5, 200);
     let child = |id: u64, flags: u32| {

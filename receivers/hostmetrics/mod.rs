@@ -39,7 +39,7 @@ impl ReceiverFactory for HostMetricsReceiverFactory {
             config: config_as::<HostMetricsConfig>(config)?.clone(),
             id: ctx.id,
             consumer: Some(consumer),
-            replicas: ctx.replicas,
+            replicas: ctx.shared.get::<infercol_pipelines::ReplicaDirectory>(),
             thread: None,
         }))
     }

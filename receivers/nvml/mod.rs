@@ -91,7 +91,7 @@ impl ReceiverFactory for NvmlReceiverFactory {
             id: ctx.id,
             source: self.source.clone(),
             consumer: Some(consumer),
-            replicas: ctx.replicas,
+            replicas: ctx.shared.get::<infercol_pipelines::ReplicaDirectory>(),
             thread: None,
         }))
     }

@@ -234,7 +234,7 @@ fn receiver(factory: &NvmlReceiverFactory, required: bool) -> Box<dyn Receiver> 
                 id: ComponentId::parse("nvml").unwrap(),
                 consumers,
                 telemetry: infercol_pipelines::Telemetry::new(),
-                replicas: ReplicaDirectory::default(),
+                shared: Default::default(),
             },
         )
         .unwrap()

@@ -54,7 +54,7 @@ impl ReceiverFactory for OtlpReceiverFactory {
             id: ctx.id,
             consumers: Some(ctx.consumers),
             telemetry: ctx.telemetry,
-            replicas: ctx.replicas,
+            replicas: ctx.shared.get::<infercol_pipelines::ReplicaDirectory>(),
             servers: Vec::new(),
             buffer: None,
         }))

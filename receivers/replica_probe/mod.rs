@@ -152,7 +152,7 @@ impl ReceiverFactory for ReplicaProbeFactory {
             config: config_as::<ReplicaProbeConfig>(config)?.clone(),
             id: ctx.id,
             consumer: Some(consumer),
-            replicas: ctx.replicas,
+            replicas: ctx.shared.get::<infercol_pipelines::ReplicaDirectory>(),
             task: None,
         }))
     }

@@ -304,7 +304,7 @@ receivers:
   otlp:
     protocols:
       grpc: { endpoint: "127.0.0.1:0" }
-processors:
+connectors:
   model_metrics:
     flush_interval: 300ms
 exporters:
@@ -314,6 +314,6 @@ service:
   telemetry:
     metrics: { level: none }
   pipelines:
-    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }
+    traces: { receivers: [otlp], exporters: [model_metrics, debug] }
     metrics: { receivers: [model_metrics], exporters: [prometheus] }
 "#;

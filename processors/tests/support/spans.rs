@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use infercol_pipelines::{
-    AnyConfig, ComponentId, ConsumeError, Consumer, Data, Processor, ProcessorContext, ProcessorFactory, Signal,
-    Telemetry,
+    AnyConfig, ComponentId, ConnectorContext, ConnectorFactory, ConsumeError, Consumer, Data, Signal, Telemetry,
 };
 use infercol_processors::model_metrics::ModelMetricsFactory;
 use infercol_processors::model_metrics::config::ModelMetricsConfig;
@@ -98,20 +97,19 @@ impl Consumer for Discard {
     }
 }
 
-/// A model_metrics processor with the default configuration, its output discarded.
-pub fn processor() -> Arc<dyn Processor> {
+/// A model_metrics connector with the default configuration, its output discarded.
+pub fn processor() -> Arc<dyn infercol_pipelines::Connector> {
     let config: AnyConfig = Box::<ModelMetricsConfig>::default();
     ModelMetricsFactory
         .create(
             &config,
-            ProcessorContext {
+            ConnectorContext {
                 id: ComponentId::parse("model_metrics").unwrap(),
-                pipeline: "traces".into(),
-                signal: Signal::Traces,
+                from: Signal::Traces,
+                to: Signal::Metrics,
                 next: Arc::new(Discard),
-                metrics_output: Some(Arc::new(Discard)),
                 telemetry: Telemetry::new(),
-                replicas: Default::default(),
+                shared: Default::default(),
             },
         )
         .unwrap()
