@@ -230,3 +230,101 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod lifecycle {
+    //! A lifecycle test for every registered factory, as the Collector generates one per component: its default
+    //! configuration (with only what has no default, or would listen on a fixed port, set), create, start and
+    //! shutdown, placed in a pipeline of every signal it handles.
+
+    use super::*;
+    use infercol_pipelines::Signal;
+
+    /// The body each type needs beyond its defaults: listeners on port 0, required keys.
+    fn body(kind: Kind, name: &str, dir: &Path) -> String {
+        match (kind, name) {
+            (Kind::Receiver, "otlp") => {
+                "{ protocols: { grpc: { endpoint: \"127.0.0.1:0\" }, http: { endpoint: \"127.0.0.1:0\" } } }".into()
+            }
+            (Kind::Receiver, "replica_probe") => {
+                "{ targets: [{ url: \"http://127.0.0.1:9/health\", model: m }] }".into()
+            }
+            (Kind::Exporter, "prometheus" | "dashboard") => "{ endpoint: \"127.0.0.1:0\" }".into(),
+            (Kind::Exporter, "otlp") => "{ endpoint: \"127.0.0.1:9\" }".into(),
+            (Kind::Exporter, "otlphttp") => "{ endpoint: \"http://127.0.0.1:9\" }".into(),
+            (Kind::Exporter, "prometheusremotewrite") => "{ endpoint: \"http://127.0.0.1:9/api/v1/write\" }".into(),
+            (Kind::Exporter, "file") => format!("{{ path: \"{}\" }}", dir.join("out.jsonl").display()),
+            (Kind::Extension, "health_check") => "{ endpoint: \"127.0.0.1:0\" }".into(),
+            _ => String::new(),
+        }
+    }
+
+    /// A configuration with the component under test and `nop` around it, in a pipeline of each signal it takes.
+    fn config_for(registry: &Registry, kind: Kind, name: &str, dir: &Path) -> String {
+        let body = body(kind, name, dir);
+        let signals: Vec<Signal> = registry.factory(kind, name).unwrap().signals().to_vec();
+        let mut pipelines = String::new();
+        let mut extensions = String::new();
+        match kind {
+            Kind::Receiver | Kind::Processor | Kind::Exporter => {
+                for s in signals {
+                    let (r, p, e) = match kind {
+                        Kind::Receiver => (name, "", "nop"),
+                        Kind::Processor => ("nop", name, "nop"),
+                        _ => ("nop", "", name),
+                    };
+                    pipelines +=
+                        &format!("    {s}/test: {{ receivers: [{r}], processors: [{p}], exporters: [{e}] }}\n");
+                }
+            }
+            Kind::Connector => {
+                for (from, to) in registry.connectors[name].routes() {
+                    pipelines += &format!("    {from}/in: {{ receivers: [nop], exporters: [{name}] }}\n");
+                    pipelines += &format!("    {to}/out: {{ receivers: [{name}], exporters: [nop] }}\n");
+                }
+            }
+            Kind::Extension => {
+                pipelines += "    traces: { receivers: [nop], exporters: [nop] }\n";
+                extensions = format!("  extensions: [{name}]\n");
+            }
+        }
+        let mut sections = String::new();
+        for around in [Kind::Receiver, Kind::Exporter] {
+            sections += &format!("{}:\n  nop:\n", around.section());
+            if kind == around && name != "nop" {
+                sections += &format!("  {name}: {body}\n");
+            }
+        }
+        if !matches!(kind, Kind::Receiver | Kind::Exporter) {
+            sections += &format!("{}:\n  {name}: {body}\n", kind.section());
+        }
+        format!(
+            "{sections}service:\n{extensions}  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n{pipelines}"
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_registered_component_starts_and_shuts_down_on_its_default_configuration() {
+        let registry = registry();
+        let mut tested = Vec::new();
+        for kind in Kind::ALL {
+            for name in registry.type_names(kind) {
+                let dir = tempfile::tempdir().unwrap();
+                let yaml = config_for(&registry, kind, name, dir.path());
+                let config = Config::parse(&yaml, &registry).unwrap_or_else(|e| {
+                    panic!("{} {name}: the configuration is refused: {e}\n{yaml}", kind.singular())
+                });
+                let service = tokio::time::timeout(Duration::from_secs(20), Service::start(config, &registry))
+                    .await
+                    .unwrap_or_else(|_| panic!("{} {name}: start hangs", kind.singular()))
+                    .unwrap_or_else(|e| panic!("{} {name}: start fails: {e}\n{yaml}", kind.singular()));
+                tokio::time::timeout(Duration::from_secs(20), service.shutdown())
+                    .await
+                    .unwrap_or_else(|_| panic!("{} {name}: shutdown hangs", kind.singular()));
+                tested.push(format!("{}/{name}", kind.singular()));
+            }
+        }
+        // The count guards against a registry that lost its factories.
+        assert!(tested.len() >= 17, "{tested:?}");
+    }
+}

@@ -218,3 +218,75 @@ service:
         "no plain HTTP on the TLS dashboard"
     );
 }
+
+/// Shutdown does not wait for HTTPS clients that keep their connection open: an idle keep-alive connection, and
+/// one that finished its TLS handshake but never sent a request, are closed, and the collector exits cleanly (a
+/// stall would run into the 30 s shutdown deadline, which exits with a failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_keep_alive_connections_do_not_hold_the_shutdown() {
+    common::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let mut server = Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      http: {{ endpoint: "127.0.0.1:0", tls: {{ cert_file: "{cert}", key_file: "{key}" }} }}
+exporters:
+  debug:
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [debug] }}
+"#,
+        cert = p.server_cert.display(),
+        key = p.server_key.display()
+    ));
+    let https = server.address("OTLP/HTTP");
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&p.ca).unwrap()).unwrap();
+    // One client keeps its connection in its pool after an answered request.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .http1_only()
+        .pool_idle_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let span = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"kept","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+    let answer = client
+        .post(format!("https://{https}/v1/traces"))
+        .header("content-type", "application/json")
+        .body(span)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // Another shakes hands and says nothing.
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&p.ca).unwrap();
+    for cert in rustls_pemfile_certs(&pem) {
+        roots.add(cert).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(&https).await.unwrap();
+    let silent = connector
+        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("the TLS handshake completes");
+    let (status, log) = tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    assert!(status.success(), "a clean exit:\n{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    drop((client, silent));
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
+}

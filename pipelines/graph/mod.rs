@@ -575,6 +575,63 @@ service:
         );
     }
 
+    /// A processor that passes on every other request.
+    struct Halve;
+    crate::factory!(Halve, "halve", Empty, &[Signal::Traces]);
+    struct HalveProcessor {
+        seen: StdMutex<usize>,
+        next: Arc<dyn Consumer>,
+    }
+    #[async_trait]
+    impl Consumer for HalveProcessor {
+        async fn consume(&self, data: Data) -> Result<(), ConsumeError> {
+            let pass = {
+                let mut seen = self.seen.lock().unwrap();
+                *seen += 1;
+                *seen % 2 == 1
+            };
+            if pass { self.next.consume(data).await } else { Ok(()) }
+        }
+    }
+    #[async_trait]
+    impl Processor for HalveProcessor {}
+    impl ProcessorFactory for Halve {
+        fn create(&self, _: &AnyConfig, ctx: ProcessorContext) -> Result<Arc<dyn Processor>, ComponentError> {
+            Ok(Arc::new(HalveProcessor {
+                seen: StdMutex::new(0),
+                next: ctx.next,
+            }))
+        }
+    }
+
+    /// Every processor's items are counted by the graph, in and out, as the Collector's processorhelper counts.
+    #[tokio::test]
+    async fn every_processor_is_counted_in_and_out_by_the_graph() {
+        let kept = Keep::default();
+        let registry = Registry::default()
+            .receiver(Burst)
+            .processor(Halve)
+            .exporter(kept.clone());
+        let config = Config::parse(
+            "receivers: { burst: }\nprocessors: { halve: }\nexporters: { keep: }\nservice:\n  telemetry: { metrics: { address: \"127.0.0.1:0\" } }\n  pipelines:\n    traces: { receivers: [burst], processors: [halve], exporters: [keep] }\n",
+            &registry,
+        )
+        .unwrap();
+        let service = Service::start(config, &registry).await.unwrap();
+        let telemetry = service.telemetry().clone();
+        service.shutdown().await;
+        let page = telemetry.render();
+        let labels = r#"{processor="halve",pipeline="traces",otel_signal="traces"}"#;
+        assert!(
+            page.contains(&format!("otelcol_processor_incoming_items_total{labels} 15")),
+            "{page}"
+        );
+        assert!(
+            page.contains(&format!("otelcol_processor_outgoing_items_total{labels} 10")),
+            "{page}"
+        );
+    }
+
     /// The form before connectors (the connector under `processors`, in the traces pipeline's chain) still runs,
     /// read as the connector, with a warning that says what to write.
     #[tokio::test]

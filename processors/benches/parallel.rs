@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use infercol_pipelines::{Data, Connector, Signal};
+use infercol_pipelines::{Connector, Data, Signal};
 use prost::Message;
 
 #[path = "../tests/support/spans.rs"]

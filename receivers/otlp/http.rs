@@ -90,9 +90,20 @@ enum BodyFailure {
     Broken(String),
 }
 
-/// The body, read within the route's time and request buffer; over `max` bytes what follows is read and
-/// discarded, up to `DRAIN_LIMIT`.
-async fn read_body(route: &Route, body: Body, max: usize) -> Result<Bytes, BodyFailure> {
+/// Set on a request that came with a Content-Encoding, before it is decompressed.
+#[derive(Clone, Copy)]
+pub struct Compressed;
+
+pub async fn mark_compressed(mut request: axum::extract::Request) -> axum::extract::Request {
+    if request.headers().contains_key(header::CONTENT_ENCODING) {
+        request.extensions_mut().insert(Compressed);
+    }
+    request
+}
+
+/// The body (decompressed, when it came compressed), read within the route's time and request buffer; over `max`
+/// bytes what follows is read and discarded, up to `DRAIN_LIMIT`, when `drain` says so.
+async fn read_body(route: &Route, body: Body, max: usize, drain: bool) -> Result<Bytes, BodyFailure> {
     let mut body = super::guard::GuardedBody::new(body, route.read_timeout, route.buffer.clone(), None);
     let mut kept: Vec<u8> = Vec::new();
     let mut over = false;
@@ -114,6 +125,9 @@ async fn read_body(route: &Route, body: Body, max: usize) -> Result<Bytes, BodyF
         } else if kept.len() + data.len() > max {
             over = true;
             kept = Vec::new();
+            if !drain {
+                break;
+            }
             body.stop_counting();
         } else {
             kept.extend_from_slice(&data);
@@ -125,7 +139,12 @@ async fn read_body(route: &Route, body: Body, max: usize) -> Result<Bytes, BodyF
     Ok(Bytes::from(kept))
 }
 
-pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn export(
+    State(route): State<Arc<Route>>,
+    compressed: Option<axum::Extension<Compressed>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if !route.auth.allows(authorization) {
         let mut r = answer(
@@ -170,7 +189,7 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
             Some(format!("request body larger than max_request_body_size ({max} bytes)")),
         )
     };
-    let raw = match read_body(&route, body, max).await {
+    let raw = match read_body(&route, body, max, compressed.is_none()).await {
         Ok(bytes) => bytes,
         Err(BodyFailure::TooLarge) => return too_large(),
         Err(BodyFailure::Timeout(why)) => return answer(encoding, StatusCode::REQUEST_TIMEOUT, Some(why)),
@@ -187,19 +206,9 @@ pub async fn export(State(route): State<Arc<Route>>, headers: HeaderMap, body: B
             );
         }
     };
+    // gzip and zstd were decompressed on the way in (the layer removed their header); what is left is refused.
     let bytes = match compression.as_str() {
         "" | "identity" => raw,
-        kind @ ("gzip" | "zstd") => match super::compression::decompress(kind, &raw, max) {
-            Ok(Some(plain)) => Bytes::from(plain),
-            Ok(None) => return too_large(),
-            Err(e) => {
-                return answer(
-                    encoding,
-                    StatusCode::BAD_REQUEST,
-                    Some(format!("invalid {kind} body: {e}")),
-                );
-            }
-        },
         other => {
             return answer(
                 encoding,

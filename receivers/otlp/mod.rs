@@ -225,6 +225,18 @@ impl OtlpReceiver {
             });
             router = router.route(path, axum::routing::post(http::export).with_state(route));
         }
+        // tower-http decompresses gzip and zstd as the body is read, so that the handler's limit on the
+        // decompressed size stops a bomb early; other encodings pass through for the handler to refuse in OTLP's
+        // error encoding. The mark, taken before the layer removes the header, tells the handler not to drain an
+        // oversize compressed body (that would decompress what it refuses).
+        let router = router
+            .layer(
+                tower_http::decompression::RequestDecompressionLayer::new()
+                    .gzip(true)
+                    .zstd(true)
+                    .pass_through_unaccepted(true),
+            )
+            .layer(axum::middleware::map_request(http::mark_compressed));
         let (stop, stopped) = oneshot::channel::<()>();
         let bound = listener
             .local_addr()
