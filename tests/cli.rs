@@ -269,3 +269,61 @@ fn every_example_configuration_validates() {
     }
     assert!(checked >= 3, "examples/configs holds the ready configurations");
 }
+
+/// A Collector-style configuration with a connector validates; a traces pipeline that only derives metrics needs
+/// no other exporter.
+#[test]
+fn the_connector_form_validates_and_needs_no_dummy_exporter() {
+    let (ok, text) = validate(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: \"127.0.0.1:0\" }\nconnectors:\n  model_metrics: { quantile_window: 60s }\nexporters:\n  debug:\nservice:\n  telemetry: { metrics: { level: none } }\n  pipelines:\n    traces: { receivers: [otlp], exporters: [model_metrics] }\n    metrics: { receivers: [otlp, model_metrics], exporters: [debug] }\n",
+    );
+    assert!(ok, "{text}");
+    assert!(!text.contains("warning"), "{text}");
+    // The form before connectors still validates, with a warning that says what to write.
+    let (ok, text) = validate(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: \"127.0.0.1:0\" }\nprocessors:\n  model_metrics:\nexporters:\n  debug:\nservice:\n  telemetry: { metrics: { level: none } }\n  pipelines:\n    traces: { receivers: [otlp], processors: [model_metrics], exporters: [debug] }\n    metrics: { receivers: [model_metrics], exporters: [debug] }\n",
+    );
+    assert!(ok, "{text}");
+    assert_names(&text, &["warning", "processors.model_metrics (line 6)", "connectors:"]);
+}
+
+/// Three independent mistakes are all reported, each with its line, in one run.
+#[test]
+fn every_mistake_is_reported_with_its_line() {
+    let yaml = "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: \"127.0.0.1:0\", max_recv_msg_size_mib: lots }\nconnectors:\n  model_metrics: { quantile_windw: 60s }\nexporters:\n  debug:\nservice:\n  telemetry: { metrics: { level: none } }\n  pipelines:\n    traces: { receivers: [otlp], exporters: [model_metrics, debugg] }\n    metrics: { receivers: [model_metrics], exporters: [debug] }\n";
+    let (ok, text) = validate(yaml);
+    assert!(!ok, "{text}");
+    assert_names(
+        &text,
+        &[
+            "3 errors",
+            "line 4",
+            "max_recv_msg_size_mib",
+            "line 6",
+            "quantile_windw",
+            "line 12",
+            "`debugg`",
+        ],
+    );
+    let first = text.find("line 4").unwrap();
+    let second = text.find("line 6").unwrap();
+    let third = text.find("line 12").unwrap();
+    assert!(first < second && second < third, "in line order:\n{text}");
+}
+
+/// A connector listed where it cannot stand (model_metrics emits metrics, not spans, so it cannot feed back into
+/// the traces pipeline it reads) is refused at its line. Loops through connectors that could close are refused
+/// by the configuration's unit tests, with a connector from traces to traces.
+#[test]
+fn a_connector_cannot_feed_the_pipeline_it_reads() {
+    let yaml = "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: \"127.0.0.1:0\" }\nconnectors:\n  model_metrics:\nexporters:\n  debug:\nservice:\n  telemetry: { metrics: { level: none } }\n  pipelines:\n    traces: { receivers: [otlp, model_metrics], exporters: [model_metrics] }\n    metrics: { receivers: [model_metrics], exporters: [debug] }\n";
+    let (ok, text) = validate(yaml);
+    assert!(!ok, "{text}");
+    assert_names(
+        &text,
+        &[
+            "line 12",
+            "connector `model_metrics` cannot stand there in a traces pipeline",
+        ],
+    );
+}

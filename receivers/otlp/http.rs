@@ -139,107 +139,139 @@ async fn read_body(route: &Route, body: Body, max: usize, drain: bool) -> Result
     Ok(Bytes::from(kept))
 }
 
+/// A refusal: the answer the client gets, in its request's encoding.
+type Refused = Box<Response>;
+
 pub async fn export(
     State(route): State<Arc<Route>>,
     compressed: Option<axum::Extension<Compressed>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !route.auth.allows(authorization) {
-        let mut r = answer(
-            Encoding::Protobuf,
-            StatusCode::UNAUTHORIZED,
-            Some("missing or wrong bearer token in the Authorization header".into()),
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+    let taken = async {
+        authorize(&route, &headers)?;
+        let encoding = encoding_of(&headers)?;
+        let bytes = read_request(&route, &headers, encoding, body, compressed.is_some()).await?;
+        let data = parse(route.signal, encoding, bytes)?;
+        Ok::<_, Refused>((encoding, data))
+    };
+    match taken.await {
+        Ok((encoding, data)) => deliver(&route, encoding, data).await,
+        Err(refused) => *refused,
     }
+}
+
+/// A 401 unless the bearer token is right (or none is asked for).
+fn authorize(route: &Route, headers: &HeaderMap) -> Result<(), Refused> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if route.auth.allows(authorization) {
+        return Ok(());
+    }
+    let mut r = answer(
+        Encoding::Protobuf,
+        StatusCode::UNAUTHORIZED,
+        Some("missing or wrong bearer token in the Authorization header".into()),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(Box::new(r))
+}
+
+/// The request's encoding from its Content-Type; a 415 for any other.
+fn encoding_of(headers: &HeaderMap) -> Result<Encoding, Refused> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let encoding = match content_type.as_str() {
-        PROTOBUF => Encoding::Protobuf,
-        JSON => Encoding::Json,
+    match content_type.as_str() {
+        PROTOBUF => Ok(Encoding::Protobuf),
+        JSON => Ok(Encoding::Json),
         other => {
             let shown = if other.is_empty() { "none" } else { other };
-            return answer(
+            Err(Box::new(answer(
                 Encoding::Protobuf,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Some(format!(
                     "unsupported Content-Type `{shown}`; OTLP/HTTP accepts {PROTOBUF} and {JSON}"
                 )),
-            );
+            )))
         }
-    };
+    }
+}
+
+/// The body, decompressed (gzip and zstd were decompressed on the way in, and the layer removed their header;
+/// another Content-Encoding is refused), within the route's size, time and buffer.
+async fn read_request(
+    route: &Route,
+    headers: &HeaderMap,
+    encoding: Encoding,
+    body: Body,
+    compressed: bool,
+) -> Result<Bytes, Refused> {
+    let max = route.max_body;
+    let raw = read_body(route, body, max, !compressed)
+        .await
+        .map_err(|failure| match failure {
+            BodyFailure::TooLarge => answer(
+                encoding,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(format!("request body larger than max_request_body_size ({max} bytes)")),
+            ),
+            BodyFailure::Timeout(why) => answer(encoding, StatusCode::REQUEST_TIMEOUT, Some(why)),
+            BodyFailure::Busy(why) => {
+                let mut r = answer(encoding, StatusCode::SERVICE_UNAVAILABLE, Some(why));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+                r
+            }
+            BodyFailure::Broken(e) => answer(
+                encoding,
+                StatusCode::BAD_REQUEST,
+                Some(format!("cannot read request body: {e}")),
+            ),
+        })
+        .map_err(Box::new)?;
     let compression = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-
-    let max = route.max_body;
-    let too_large = || {
-        answer(
+    match compression.as_str() {
+        "" | "identity" => Ok(raw),
+        other => Err(Box::new(answer(
             encoding,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Some(format!("request body larger than max_request_body_size ({max} bytes)")),
-        )
-    };
-    let raw = match read_body(&route, body, max, compressed.is_none()).await {
-        Ok(bytes) => bytes,
-        Err(BodyFailure::TooLarge) => return too_large(),
-        Err(BodyFailure::Timeout(why)) => return answer(encoding, StatusCode::REQUEST_TIMEOUT, Some(why)),
-        Err(BodyFailure::Busy(why)) => {
-            let mut r = answer(encoding, StatusCode::SERVICE_UNAVAILABLE, Some(why));
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-            return r;
-        }
-        Err(BodyFailure::Broken(e)) => {
-            return answer(
-                encoding,
-                StatusCode::BAD_REQUEST,
-                Some(format!("cannot read request body: {e}")),
-            );
-        }
-    };
-    // gzip and zstd were decompressed on the way in (the layer removed their header); what is left is refused.
-    let bytes = match compression.as_str() {
-        "" | "identity" => raw,
-        other => {
-            return answer(
-                encoding,
-                StatusCode::BAD_REQUEST,
-                Some(format!(
-                    "unsupported Content-Encoding `{other}`; use gzip, zstd or none"
-                )),
-            );
-        }
-    };
+            StatusCode::BAD_REQUEST,
+            Some(format!(
+                "unsupported Content-Encoding `{other}`; use gzip, zstd or none"
+            )),
+        ))),
+    }
+}
 
-    let signal = route.signal;
+/// The export request; a 400 that names what was malformed.
+fn parse(signal: Signal, encoding: Encoding, bytes: Bytes) -> Result<Data, Refused> {
     let parsed = match encoding {
         Encoding::Protobuf => Data::decode(signal, bytes).map_err(|e| e.to_string()),
         Encoding::Json => Data::from_json(signal, &bytes).map_err(|e| e.to_string()),
     };
-    let data = match parsed {
-        Ok(d) => d,
-        Err(e) => {
-            let kind = if encoding == Encoding::Json {
-                "OTLP/JSON"
-            } else {
-                "protobuf"
-            };
-            return answer(
-                encoding,
-                StatusCode::BAD_REQUEST,
-                Some(format!("malformed {kind} {signal} export request: {e}")),
-            );
-        }
-    };
+    parsed.map_err(|e| {
+        let kind = if encoding == Encoding::Json {
+            "OTLP/JSON"
+        } else {
+            "protobuf"
+        };
+        Box::new(answer(
+            encoding,
+            StatusCode::BAD_REQUEST,
+            Some(format!("malformed {kind} {signal} export request: {e}")),
+        ))
+    })
+}
+
+/// Hands the request to the pipelines; the answer is 200 (with a partial success for refused spans), or 503 with
+/// Retry-After when the pipelines are full.
+async fn deliver(route: &Route, encoding: Encoding, data: Data) -> Response {
+    let signal = route.signal;
     let (data, rejected, why) = data.without_invalid_spans();
     if rejected > 0 {
         route.counters.refused(signal, rejected as usize);
