@@ -321,12 +321,12 @@ def main():
         path = os.path.join(work, "infercol.yaml")
         with open(path, "w") as f:
             f.write(f"""receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{otlp}" }} }} }} }}
-processors: {{ model_metrics: {{ flush_interval: 1s }} }}
+connectors: {{ model_metrics: {{ flush_interval: 1s }} }}
 exporters: {{ prometheus: {{ endpoint: "127.0.0.1:{prom}" }}, debug: {{ verbosity: basic }} }}
 service:
   telemetry: {{ metrics: {{ level: none }} }}
   pipelines:
-    traces: {{ receivers: [otlp], processors: [model_metrics], exporters: [debug] }}
+    traces: {{ receivers: [otlp], exporters: [model_metrics, debug] }}
     metrics: {{ receivers: [model_metrics], exporters: [prometheus] }}
 """)
         return [args.infercol, "--config", path]

@@ -214,9 +214,17 @@ fn components_and_version() {
         "file",
         "debug",
         "dashboard",
+        "model_quantiles",
+        "nop",
+        "health_check",
     ] {
         assert!(text.contains(name), "components should list {name}:\n{text}");
     }
+    let connectors = &text[text.find("connectors:").expect("a connectors section")..];
+    assert!(
+        connectors.contains("model_metrics") && connectors.contains("traces -> metrics"),
+        "{text}"
+    );
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("infercol "));
     let out = Command::new(BIN).arg("--help").output().unwrap();

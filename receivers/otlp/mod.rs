@@ -228,7 +228,10 @@ impl OtlpReceiver {
         // tower-http decompresses gzip and zstd as the body is read, so that the handler's limit on the
         // decompressed size stops a bomb early; other encodings pass through for the handler to refuse in OTLP's
         // error encoding. The mark, taken before the layer removes the header, tells the handler not to drain an
-        // oversize compressed body (that would decompress what it refuses).
+        // oversize compressed body (that would decompress what it refuses). The size limit stays in the handler
+        // rather than tower-http's body-limit layer: that layer answers 413 in plain text, where OTLP wants a
+        // google.rpc.Status in the request's encoding, and it cannot drain an uncompressed body so that a client
+        // still sending sees the 413.
         let router = router
             .layer(
                 tower_http::decompression::RequestDecompressionLayer::new()

@@ -9,11 +9,12 @@ fuzz_target!(|input: &[u8]| {
     let registry = Registry::default()
         .receiver(infercol_receivers::otlp::OtlpReceiverFactory)
         .receiver(infercol_receivers::hostmetrics::HostMetricsReceiverFactory)
-        .processor(infercol_processors::model_metrics::ModelMetricsFactory)
+        .connector(infercol_processors::model_metrics::ModelMetricsFactory)
         .processor(infercol_processors::batch::BatchProcessorFactory)
         .exporter(infercol_exporters::file::FileExporterFactory)
         .exporter(infercol_exporters::prometheus::PrometheusExporterFactory);
-    if let Err(e) = Config::parse(text, &registry) {
-        assert!(!e.message.is_empty());
+    if let Err(errors) = Config::parse(text, &registry) {
+        assert!(!errors.0.is_empty());
+        assert!(errors.0.iter().all(|e| !e.message.is_empty()));
     }
 });
