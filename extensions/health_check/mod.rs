@@ -2,6 +2,7 @@
 //! `health_check` extension has it (`endpoint` 127.0.0.1:13133, `path` `/`). It answers 200 while every pipeline
 //! runs, and 503 while the collector starts, while it shuts down, and after a component failed.
 
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -21,6 +22,26 @@ pub struct HealthCheckConfig {
     pub endpoint: Endpoint,
     /// The path probes ask; any other answers 404.
     pub path: String,
+    /// Bodies that replace the JSON answers, as the Collector's `response_body.healthy` / `.unhealthy`.
+    pub response_body: Option<ResponseBody>,
+    /// The Collector's `check_collector_pipeline`, accepted so that its configurations load; it is deprecated
+    /// there and has no effect there or here (the answer already follows every pipeline's state).
+    pub check_collector_pipeline: Option<CheckCollectorPipeline>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseBody {
+    pub healthy: String,
+    pub unhealthy: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckCollectorPipeline {
+    pub enabled: bool,
+    pub interval: String,
+    pub exporter_failure_threshold: u64,
 }
 
 impl Default for HealthCheckConfig {
@@ -28,6 +49,8 @@ impl Default for HealthCheckConfig {
         HealthCheckConfig {
             endpoint: Endpoint::new("127.0.0.1:13133"),
             path: "/".into(),
+            response_body: None,
+            check_collector_pipeline: None,
         }
     }
 }
@@ -64,7 +87,18 @@ pub struct HealthCheck {
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
-/// The answer to a probe, with the Collector's body: `status`, and when available `upSince` and `uptime`.
+/// The answer to a probe: the configured body, else the Collector's JSON.
+fn respond(health: &Health, up_since: SystemTime, bodies: Option<&ResponseBody>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (status, json) = answer(health, up_since);
+    match bodies {
+        Some(b) if status == StatusCode::OK => (status, b.healthy.clone()).into_response(),
+        Some(b) => (status, b.unhealthy.clone()).into_response(),
+        None => (status, json).into_response(),
+    }
+}
+
+/// The Collector's body: `status`, and when available `upSince` and `uptime`.
 fn answer(health: &Health, up_since: SystemTime) -> (StatusCode, axum::Json<serde_json::Value>) {
     match health {
         Health::Running => {
@@ -105,14 +139,23 @@ impl Extension for HealthCheck {
             .local_addr()
             .map_err(|e| ComponentError::new(format!("endpoint: {e}")))?;
         let health = self.health.clone();
-        let up_since = SystemTime::now();
+        let bodies = self.config.response_body.clone();
+        // `upSince` is when every pipeline came to run, as the Collector reports it.
+        let up_since: Arc<OnceLock<SystemTime>> = Arc::default();
+        let (mut watch, since) = (self.health.clone(), up_since.clone());
+        tokio::spawn(async move {
+            if watch.wait_for(|h| *h == Health::Running).await.is_ok() {
+                let _ = since.set(SystemTime::now());
+            }
+        });
         let app = axum::Router::new().route(
             &self.config.path,
             axum::routing::get(move || {
-                let health = health.clone();
+                let (health, bodies, up_since) = (health.clone(), bodies.clone(), up_since.clone());
                 async move {
                     let current = health.borrow().clone();
-                    answer(&current, up_since)
+                    let since = up_since.get().copied().unwrap_or_else(SystemTime::now);
+                    respond(&current, since, bodies.as_ref())
                 }
             }),
         );
@@ -137,5 +180,43 @@ impl Extension for HealthCheck {
             let _ = task.await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: axum::response::Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_answer_follows_the_health_with_the_collectors_bodies() {
+        let since = SystemTime::now();
+        let running = respond(&Health::Running, since, None);
+        assert_eq!(running.status(), StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body_of(running).await).unwrap();
+        assert_eq!(json["status"], "Server available");
+        assert!(json["upSince"].as_str().is_some_and(|s| s.ends_with('Z')), "{json}");
+        for state in [
+            Health::Starting,
+            Health::Stopping,
+            Health::Failed("exporters.otlp: refused".into()),
+        ] {
+            let answer = respond(&state, since, None);
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "{state:?}");
+            let json: serde_json::Value = serde_json::from_str(&body_of(answer).await).unwrap();
+            assert_eq!(json["status"], "Server not available");
+        }
+        let bodies = ResponseBody {
+            healthy: "I'm OK".into(),
+            unhealthy: "I'm not well".into(),
+        };
+        assert_eq!(body_of(respond(&Health::Running, since, Some(&bodies))).await, "I'm OK");
+        let down = respond(&Health::Stopping, since, Some(&bodies));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_of(down).await, "I'm not well");
     }
 }
