@@ -758,7 +758,9 @@ impl RawConfig {
                 into.join(", ")
             ));
         }
-        check_connectors(&config, registry, errors);
+        let legacy: Vec<ComponentId> = self.legacy_processors.iter().map(|(id, _)| id.clone()).collect();
+        let unfed = check_connectors(&config, registry, &legacy, errors);
+        config.warnings.extend(unfed);
         check_loops(&config, errors);
         config.service_extensions = resolve_extensions(&config, &service.extensions, errors);
         if let Err(e) = config
@@ -963,8 +965,15 @@ fn routes_of(config: &Config, registry: &Registry, id: &ComponentId) -> &'static
     }
 }
 
-/// A connector must be the exporter of a pipeline and the receiver of another it can feed, as in the Collector.
-fn check_connectors(config: &Config, registry: &Registry, errors: &mut Vec<ConfigError>) {
+/// A connector must be the exporter of a pipeline and the receiver of another it can feed, as in the Collector. One
+/// written as a processor (the form before connectors) was allowed to feed nothing: it gets the warning it had then.
+fn check_connectors(
+    config: &Config,
+    registry: &Registry,
+    legacy: &[ComponentId],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
     for p in &config.pipelines {
         for (cid, line) in p.exporters.iter().filter(|(c, _)| config.is_connector(c)) {
             let routes = routes_of(config, registry, cid);
@@ -972,7 +981,11 @@ fn check_connectors(config: &Config, registry: &Registry, errors: &mut Vec<Confi
                 .pipelines
                 .iter()
                 .any(|q| q.receivers.iter().any(|(r, _)| r == cid) && routes.contains(&(p.signal, q.signal)));
-            if !feeds {
+            if !feeds && legacy.contains(cid) {
+                warnings.push(format!(
+                    "processors.{cid}: no metrics pipeline lists it under `receivers`: its metrics go nowhere"
+                ));
+            } else if !feeds {
                 errors.push(ConfigError::at(
                     Some(*line),
                     format!(
@@ -1001,6 +1014,7 @@ fn check_connectors(config: &Config, registry: &Registry, errors: &mut Vec<Confi
             }
         }
     }
+    warnings
 }
 
 /// The pipelines a pipeline feeds through connectors, with the connector and the line it is listed on.
@@ -1302,6 +1316,23 @@ mod parse_tests {
             all.iter()
                 .any(|e| e.message.contains("cannot stand there in a metrics pipeline") && e.line == Some(10)),
             "{all:?}"
+        );
+    }
+
+    /// The form before connectors let model_metrics feed nothing, with a warning; it still does.
+    #[test]
+    fn a_connector_written_as_a_processor_may_feed_nothing_with_a_warning() {
+        let c = Config::parse(
+            "receivers:\n  fake:\nprocessors:\n  relay:\nexporters:\n  sink:\nservice:\n  pipelines:\n    traces: { receivers: [fake], processors: [relay], exporters: [sink] }\n",
+            &registry(),
+        )
+        .unwrap();
+        assert_eq!(c.pipelines[0].processors.len(), 0, "read as the connector");
+        assert_eq!(c.pipelines[0].exporters[0].0.to_string(), "relay");
+        assert!(
+            c.warnings.iter().any(|w| w.contains("its metrics go nowhere")),
+            "{:?}",
+            c.warnings
         );
     }
 

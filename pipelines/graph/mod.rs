@@ -409,7 +409,7 @@ mod tests {
         }
     }
 
-    /// A receiver failing after others started, with a processor that emits metrics: the start stops what it
+    /// A receiver failing after others started, with a connector that emits metrics: the start stops what it
     /// started and returns the error (it used to wait forever for the metrics pipeline to close).
     #[tokio::test]
     async fn a_receiver_failing_to_start_stops_the_graph_and_returns_its_error() {
@@ -458,7 +458,7 @@ service:
     }
 
     #[tokio::test]
-    async fn fan_in_fan_out_and_a_processor_feeding_a_metrics_pipeline_at_shutdown() {
+    async fn fan_in_fan_out_and_a_connector_feeding_a_metrics_pipeline_at_shutdown() {
         let kept = Keep::default();
         let registry = Registry::default()
             .receiver(Burst)
@@ -499,7 +499,7 @@ service:
         assert_eq!(
             metrics.len(),
             1,
-            "what the processor emits at shutdown still reaches the metrics exporter"
+            "what the connector emits at shutdown still reaches the metrics exporter"
         );
         let Payload::Metrics(m) = metrics[0].payload() else {
             panic!("metrics expected")
