@@ -4,5 +4,6 @@ pub mod hostmetrics;
 pub mod nop;
 pub mod nvml;
 pub mod otlp;
+pub mod prometheus;
 pub mod replica_probe;
 mod sampling;

@@ -62,6 +62,7 @@ fn registry() -> Registry {
         .processor(infercol_processors::batch::BatchProcessorFactory)
         .processor(infercol_processors::memory_limiter::MemoryLimiterFactory)
         .receiver(infercol_receivers::nop::NopReceiverFactory)
+        .receiver(infercol_receivers::prometheus::PrometheusReceiverFactory)
         .processor(infercol_processors::model_metrics::gateway::ModelQuantilesFactory)
         .connector(infercol_processors::model_metrics::ModelMetricsFactory)
         .exporter(infercol_exporters::dashboard::DashboardExporterFactory)
@@ -246,6 +247,7 @@ mod lifecycle {
             (Kind::Receiver, "otlp") => {
                 "{ protocols: { grpc: { endpoint: \"127.0.0.1:0\" }, http: { endpoint: \"127.0.0.1:0\" } } }".into()
             }
+            (Kind::Receiver, "prometheus") => "{ targets: [{ url: \"http://127.0.0.1:9/metrics\", model: m }] }".into(),
             (Kind::Receiver, "replica_probe") => {
                 "{ targets: [{ url: \"http://127.0.0.1:9/health\", model: m }] }".into()
             }

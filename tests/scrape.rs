@@ -1,0 +1,220 @@
+//! The `prometheus` receiver against the real binary: it scrapes pages served by a test server, emits every
+//! family as OTLP metrics with `up` per target, and a target that is down, slow, too large or malformed changes
+//! its own `up` (logged once per change, counted by reason) while the others go on.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Collector, read_jsonl_until};
+use serde_json::Value;
+
+/// A page in the shape prometheus_client renders vLLM's families, whose counter advances by 3 a scrape and goes
+/// back to the start once (a restart) after `restart_at` scrapes.
+fn vllm_page(scrape: u64, restart_at: u64) -> String {
+    let n = if scrape >= restart_at {
+        scrape - restart_at
+    } else {
+        scrape
+    } * 3;
+    format!(
+        "# HELP vllm:request_success_total Count of successfully processed requests.\n\
+         # TYPE vllm:request_success_total counter\n\
+         vllm:request_success_total{{finished_reason=\"stop\",model_name=\"llama\"}} {n}.0\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{model_name=\"llama\"}} 4.0\n\
+         # HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.\n\
+         # TYPE vllm:e2e_request_latency_seconds histogram\n\
+         vllm:e2e_request_latency_seconds_bucket{{le=\"0.3\",model_name=\"llama\"}} {a}.0\n\
+         vllm:e2e_request_latency_seconds_bucket{{le=\"1.0\",model_name=\"llama\"}} {b}.0\n\
+         vllm:e2e_request_latency_seconds_bucket{{le=\"+Inf\",model_name=\"llama\"}} {n}.0\n\
+         vllm:e2e_request_latency_seconds_count{{model_name=\"llama\"}} {n}.0\n\
+         vllm:e2e_request_latency_seconds_sum{{model_name=\"llama\"}} {sum}\n",
+        a = n / 3,
+        b = 2 * n / 3,
+        sum = n as f64 * 0.5
+    )
+}
+
+/// Serves the test pages over HTTP/1.0, one connection at a time per thread.
+fn serve(scrapes: Arc<AtomicU64>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let scrapes = scrapes.clone();
+            std::thread::spawn(move || answer(stream, &scrapes));
+        }
+    });
+    address
+}
+
+fn answer(mut stream: TcpStream, scrapes: &AtomicU64) {
+    let mut request_line = String::new();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+            break;
+        }
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (status, content_type, body) = match path.as_str() {
+        "/vllm" => {
+            let n = scrapes.fetch_add(1, Ordering::SeqCst);
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", vllm_page(n, 4))
+        }
+        "/openmetrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "# TYPE tokens counter\ntokens_total{kind=\"prompt\"} 42 # {trace_id=\"ab\"} 1\n# EOF\n".to_string(),
+        ),
+        "/missing" => ("404 Not Found", "text/plain", "no such page\n".to_string()),
+        "/broken" => (
+            "200 OK",
+            "text/plain",
+            "vllm:num_requests_waiting{model_name=\"llama\" 4\n".to_string(),
+        ),
+        "/huge" => ("200 OK", "text/plain", format!("# {}\n", "x".repeat(3 << 20))),
+        "/slow" => {
+            std::thread::sleep(Duration::from_secs(2));
+            ("200 OK", "text/plain", "late 1\n".to_string())
+        }
+        _ => ("404 Not Found", "text/plain", String::new()),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(body.as_bytes());
+    let _ = stream.read(&mut [0u8; 1]);
+}
+
+/// The last value of `name` in the metrics of the resource whose `url.full` ends with `path`.
+fn last_point(lines: &[Value], path: &str, name: &str) -> Option<Value> {
+    lines
+        .iter()
+        .rev()
+        .flat_map(|l| l["resourceMetrics"].as_array().cloned().unwrap_or_default())
+        .filter(|rm| {
+            rm["resource"]["attributes"].as_array().is_some_and(|a| {
+                a.iter().any(|kv| {
+                    kv["key"] == "url.full" && kv["value"]["stringValue"].as_str().is_some_and(|u| u.ends_with(path))
+                })
+            })
+        })
+        .flat_map(|rm| rm["scopeMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|sm| sm["metrics"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["name"] == name)
+}
+
+/// The body of `GET url` (plain HTTP).
+fn http_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn gauge_value(metric: &Value) -> f64 {
+    metric["gauge"]["dataPoints"][0]["asDouble"].as_f64().unwrap()
+}
+
+#[test]
+fn scraped_families_become_otlp_metrics_and_a_broken_target_changes_only_its_own_up() {
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let site = serve(scrapes.clone());
+    let targets: String = ["vllm", "openmetrics", "missing", "broken", "huge", "slow"]
+        .iter()
+        .map(|p| format!("      - {{ url: \"http://{site}/{p}\", model: llama, deployment: v1, environment: test }}\n"))
+        .collect();
+    let c = Collector::start(&format!(
+        "receivers:\n  prometheus:\n    interval: 300ms\n    timeout: 250ms\n    body_size_limit_mib: 1\n    targets:\n{targets}exporters:\n  file: {{ path: \"{{dir}}/metrics.jsonl\" }}\nservice:\n  telemetry: {{ metrics: {{ address: \"127.0.0.1:0\" }} }}\n  pipelines:\n    metrics: {{ receivers: [prometheus], exporters: [file] }}\n"
+    ));
+    // Until the vLLM page has been scraped past its restart.
+    let lines = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(30), |l| {
+        scrapes.load(Ordering::SeqCst) >= 7 && last_point(l, "/slow", "up").is_some()
+    });
+    assert_eq!(gauge_value(&last_point(&lines, "/vllm", "up").unwrap()), 1.0);
+    for broken in ["/missing", "/broken", "/huge", "/slow"] {
+        assert_eq!(gauge_value(&last_point(&lines, broken, "up").unwrap()), 0.0, "{broken}");
+        assert!(last_point(&lines, broken, "vllm:num_requests_waiting").is_none());
+    }
+    let waiting = last_point(&lines, "/vllm", "vllm:num_requests_waiting").unwrap();
+    assert_eq!(gauge_value(&waiting), 4.0);
+    let histogram = last_point(&lines, "/vllm", "vllm:e2e_request_latency_seconds").unwrap();
+    let point = &histogram["histogram"]["dataPoints"][0];
+    assert_eq!(point["explicitBounds"], serde_json::json!([0.3, 1.0]));
+    assert_eq!(histogram["histogram"]["aggregationTemporality"], 2, "cumulative");
+    // The counter restarted: its start time moved forward to the scrape that saw it go back.
+    let counters: Vec<(u64, f64)> = lines
+        .iter()
+        .flat_map(|l| l["resourceMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|rm| rm["scopeMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|sm| sm["metrics"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["name"] == "vllm:request_success_total")
+        .map(|m| {
+            let p = &m["sum"]["dataPoints"][0];
+            (
+                p["startTimeUnixNano"].as_str().unwrap().parse().unwrap(),
+                p["asDouble"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(counters.len() >= 6, "{counters:?}");
+    assert_eq!(counters[1].0, counters[0].0, "the same start while it grows");
+    let restart = counters
+        .iter()
+        .position(|c| c.1 == 0.0 && c != &counters[0])
+        .expect("the restart's point");
+    assert!(
+        counters[restart].0 > counters[0].0,
+        "a reset starts the series again: {counters:?}"
+    );
+    let tokens = last_point(&lines, "/openmetrics", "tokens_total").unwrap();
+    assert_eq!(
+        tokens["sum"]["dataPoints"][0]["asDouble"], 42.0,
+        "OpenMetrics, with its exemplar left aside"
+    );
+    // Each failure is logged when the state changes, not at every scrape, and counted by reason.
+    let log = c.log();
+    for (path, reason) in [
+        ("/missing", "http_status"),
+        ("/broken", "malformed"),
+        ("/huge", "body_too_large"),
+        ("/slow", "timeout"),
+    ] {
+        let logged = log
+            .lines()
+            .filter(|l| l.contains("scrape failed") && l.contains(&format!("{site}{path}")))
+            .count();
+        assert_eq!(logged, 1, "{path} logged once:\n{log}");
+        assert!(
+            log.contains(&format!("reason=\"{reason}\"")) || log.contains(&format!("reason={reason}")),
+            "{reason}:\n{log}"
+        );
+    }
+    let own = http_get(&c.address("own metrics"));
+    assert!(
+        own.lines()
+            .any(|l| l.starts_with("infercol_prometheus_scrape_failures_total")
+                && l.contains("reason=\"body_too_large\"")),
+        "{own}"
+    );
+}
