@@ -6,6 +6,7 @@
 //! `infercol_prometheus_scrape_failures_total{receiver, target, reason}`.
 
 mod convert;
+pub mod window;
 pub mod exposition;
 
 use std::sync::Arc;
