@@ -40,6 +40,19 @@ impl Count for u32 {
     }
 }
 
+/// The OTLP name of the quantile summary of the contract's histogram `name` with `unit`
+/// (`model.request.duration` in `s` -> `model.request.duration_seconds_window`), so that the OpenTelemetry to
+/// Prometheus translation gives the `<histogram family>_window` family. Every component that summarises a
+/// contract histogram names it so.
+pub fn window_name(name: &str, unit: &str) -> String {
+    let unit_word = match unit {
+        "s" => "_seconds",
+        "By" => "_bytes",
+        _ => "",
+    };
+    format!("{name}{unit_word}_window")
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExpoHistogram<C: Count = u64> {
     max_size: usize,

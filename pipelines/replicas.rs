@@ -54,11 +54,16 @@ struct Lifecycle {
     active: bool,
 }
 
+/// The most model dimensions remembered as derived from spans.
+const FROM_SPANS_LIMIT: usize = 100_000;
+
 #[derive(Default)]
 struct Fleet {
     replicas: HashMap<String, Lifecycle>,
     probed: HashMap<ModelDims, Instant>,
     queue_reported: HashMap<ModelDims, Instant>,
+    /// Model dimensions model_metrics derived request metrics for from spans, and when last.
+    from_spans: HashMap<ModelDims, Instant>,
 }
 
 /// Replicas counted by state for one model / deployment / environment.
@@ -205,6 +210,37 @@ impl ReplicaDirectory {
         if let Ok(mut fleet) = self.fleet.write() {
             fleet.queue_reported.insert(dims, Instant::now());
         }
+    }
+
+    /// model_metrics derived request metrics from spans for these model dimensions: a scraper leaves its own
+    /// equivalents of them out, so that nothing is counted twice.
+    pub fn derived_from_spans(&self, dims: &ModelDims) {
+        if let Ok(mut fleet) = self.fleet.write() {
+            match fleet.from_spans.get_mut(dims) {
+                Some(at) => *at = Instant::now(),
+                None => {
+                    // Bounded by model_metrics' own cardinality limit in practice; an hour-old entry never
+                    // matters (scrapers ask about the last minutes), so a full table sheds those first.
+                    if fleet.from_spans.len() >= FROM_SPANS_LIMIT {
+                        fleet
+                            .from_spans
+                            .retain(|_, at| at.elapsed() < Duration::from_secs(3600));
+                    }
+                    if fleet.from_spans.len() < FROM_SPANS_LIMIT {
+                        fleet.from_spans.insert(dims.clone(), Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether spans gave request metrics for these dimensions within `within`.
+    pub fn derives_from_spans(&self, dims: &ModelDims, within: Duration) -> bool {
+        self.fleet
+            .read()
+            .ok()
+            .and_then(|f| f.from_spans.get(dims).copied())
+            .is_some_and(|t| t.elapsed() < within)
     }
 
     /// Whether a service reported its own queue size for these dimensions within `within`.

@@ -106,15 +106,7 @@ impl HistogramMetric {
     }
 }
 
-/// The OTLP name of the quantile summary of histogram `name` with `unit` (see `HistogramMetric::window_name`).
-pub fn window_name(name: &str, unit: &str) -> String {
-    let unit_word = match unit {
-        "s" => "_seconds",
-        "By" => "_bytes",
-        _ => "",
-    };
-    format!("{name}{unit_word}_window")
-}
+pub use infercol_pipelines::histogram::window_name;
 
 /// Dimension values, in the order of the configured dimensions.
 pub type Dims = Arc<[String]>;
@@ -589,6 +581,28 @@ impl State {
 
     /// Builds the metrics to emit at `now_ns`, resets delta state and drops expired series; also returns how
     /// many queued requests were given up as lost.
+    /// Tells the directory which model dimensions have request metrics from spans, so that a scraper of the
+    /// same servers leaves its equivalents out (nothing is counted twice).
+    fn mark_derived(&self, replicas: &ReplicaDirectory) {
+        let position = |name: &str| self.config.dimensions.iter().position(|d| d.name == name);
+        let (Some(m), d, e) = (position("model"), position("deployment"), position("environment")) else {
+            return;
+        };
+        let mut marked = std::collections::HashSet::new();
+        for (id, _) in self.requests.keys().flatten() {
+            if !marked.insert(*id) {
+                continue;
+            }
+            let values = self.interner.get(*id);
+            let of = |i: Option<usize>| {
+                i.and_then(|i| values.get(i))
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into())
+            };
+            replicas.derived_from_spans(&(of(Some(m)), of(d), of(e)));
+        }
+    }
+
     pub fn flush(
         &mut self,
         now_ns: u64,
@@ -605,6 +619,7 @@ impl State {
         let mut metrics = Vec::new();
 
         let mut points = Vec::new();
+        self.mark_derived(replicas);
         // Ordered by dimension values, then status.
         let mut keys: Vec<&RequestKey> = self.requests.keys().collect();
         keys.sort_by(|a, b| {

@@ -6,8 +6,9 @@
 //! `infercol_prometheus_scrape_failures_total{receiver, target, reason}`.
 
 mod convert;
-pub mod window;
 pub mod exposition;
+pub mod profiles;
+pub mod window;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +50,9 @@ pub struct Target {
     pub deployment: String,
     #[serde(default = "unknown")]
     pub environment: String,
+    /// Which server's families to map onto the contract: `auto` (from the page), `none`, or a profile's name.
+    #[serde(default)]
+    pub server: profiles::ServerChoice,
 }
 
 fn unknown() -> String {
@@ -84,6 +88,10 @@ pub struct PrometheusReceiverConfig {
     pub body_size_limit_mib: u64,
     /// A page with more samples is refused (Prometheus' `sample_limit`).
     pub sample_limit: usize,
+    /// The window the mapped histograms' quantiles cover (from bucket deltas).
+    #[serde(with = "duration")]
+    pub quantile_window: Duration,
+    pub quantiles: Vec<f64>,
 }
 
 impl Default for PrometheusReceiverConfig {
@@ -96,6 +104,8 @@ impl Default for PrometheusReceiverConfig {
             tls: ScrapeTls::default(),
             body_size_limit_mib: 16,
             sample_limit: 100_000,
+            quantile_window: Duration::from_secs(60),
+            quantiles: vec![0.5, 0.9, 0.95, 0.99],
         }
     }
 }
@@ -133,6 +143,9 @@ impl ComponentConfig for PrometheusReceiverConfig {
                 return Err(format!("headers.{k}: not a valid header"));
             }
         }
+        if self.quantiles.iter().any(|q| !(0.0..=1.0).contains(q)) {
+            return Err("quantiles: each between 0 and 1".into());
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err("tls: cert_file and key_file go together".into());
         }
@@ -165,6 +178,7 @@ impl ReceiverFactory for PrometheusReceiverFactory {
             id: ctx.id.to_string(),
             consumer,
             failures,
+            replicas: ctx.shared.get::<infercol_pipelines::ReplicaDirectory>(),
             running: None,
         }))
     }
@@ -175,6 +189,7 @@ pub struct PrometheusReceiver {
     id: String,
     consumer: Arc<dyn Consumer>,
     failures: Family<Labels, Counter>,
+    replicas: infercol_pipelines::ReplicaDirectory,
     running: Option<(watch::Sender<bool>, JoinSet<()>)>,
 }
 
@@ -192,7 +207,10 @@ impl Receiver for PrometheusReceiver {
                 config: self.config.clone(),
                 consumer: self.consumer.clone(),
                 failures: self.failures.clone(),
+                replicas: self.replicas.clone(),
                 starts: Default::default(),
+                mapped: Default::default(),
+                suppressed: Default::default(),
                 last: None,
             };
             tasks.spawn(scraper.run(stopped.clone()));
@@ -251,7 +269,11 @@ struct Scraper {
     config: PrometheusReceiverConfig,
     consumer: Arc<dyn Consumer>,
     failures: Family<Labels, Counter>,
+    replicas: infercol_pipelines::ReplicaDirectory,
     starts: convert::StartTimes,
+    mapped: profiles::MappedState,
+    /// Model dimensions whose scraped equivalents are left out because spans give them (logged once each).
+    suppressed: std::collections::HashSet<profiles::Dims>,
     /// The last scrape's outcome, to log changes only.
     last: Option<Result<(), Failure>>,
 }
@@ -273,6 +295,7 @@ impl Scraper {
                 Ok(families) => {
                     let samples: usize = families.iter().map(|f| f.samples.len()).sum();
                     let mut metrics = convert::to_metrics(&families, now, &mut self.starts);
+                    metrics.extend(self.contract_metrics(&families, now));
                     metrics.push(scrape_gauge(
                         "scrape_samples_scraped",
                         "Samples on the page.",
@@ -361,6 +384,42 @@ impl Scraper {
             };
             fail(reason, e.to_string())
         })
+    }
+
+    /// The contract's metrics from the page, through the target's server profile; for model dimensions that
+    /// spans already give (model_metrics derived them within the last minutes), none: the span-derived win.
+    fn contract_metrics(&mut self, families: &[exposition::Family], now: u64) -> Vec<Metric> {
+        let Some(profile) = self.target.server.profile(families) else {
+            return Vec::new();
+        };
+        let target = (
+            self.target.model.clone(),
+            self.target.deployment.clone(),
+            self.target.environment.clone(),
+        );
+        let within = (self.config.interval * 4).max(Duration::from_secs(60));
+        let newly = std::cell::RefCell::new(Vec::new());
+        let allowed = |dims: &profiles::Dims| {
+            let from_spans = self.replicas.derives_from_spans(dims, within);
+            if from_spans && !self.suppressed.contains(dims) {
+                newly.borrow_mut().push(dims.clone());
+            }
+            !from_spans
+        };
+        let q = profiles::Quantiles {
+            window_ns: self.config.quantile_window.as_nanos() as u64,
+            quantiles: &self.config.quantiles,
+        };
+        let metrics = profiles::map(profile, families, &target, now, &mut self.mapped, &q, &allowed);
+        let mut newly = newly.into_inner();
+        newly.sort();
+        newly.dedup();
+        for dims in newly {
+            tracing::info!(receiver = %self.receiver, target = %self.target.url, model = %dims.0, server = profile.name,
+                "spans give this model's metrics: its scraped equivalents are left out (nothing is counted twice)");
+            self.suppressed.insert(dims);
+        }
+        metrics
     }
 
     /// Logs a change of state (down with its reason, or back up) and counts every failure.

@@ -26,7 +26,11 @@ impl BucketWindow {
     pub fn push(&mut self, snapshot: Snapshot, window_ns: u64) {
         let restarted = self.snapshots.back().is_some_and(|last| {
             last.buckets.len() != snapshot.buckets.len()
-                || last.buckets.iter().zip(&snapshot.buckets).any(|(a, b)| b.1 < a.1 || a.0 != b.0)
+                || last
+                    .buckets
+                    .iter()
+                    .zip(&snapshot.buckets)
+                    .any(|(a, b)| b.1 < a.1 || a.0 != b.0)
         });
         if restarted {
             self.snapshots.clear();
