@@ -77,6 +77,20 @@ fn answer(mut stream: TcpStream, scrapes: &AtomicU64) {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             "# TYPE tokens counter\ntokens_total{kind=\"prompt\"} 42 # {trace_id=\"ab\"} 1\n# EOF\n".to_string(),
         ),
+        "/tgi/llama" | "/tgi/other" => {
+            // TGI 3.3.7's page (the fixture), its success counter 2 higher at every scrape.
+            let n = 8 + 2 * scrapes.fetch_add(1, Ordering::SeqCst);
+            let page = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/scrape/tgi/page.txt"
+            ))
+            .unwrap();
+            (
+                "200 OK",
+                "text/plain; version=0.0.4",
+                page.replace("\ntgi_request_success 8\n", &format!("\ntgi_request_success {n}\n")),
+            )
+        }
         "/missing" => ("404 Not Found", "text/plain", "no such page\n".to_string()),
         "/broken" => (
             "200 OK",
@@ -216,5 +230,112 @@ fn scraped_families_become_otlp_metrics_and_a_broken_target_changes_only_its_own
             .any(|l| l.starts_with("infercol_prometheus_scrape_failures_total")
                 && l.contains("reason=\"body_too_large\"")),
         "{own}"
+    );
+}
+
+/// `model.requests` points from the scrape (scope `infercol/prometheus`) for `model`: (status_code, value).
+fn scraped_requests(line: &Value, model: &str) -> Vec<(String, f64)> {
+    let attr = |p: &Value, k: &str| {
+        p["attributes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|kv| kv["key"] == k))
+            .and_then(|kv| kv["value"]["stringValue"].as_str())
+            .map(str::to_string)
+    };
+    line["resourceMetrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rm| rm["scopeMetrics"].as_array().cloned().unwrap_or_default())
+        .filter(|sm| sm["scope"]["name"] == "infercol/prometheus")
+        .flat_map(|sm| sm["metrics"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["name"] == "model.requests")
+        .flat_map(|m| m["sum"]["dataPoints"].as_array().cloned().unwrap_or_default())
+        .filter(|p| attr(p, "model").as_deref() == Some(model))
+        .map(|p| (attr(&p, "status_code").unwrap(), p["asDouble"].as_f64().unwrap()))
+        .collect()
+}
+
+/// A TGI page maps onto the contract with exact counts by status class; once spans give a model's metrics, its
+/// scraped equivalents stop (nothing is counted twice) while another model's go on.
+#[test]
+fn a_scraped_tgi_counts_exactly_and_spans_of_the_same_model_win() {
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let site = serve(scrapes.clone());
+    let c = Collector::start(&format!(
+        r#"receivers:
+  otlp:
+    protocols:
+      http: {{ endpoint: "127.0.0.1:0" }}
+  prometheus:
+    interval: 300ms
+    timeout: 250ms
+    targets:
+      - {{ url: "http://{site}/tgi/llama", model: llama, deployment: v1, environment: prod }}
+      - {{ url: "http://{site}/tgi/other", model: other, deployment: v1, environment: prod }}
+connectors:
+  model_metrics: {{ flush_interval: 300ms }}
+exporters:
+  file: {{ path: "{{dir}}/metrics.jsonl" }}
+service:
+  telemetry: {{ metrics: {{ level: none }} }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [model_metrics] }}
+    metrics: {{ receivers: [prometheus, model_metrics], exporters: [file] }}
+"#
+    ));
+    let lines = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(30), |l| {
+        l.iter().any(|line| !scraped_requests(line, "llama").is_empty())
+    });
+    let first = lines
+        .iter()
+        .map(|l| scraped_requests(l, "llama"))
+        .find(|r| !r.is_empty())
+        .unwrap();
+    let value = |code: &str| first.iter().find(|(c, _)| c == code).map(|(_, v)| *v);
+    // The fixture's failures: one validation (422), one dropped (499), one failed generation (counted 500).
+    assert_eq!(
+        (value("422"), value("499"), value("500")),
+        (Some(1.0), Some(1.0), Some(1.0)),
+        "{first:?}"
+    );
+    let ok = value("200").unwrap();
+    assert!(ok >= 8.0 && (ok - 8.0) % 2.0 == 0.0, "exactly the page's counter: {ok}");
+
+    // Spans for llama, with the same dimensions.
+    let span = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"llama"}},{"key":"deployment.name","value":{"stringValue":"v1"}},{"key":"deployment.environment.name","value":{"stringValue":"prod"}}]},"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"POST /generate","kind":2,"startTimeUnixNano":"1764300000000000000","endTimeUnixNano":"1764300000250000000"}]}]}]}"#;
+    let otlp = c.address("OTLP/HTTP");
+    let mut client = TcpStream::connect(&otlp).unwrap();
+    write!(
+        client,
+        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{span}",
+        span.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    c.wait_for_log("spans give this model's metrics", Duration::from_secs(20));
+    let marked = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(5), |_| true).len();
+    // Later scrapes: llama's scraped request counts are gone; other's go on.
+    let lines = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(20), |l| {
+        l.len() > marked + 4
+            && l[marked..]
+                .iter()
+                .filter(|line| !scraped_requests(line, "other").is_empty())
+                .count()
+                >= 2
+    });
+    assert!(
+        lines[marked..]
+            .iter()
+            .all(|line| scraped_requests(line, "llama").is_empty()),
+        "llama counted twice"
+    );
+    let log = c.log();
+    assert_eq!(
+        log.matches("spans give this model's metrics").count(),
+        1,
+        "logged once:\n{log}"
     );
 }
