@@ -32,6 +32,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::replica_probe::{ProbeHistory, ProbeState};
 use crate::sampling::{kv, now_ns};
 
 /// What Prometheus asks for: OpenMetrics first, then the text format.
@@ -88,6 +89,10 @@ pub struct PrometheusReceiverConfig {
     pub body_size_limit_mib: u64,
     /// A page with more samples is refused (Prometheus' `sample_limit`).
     pub sample_limit: usize,
+    /// How long a model server's target that cannot be scraped counts as a starting replica before it counts as
+    /// failed (as `replica_probe`'s).
+    #[serde(with = "duration")]
+    pub startup_timeout: Duration,
     /// The window the mapped histograms' quantiles cover (from bucket deltas).
     #[serde(with = "duration")]
     pub quantile_window: Duration,
@@ -104,6 +109,7 @@ impl Default for PrometheusReceiverConfig {
             tls: ScrapeTls::default(),
             body_size_limit_mib: 16,
             sample_limit: 100_000,
+            startup_timeout: Duration::from_secs(300),
             quantile_window: Duration::from_secs(60),
             quantiles: vec![0.5, 0.9, 0.95, 0.99],
         }
@@ -211,6 +217,9 @@ impl Receiver for PrometheusReceiver {
                 starts: Default::default(),
                 mapped: Default::default(),
                 suppressed: Default::default(),
+                server: None,
+                models: Vec::new(),
+                history: ProbeHistory::new(Instant::now()),
                 last: None,
             };
             tasks.spawn(scraper.run(stopped.clone()));
@@ -274,6 +283,11 @@ struct Scraper {
     mapped: profiles::MappedState,
     /// Model dimensions whose scraped equivalents are left out because spans give them (logged once each).
     suppressed: std::collections::HashSet<profiles::Dims>,
+    /// The server profile its page matched last, and the models the page named.
+    server: Option<&'static profiles::ServerProfile>,
+    models: Vec<profiles::Dims>,
+    /// This target as a replica.
+    history: ProbeHistory,
     /// The last scrape's outcome, to log changes only.
     last: Option<Result<(), Failure>>,
 }
@@ -318,6 +332,7 @@ impl Scraper {
                 elapsed.as_secs_f64(),
                 now,
             ));
+            metrics.extend(self.replica_metrics(outcome.is_ok(), now));
             self.note(&outcome);
             let request = self.request(metrics);
             if let Err(e) = self.consumer.consume(Data::metrics(request)).await {
@@ -399,7 +414,9 @@ impl Scraper {
         );
         let within = (self.config.interval * 4).max(Duration::from_secs(60));
         let newly = std::cell::RefCell::new(Vec::new());
+        let named = std::cell::RefCell::new(std::collections::BTreeSet::new());
         let allowed = |dims: &profiles::Dims| {
+            named.borrow_mut().insert(dims.clone());
             let from_spans = self.replicas.derives_from_spans(dims, within);
             if from_spans && !self.suppressed.contains(dims) {
                 newly.borrow_mut().push(dims.clone());
@@ -411,6 +428,11 @@ impl Scraper {
             quantiles: &self.config.quantiles,
         };
         let metrics = profiles::map(profile, families, &target, now, &mut self.mapped, &q, &allowed);
+        self.server = Some(profile);
+        let named = named.into_inner();
+        if !named.is_empty() {
+            self.models = named.into_iter().collect();
+        }
         let mut newly = newly.into_inner();
         newly.sort();
         newly.dedup();
@@ -420,6 +442,49 @@ impl Scraper {
             self.suppressed.insert(dims);
         }
         metrics
+    }
+
+    /// This target as a replica of the models its page serves: `active` while it is scraped, `starting` while it
+    /// is not (from its first sight, or since it was last up, for `startup_timeout`), `failed` after that, as
+    /// `replica_probe` counts. Only a model server's target counts (a profile named or detected); the replica
+    /// count of those models is then left to it, as to a probe.
+    fn replica_metrics(&mut self, up: bool, now: u64) -> Option<Metric> {
+        let is_server = self.server.is_some() || matches!(self.target.server, profiles::ServerChoice::Named(_));
+        if !is_server {
+            return None;
+        }
+        let state = self.history.observe(up, Instant::now(), self.config.startup_timeout);
+        if self.models.is_empty() {
+            self.models = vec![(
+                self.target.model.clone(),
+                self.target.deployment.clone(),
+                self.target.environment.clone(),
+            )];
+        }
+        let mut points = Vec::new();
+        for dims in &self.models {
+            self.replicas.probed(dims);
+            for s in [ProbeState::Active, ProbeState::Starting, ProbeState::Failed] {
+                points.push(NumberDataPoint {
+                    attributes: vec![
+                        kv("model", dims.0.clone()),
+                        kv("deployment", dims.1.clone()),
+                        kv("environment", dims.2.clone()),
+                        kv("state", s.as_str()),
+                    ],
+                    time_unix_nano: now,
+                    value: Some(number_data_point::Value::AsDouble((s == state) as u8 as f64)),
+                    ..Default::default()
+                });
+            }
+        }
+        Some(Metric {
+            name: "model.replicas".into(),
+            unit: "{replica}".into(),
+            description: "Model replicas by state.".into(),
+            data: Some(metric::Data::Gauge(Gauge { data_points: points })),
+            ..Default::default()
+        })
     }
 
     /// Logs a change of state (down with its reason, or back up) and counts every failure.

@@ -92,7 +92,7 @@ pub enum ProbeState {
 }
 
 impl ProbeState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ProbeState::Active => "active",
             ProbeState::Starting => "starting",
