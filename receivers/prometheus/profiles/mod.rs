@@ -20,18 +20,20 @@ use crate::sampling::kv;
 #[derive(Clone, Copy, Debug)]
 pub enum Meaning {
     /// Finished requests; the status code and class from the sample's labels (None: not a request count).
-    Requests(fn(&LabelSet) -> Option<(&'static str, &'static str)>),
+    Requests(fn(&LabelSet) -> Option<(String, &'static str)>),
     /// A classic histogram of a contract histogram; `scale` turns the server's unit into the contract's.
     Histogram {
         metric: &'static str,
         unit: &'static str,
         scale: f64,
     },
-    /// A gauge of the contract, scaled likewise.
+    /// A gauge of the contract, scaled likewise; the series of one model are summed (requests waiting on every
+    /// engine), or averaged when `mean` (a utilisation).
     Gauge {
         metric: &'static str,
         unit: &'static str,
         scale: f64,
+        mean: bool,
     },
 }
 
@@ -83,11 +85,25 @@ impl<'de> Deserialize<'de> for ServerChoice {
     }
 }
 
+mod sglang;
 mod tgi;
 mod triton;
+mod vllm;
+
+/// The class of an HTTP status code, by its first digit (`None` for anything else).
+pub fn class_of(code: &str) -> Option<&'static str> {
+    match code.as_bytes() {
+        [b'1', _, _] => Some("1xx"),
+        [b'2', _, _] => Some("2xx"),
+        [b'3', _, _] => Some("3xx"),
+        [b'4', _, _] => Some("4xx"),
+        [b'5', _, _] => Some("5xx"),
+        _ => None,
+    }
+}
 
 /// Every profile this build knows.
-pub static PROFILES: &[&ServerProfile] = &[&tgi::TGI, &triton::TRITON];
+pub static PROFILES: &[&ServerProfile] = &[&vllm::VLLM, &sglang::SGLANG, &tgi::TGI, &triton::TRITON];
 
 impl ServerChoice {
     /// The profile for a page: the named one, or the first whose marker a family carries.
@@ -148,14 +164,30 @@ pub fn map(
     q: &Quantiles<'_>,
     allowed: &dyn Fn(&Dims) -> bool,
 ) -> Vec<Metric> {
+    // A family without the model label (vLLM's HTTP families) belongs to the one model the page names, if it
+    // names one; else to the target's.
+    let named: std::collections::BTreeSet<&str> = profile
+        .model_label
+        .map(|l| {
+            families
+                .iter()
+                .flat_map(|f| &f.samples)
+                .filter_map(|s| s.labels.iter().find(|(k, _)| k == l).map(|(_, v)| v.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let default_model = match named.len() {
+        1 => named.iter().next().map_or_else(|| target.0.clone(), |m| m.to_string()),
+        _ => target.0.clone(),
+    };
     let dims_of = |labels: &LabelSet| -> Dims {
         let model = profile
             .model_label
             .and_then(|l| labels.iter().find(|(k, _)| k == l))
-            .map_or_else(|| target.0.clone(), |(_, v)| v.clone());
+            .map_or_else(|| default_model.clone(), |(_, v)| v.clone());
         (model, target.1.clone(), target.2.clone())
     };
-    let mut requests: HashMap<(Dims, &'static str, &'static str), f64> = HashMap::new();
+    let mut requests: HashMap<(Dims, String, &'static str), f64> = HashMap::new();
     let mut out = Vec::new();
     for rule in profile.rules {
         let Some(family) = families
@@ -182,15 +214,25 @@ pub fn map(
             Meaning::Histogram { metric, unit, scale } if family.kind == FamilyType::Histogram => {
                 out.extend(histogram(family, metric, unit, scale, &dims_of, allowed, now, state, q));
             }
-            Meaning::Gauge { metric, unit, scale } => {
-                let mut by_dims: HashMap<Dims, f64> = HashMap::new();
+            Meaning::Gauge {
+                metric,
+                unit,
+                scale,
+                mean,
+            } => {
+                let mut by_dims: HashMap<Dims, (f64, f64)> = HashMap::new();
                 for s in family.samples.iter().filter(|s| s.value.is_finite()) {
                     let dims = dims_of(&s.labels);
                     if allowed(&dims) {
-                        *by_dims.entry(dims).or_default() += s.value * scale;
+                        let entry = by_dims.entry(dims).or_default();
+                        *entry = (entry.0 + s.value * scale, entry.1 + 1.0);
                     }
                 }
-                out.extend(gauge(metric, unit, by_dims, now));
+                let values = by_dims
+                    .into_iter()
+                    .map(|(dims, (sum, n))| (dims, if mean { sum / n } else { sum }))
+                    .collect();
+                out.extend(gauge(metric, unit, values, now));
             }
             Meaning::Histogram { .. } => {}
         }
@@ -200,7 +242,7 @@ pub fn map(
 }
 
 fn requests_sum(
-    requests: HashMap<(Dims, &'static str, &'static str), f64>,
+    requests: HashMap<(Dims, String, &'static str), f64>,
     now: u64,
     state: &mut MappedState,
 ) -> Option<Metric> {
@@ -528,6 +570,101 @@ mod tests {
         // A second scrape a window later gives the quantiles of what ended between.
         let later = map(profile, &families, &target(), 61_000_000_000, &mut state, &q, &|_| true);
         assert!(later.iter().any(|m| m.name == "model.request.duration_seconds_window"));
+    }
+
+    #[test]
+    fn vllm_counts_inference_routes_by_class_for_the_model_the_page_names() {
+        let families = fixture("vllm");
+        let profile = ServerChoice::Auto.profile(&families).expect("detected");
+        assert_eq!(profile.name, "vllm");
+        let q = Quantiles {
+            window_ns: 60_000_000_000,
+            quantiles: &[0.5],
+        };
+        let metrics = map(
+            profile,
+            &families,
+            &target(),
+            1,
+            &mut MappedState::default(),
+            &q,
+            &|_| true,
+        );
+        let mut classes = requests_by_class(&metrics);
+        classes.sort_by(|a, b| a.2.cmp(&b.2));
+        let model = "meta-llama/Llama-3.1-8B-Instruct";
+        let row = |class: &str, n: f64| (model.to_string(), class.to_string(), class.to_string(), n);
+        // Chat and completions only: `/v1/models` and unmatched paths are not inferences.
+        assert_eq!(classes, vec![row("2xx", 12.0), row("4xx", 3.0), row("5xx", 1.0)]);
+        for name in [
+            "model.request.duration",
+            "model.inference.duration",
+            "model.time_to_first_byte",
+            "model.queue.duration",
+            "model.input_tokens",
+            "model.output_tokens",
+            "model.queue.size",
+            "model.kv_cache.utilization",
+        ] {
+            let m = find(&metrics, name);
+            let points = match &m.data {
+                Some(metric::Data::Histogram(h)) => {
+                    h.data_points.iter().map(|p| p.attributes.clone()).collect::<Vec<_>>()
+                }
+                Some(metric::Data::Gauge(g)) => g.data_points.iter().map(|p| p.attributes.clone()).collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            assert_eq!(points.len(), 1, "{name}: one series for the one model");
+        }
+    }
+
+    /// SGLang on prometheus_client 0.26 answers OpenMetrics with its samples' `:` escaped (client_python#1177):
+    /// both renderings of the same state give the same contract metrics.
+    #[test]
+    fn sglang_counts_its_inference_endpoints_by_code_in_both_renderings() {
+        let q = Quantiles {
+            window_ns: 60_000_000_000,
+            quantiles: &[0.5],
+        };
+        let read = |file: &str, openmetrics: bool| {
+            let path = format!("{}/../tests/fixtures/scrape/sglang/{file}", env!("CARGO_MANIFEST_DIR"));
+            let families = parse(&std::fs::read_to_string(path).unwrap(), openmetrics, LIMITS).unwrap();
+            let profile = ServerChoice::Auto.profile(&families).expect("detected");
+            assert_eq!(profile.name, "sglang");
+            map(
+                profile,
+                &families,
+                &target(),
+                1,
+                &mut MappedState::default(),
+                &q,
+                &|_| true,
+            )
+        };
+        let text = read("page.txt", false);
+        let openmetrics = read("page.openmetrics.txt", true);
+        let mut classes = requests_by_class(&text);
+        classes.sort_by(|a, b| a.1.cmp(&b.1));
+        let model = "meta-llama/Llama-3.1-8B-Instruct";
+        let row = |code: &str, class: &str, n: f64| (model.to_string(), code.to_string(), class.to_string(), n);
+        // 12 chat requests: 8 answered 200, 3 400 (one a client that went away), 1 500; `/health` is not counted.
+        assert_eq!(
+            classes,
+            vec![row("200", "2xx", 8.0), row("400", "4xx", 3.0), row("500", "5xx", 1.0)]
+        );
+        let mut om = requests_by_class(&openmetrics);
+        om.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(om, classes, "the OpenMetrics rendering reads the same");
+        for name in [
+            "model.request.duration",
+            "model.time_to_first_byte",
+            "model.queue.duration",
+            "model.queue.size",
+            "model.kv_cache.utilization",
+        ] {
+            find(&text, name);
+            find(&openmetrics, name);
+        }
     }
 
     #[test]

@@ -12,17 +12,17 @@ use crate::prometheus::exposition::LabelSet;
 /// `tgi_request_failure{err}`, by what the error means (server.rs `From<InferError>`): validation and template
 /// errors are 422, overload 429; a failed generation is a server fault, counted 5xx though TGI answers it 424 (a
 /// prediction exception is a 5xx); an incomplete stream 500; `dropped`, a client that went away (499).
-fn failure(labels: &LabelSet) -> Option<(&'static str, &'static str)> {
+fn failure(labels: &LabelSet) -> Option<(String, &'static str)> {
     match labels.iter().find(|(k, _)| k == "err").map(|(_, v)| v.as_str()) {
-        Some("validation" | "template") => Some(("422", "4xx")),
-        Some("overloaded") => Some(("429", "4xx")),
-        Some("dropped") => Some(("499", "4xx")),
-        _ => Some(("500", "5xx")),
+        Some("validation" | "template") => Some(("422".into(), "4xx")),
+        Some("overloaded") => Some(("429".into(), "4xx")),
+        Some("dropped") => Some(("499".into(), "4xx")),
+        _ => Some(("500".into(), "5xx")),
     }
 }
 
-fn success(_: &LabelSet) -> Option<(&'static str, &'static str)> {
-    Some(("200", "2xx"))
+fn success(_: &LabelSet) -> Option<(String, &'static str)> {
+    Some(("200".into(), "2xx"))
 }
 
 const fn seconds(metric: &'static str) -> Meaning {
@@ -81,6 +81,7 @@ pub static TGI: ServerProfile = ServerProfile {
                 metric: "model.queue.size",
                 unit: "{request}",
                 scale: 1.0,
+                mean: false,
             },
         },
     ],

@@ -13,16 +13,16 @@ use crate::prometheus::exposition::LabelSet;
 /// `nv_inference_request_failure{reason}`: REJECTED is a queue timeout answered 503; CANCELED, a request whose
 /// client went away (499, as the contract maps gRPC CANCELLED); BACKEND and OTHER carry the backend's error,
 /// which the page does not give: counted as 500.
-fn failure(labels: &LabelSet) -> Option<(&'static str, &'static str)> {
+fn failure(labels: &LabelSet) -> Option<(String, &'static str)> {
     match labels.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.as_str()) {
-        Some("REJECTED") => Some(("503", "5xx")),
-        Some("CANCELED") => Some(("499", "4xx")),
-        _ => Some(("500", "5xx")),
+        Some("REJECTED") => Some(("503".into(), "5xx")),
+        Some("CANCELED") => Some(("499".into(), "4xx")),
+        _ => Some(("500".into(), "5xx")),
     }
 }
 
-fn success(_: &LabelSet) -> Option<(&'static str, &'static str)> {
-    Some(("200", "2xx"))
+fn success(_: &LabelSet) -> Option<(String, &'static str)> {
+    Some(("200".into(), "2xx"))
 }
 
 pub static TRITON: ServerProfile = ServerProfile {
@@ -53,6 +53,7 @@ pub static TRITON: ServerProfile = ServerProfile {
                 metric: "model.queue.size",
                 unit: "{request}",
                 scale: 1.0,
+                mean: false,
             },
         },
     ],
