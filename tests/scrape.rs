@@ -91,6 +91,12 @@ fn answer(mut stream: TcpStream, scrapes: &AtomicU64) {
                 page.replace("\ntgi_request_success 8\n", &format!("\ntgi_request_success {n}\n")),
             )
         }
+        "/vllm-latencies" => {
+            // Nothing on the first scrape, then every value at once: the window holds exactly `LATENCIES`.
+            let n = scrapes.fetch_add(1, Ordering::SeqCst);
+            let values = if n == 0 { Vec::new() } else { latencies() };
+            ("200 OK", "text/plain; version=0.0.4", latency_page(&values))
+        }
         "/missing" => ("404 Not Found", "text/plain", "no such page\n".to_string()),
         "/broken" => (
             "200 OK",
@@ -338,4 +344,81 @@ service:
         1,
         "logged once:\n{log}"
     );
+}
+
+/// vLLM 0.33.0's `vllm:e2e_request_latency_seconds` bounds (`vllm/v1/metrics/loggers.py`, from the fixture).
+const VLLM_E2E_BOUNDS: [f64; 21] = [
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
+];
+
+/// A deterministic spread of request latencies from 0.1 s to about 60 s.
+fn latencies() -> Vec<f64> {
+    (0..500).map(|i| 0.1 * (1.0125f64).powi(i)).collect()
+}
+
+/// The e2e histogram of vLLM's page holding `values`, with the request counter of the same requests.
+fn latency_page(values: &[f64]) -> String {
+    let mut page = String::from(
+        "# HELP vllm:e2e_request_latency_seconds Histogram of e2e request latency in seconds.\n# TYPE vllm:e2e_request_latency_seconds histogram\n",
+    );
+    for bound in VLLM_E2E_BOUNDS
+        .iter()
+        .map(|b| format!("{b:?}"))
+        .chain(["+Inf".to_string()])
+    {
+        let limit: f64 = if bound == "+Inf" {
+            f64::INFINITY
+        } else {
+            bound.parse().unwrap()
+        };
+        let count = values.iter().filter(|v| **v <= limit).count();
+        page += &format!(
+            "vllm:e2e_request_latency_seconds_bucket{{engine=\"0\",le=\"{bound}\",model_name=\"m\"}} {count}.0\n"
+        );
+    }
+    page += &format!(
+        "vllm:e2e_request_latency_seconds_count{{engine=\"0\",model_name=\"m\"}} {}.0\nvllm:e2e_request_latency_seconds_sum{{engine=\"0\",model_name=\"m\"}} {}\n",
+        values.len(),
+        values.iter().sum::<f64>()
+    );
+    page
+}
+
+/// The window quantiles from a vLLM page's buckets fall in the bucket of the true quantile: the error is the
+/// layout's, and no more.
+#[test]
+fn window_quantiles_from_a_vllm_page_fall_in_the_bucket_of_the_truth() {
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let site = serve(scrapes.clone());
+    let c = Collector::start(&format!(
+        "receivers:\n  prometheus:\n    interval: 300ms\n    timeout: 250ms\n    quantile_window: 60s\n    targets:\n      - {{ url: \"http://{site}/vllm-latencies\", model: m }}\nexporters:\n  file: {{ path: \"{{dir}}/metrics.jsonl\" }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    metrics: {{ receivers: [prometheus], exporters: [file] }}\n"
+    ));
+    let lines = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(30), |l| {
+        last_point(l, "/vllm-latencies", "model.request.duration_seconds_window")
+            .is_some_and(|m| m["summary"]["dataPoints"][0]["count"].as_str() == Some("500"))
+    });
+    let summary = last_point(&lines, "/vllm-latencies", "model.request.duration_seconds_window").unwrap();
+    let mut truth = latencies();
+    truth.sort_by(f64::total_cmp);
+    let quantiles = summary["summary"]["dataPoints"][0]["quantileValues"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(quantiles.len(), 4, "{summary}");
+    for q in quantiles {
+        let (p, reported) = (q["quantile"].as_f64().unwrap(), q["value"].as_f64().unwrap());
+        let exact = truth[((p * truth.len() as f64).ceil() as usize).clamp(1, truth.len()) - 1];
+        let upper = VLLM_E2E_BOUNDS.iter().copied().find(|b| exact <= *b).unwrap();
+        let lower = VLLM_E2E_BOUNDS
+            .iter()
+            .copied()
+            .rev()
+            .find(|b| *b < exact)
+            .unwrap_or(0.0);
+        assert!(
+            lower <= reported && reported <= upper,
+            "p{p}: {reported} outside the bucket ({lower}, {upper}] of the exact {exact}"
+        );
+    }
 }

@@ -690,12 +690,26 @@ mod tests {
     #[test]
     fn the_stated_error_bounds_follow_the_servers_layouts() {
         let bounds_of = |server: &str, family: &str| -> Vec<f64> {
-            let path = format!("{}/../tests/fixtures/scrape/{server}/families.json", env!("CARGO_MANIFEST_DIR"));
+            let path = format!(
+                "{}/../tests/fixtures/scrape/{server}/families.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-            let f = all.as_array().unwrap().iter().find(|f| f["name"] == family).unwrap_or_else(|| panic!("{family}"));
-            f["buckets"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect()
+            let f = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["name"] == family)
+                .unwrap_or_else(|| panic!("{family}"));
+            f["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_f64().unwrap())
+                .collect()
         };
-        let bound = |server: &str, family: &str| crate::prometheus::window::worst_relative_error(&bounds_of(server, family));
+        let bound =
+            |server: &str, family: &str| crate::prometheus::window::worst_relative_error(&bounds_of(server, family));
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
         assert!(close(bound("vllm", "vllm:e2e_request_latency_seconds"), 3.0));
         assert!(close(bound("vllm", "vllm:time_to_first_token_seconds"), 4.0));
