@@ -422,3 +422,39 @@ fn window_quantiles_from_a_vllm_page_fall_in_the_bucket_of_the_truth() {
         );
     }
 }
+
+/// A real Prometheus scraping infercol's `prometheus` exporter sees the mapped series of a scraped TGI under the
+/// contract's names, and answers `histogram_quantile` over their buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_sees_the_mapped_series() {
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let site = serve(scrapes.clone());
+    let c = Collector::start(&format!(
+        "receivers:\n  prometheus:\n    interval: 300ms\n    timeout: 250ms\n    targets:\n      - {{ url: \"http://{site}/tgi/other\", model: other, deployment: v1, environment: prod }}\nexporters:\n  prometheus: {{ endpoint: \"127.0.0.1:0\" }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    metrics: {{ receivers: [prometheus], exporters: [prometheus] }}\n"
+    ));
+    let target = c
+        .address("Prometheus metrics")
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let prometheus = common::prometheus::Prometheus::start(&target, &[]).await;
+    // The fixture's 4xx: one validation error (422) and one client that went away (499).
+    let q = r#"sum(model_requests_total{model="other",status_class="4xx"})"#;
+    assert_eq!(prometheus.wait_for(q, |v| v == 2.0).await, 2.0);
+    let ok = prometheus
+        .wait_for(r#"sum(model_requests_total{model="other",status_class="2xx"})"#, |v| {
+            v >= 8.0
+        })
+        .await;
+    assert!(ok >= 8.0);
+    prometheus
+        .wait_for(r#"model_queue_size{model="other"}"#, |v| v == 0.0)
+        .await;
+    let p50 = prometheus
+        .wait_for(
+            r#"histogram_quantile(0.5, sum by (le) (model_request_duration_seconds_bucket{model="other"}))"#,
+            |v| v.is_finite() && v > 0.0,
+        )
+        .await;
+    assert!(p50 < 145.7, "within TGI's highest finite bound: {p50}");
+}
