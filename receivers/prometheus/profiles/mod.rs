@@ -37,6 +37,15 @@ pub enum Meaning {
     },
 }
 
+/// A classic histogram already in the contract's unit.
+pub(crate) const fn classic(metric: &'static str, unit: &'static str) -> Meaning {
+    Meaning::Histogram {
+        metric,
+        unit,
+        scale: 1.0,
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Rule {
     /// The family's name on the page (a counter's with the `_total` its client library writes, if it does).

@@ -7,7 +7,7 @@
 //! ranks is right by default. There is no inference time and no byte size; time to first token and end-to-end
 //! latency start at 0.1 s.
 
-use super::{Meaning, Rule, ServerProfile, class_of};
+use super::{Meaning, Rule, ServerProfile, class_of, classic};
 use crate::prometheus::exposition::LabelSet;
 
 /// The endpoints that are inferences (not `/health`, `/metrics`, `/v1/models`, ...).
@@ -33,14 +33,6 @@ fn http_responses(labels: &LabelSet) -> Option<(String, &'static str)> {
     Some((code.to_string(), class_of(code)?))
 }
 
-const fn histogram(metric: &'static str, unit: &'static str) -> Meaning {
-    Meaning::Histogram {
-        metric,
-        unit,
-        scale: 1.0,
-    }
-}
-
 pub static SGLANG: ServerProfile = ServerProfile {
     name: "sglang",
     version: "0.5.23",
@@ -53,23 +45,23 @@ pub static SGLANG: ServerProfile = ServerProfile {
         },
         Rule {
             family: "sglang:e2e_request_latency_seconds",
-            meaning: histogram("model.request.duration", "s"),
+            meaning: classic("model.request.duration", "s"),
         },
         Rule {
             family: "sglang:time_to_first_token_seconds",
-            meaning: histogram("model.time_to_first_byte", "s"),
+            meaning: classic("model.time_to_first_byte", "s"),
         },
         Rule {
             family: "sglang:queue_time_seconds",
-            meaning: histogram("model.queue.duration", "s"),
+            meaning: classic("model.queue.duration", "s"),
         },
         Rule {
             family: "sglang:prompt_tokens_histogram",
-            meaning: histogram("model.input_tokens", "{token}"),
+            meaning: classic("model.input_tokens", "{token}"),
         },
         Rule {
             family: "sglang:generation_tokens_histogram",
-            meaning: histogram("model.output_tokens", "{token}"),
+            meaning: classic("model.output_tokens", "{token}"),
         },
         Rule {
             family: "sglang:num_queue_reqs",

@@ -6,7 +6,7 @@
 //! durations share one layout of 35 bounds, each 1.5 times the last (a percentile within 50%). There is no
 //! time-to-first-token and no byte size. `tgi_request_count` counts some routes twice and is not used.
 
-use super::{Meaning, Rule, ServerProfile};
+use super::{Meaning, Rule, ServerProfile, classic};
 use crate::prometheus::exposition::LabelSet;
 
 /// `tgi_request_failure{err}`, by what the error means (server.rs `From<InferError>`): validation and template
@@ -26,19 +26,11 @@ fn success(_: &LabelSet) -> Option<(String, &'static str)> {
 }
 
 const fn seconds(metric: &'static str) -> Meaning {
-    Meaning::Histogram {
-        metric,
-        unit: "s",
-        scale: 1.0,
-    }
+    classic(metric, "s")
 }
 
 const fn tokens(metric: &'static str) -> Meaning {
-    Meaning::Histogram {
-        metric,
-        unit: "{token}",
-        scale: 1.0,
-    }
+    classic(metric, "{token}")
 }
 
 pub static TGI: ServerProfile = ServerProfile {

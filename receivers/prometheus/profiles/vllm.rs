@@ -8,7 +8,7 @@
 //! errors and aborts included, so it is not used. Latencies and tokens are per model (`model_name`), summed over
 //! engines.
 
-use super::{Meaning, Rule, ServerProfile};
+use super::{Meaning, Rule, ServerProfile, classic};
 use crate::prometheus::exposition::LabelSet;
 
 /// The routes that are inferences (not `/v1/models`, `/tokenize`, unmatched paths `none`, ...).
@@ -47,14 +47,6 @@ fn http_requests(labels: &LabelSet) -> Option<(String, &'static str)> {
     Some((class.to_string(), class))
 }
 
-const fn histogram(metric: &'static str, unit: &'static str) -> Meaning {
-    Meaning::Histogram {
-        metric,
-        unit,
-        scale: 1.0,
-    }
-}
-
 pub static VLLM: ServerProfile = ServerProfile {
     name: "vllm",
     version: "0.33.0",
@@ -67,27 +59,27 @@ pub static VLLM: ServerProfile = ServerProfile {
         },
         Rule {
             family: "vllm:e2e_request_latency_seconds",
-            meaning: histogram("model.request.duration", "s"),
+            meaning: classic("model.request.duration", "s"),
         },
         Rule {
             family: "vllm:request_inference_time_seconds",
-            meaning: histogram("model.inference.duration", "s"),
+            meaning: classic("model.inference.duration", "s"),
         },
         Rule {
             family: "vllm:time_to_first_token_seconds",
-            meaning: histogram("model.time_to_first_byte", "s"),
+            meaning: classic("model.time_to_first_byte", "s"),
         },
         Rule {
             family: "vllm:request_queue_time_seconds",
-            meaning: histogram("model.queue.duration", "s"),
+            meaning: classic("model.queue.duration", "s"),
         },
         Rule {
             family: "vllm:request_prompt_tokens",
-            meaning: histogram("model.input_tokens", "{token}"),
+            meaning: classic("model.input_tokens", "{token}"),
         },
         Rule {
             family: "vllm:request_generation_tokens",
-            meaning: histogram("model.output_tokens", "{token}"),
+            meaning: classic("model.output_tokens", "{token}"),
         },
         Rule {
             family: "vllm:num_requests_waiting",
