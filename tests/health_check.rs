@@ -148,16 +148,7 @@ service:
         .unwrap()
         .to_string();
     let span = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"held","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
-    let mut client = TcpStream::connect(&otlp).unwrap();
-    write!(
-        client,
-        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{span}",
-        span.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    client.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    common::post_json_traces(&otlp, span);
     // The export is in flight once the backend holds a connection.
     let deadline = Instant::now() + Duration::from_secs(10);
     while held.lock().unwrap().is_empty() {

@@ -137,19 +137,11 @@ fn last_point(lines: &[Value], path: &str, name: &str) -> Option<Value> {
         .find(|m| m["name"] == name)
 }
 
-/// The body of `GET url` (plain HTTP).
+/// The answer to `GET url` (plain HTTP).
 fn http_get(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = TcpStream::connect(host).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
+    common::http_exchange(host, &format!("GET {path}"), "text/plain", "")
 }
 
 fn gauge_value(metric: &Value) -> f64 {
@@ -311,16 +303,7 @@ service:
     // Spans for llama, with the same dimensions.
     let span = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"llama"}},{"key":"deployment.name","value":{"stringValue":"v1"}},{"key":"deployment.environment.name","value":{"stringValue":"prod"}}]},"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"POST /generate","kind":2,"startTimeUnixNano":"1764300000000000000","endTimeUnixNano":"1764300000250000000"}]}]}]}"#;
     let otlp = c.address("OTLP/HTTP");
-    let mut client = TcpStream::connect(&otlp).unwrap();
-    write!(
-        client,
-        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{span}",
-        span.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    client.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    common::post_json_traces(&otlp, span);
     c.wait_for_log("spans give this model's metrics", Duration::from_secs(20));
     let marked = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(5), |_| true).len();
     // Later scrapes: llama's scraped request counts are gone; other's go on.

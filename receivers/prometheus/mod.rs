@@ -414,10 +414,14 @@ impl Scraper {
         );
         let within = (self.config.interval * 4).max(Duration::from_secs(60));
         let newly = std::cell::RefCell::new(Vec::new());
-        let named = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        // Asked once per sample: the directory (behind its lock) is asked once per model dimensions and scrape.
+        let named = std::cell::RefCell::new(std::collections::BTreeMap::<profiles::Dims, bool>::new());
         let allowed = |dims: &profiles::Dims| {
-            named.borrow_mut().insert(dims.clone());
+            if let Some(&from_spans) = named.borrow().get(dims) {
+                return !from_spans;
+            }
             let from_spans = self.replicas.derives_from_spans(dims, within);
+            named.borrow_mut().insert(dims.clone(), from_spans);
             if from_spans && !self.suppressed.contains(dims) {
                 newly.borrow_mut().push(dims.clone());
             }
@@ -431,11 +435,9 @@ impl Scraper {
         self.server = Some(profile);
         let named = named.into_inner();
         if !named.is_empty() {
-            self.models = named.into_iter().collect();
+            self.models = named.into_keys().collect();
         }
-        let mut newly = newly.into_inner();
-        newly.sort();
-        newly.dedup();
+        let newly = newly.into_inner();
         for dims in newly {
             tracing::info!(receiver = %self.receiver, target = %self.target.url, model = %dims.0, server = profile.name,
                 "spans give this model's metrics: its scraped equivalents are left out (nothing is counted twice)");

@@ -317,3 +317,25 @@ service:
     traces: { receivers: [otlp], exporters: [model_metrics, debug] }
     metrics: { receivers: [model_metrics], exporters: [prometheus] }
 "#;
+
+/// The whole answer (status line, headers, body) to a plain HTTP/1.1 request sent over a fresh connection, for
+/// tests that must not depend on an async client (a blocking test, or one that watches a process start).
+pub fn http_exchange(address: &str, request_line: &str, content_type: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "{request_line} HTTP/1.1\r\nHost: {address}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+/// POSTs OTLP/JSON traces to an OTLP/HTTP receiver at `address` and checks it answered 200.
+pub fn post_json_traces(address: &str, json: &str) {
+    let answer = http_exchange(address, "POST /v1/traces", "application/json", json);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
