@@ -53,6 +53,43 @@ pub fn window_name(name: &str, unit: &str) -> String {
     format!("{name}{unit_word}_window")
 }
 
+/// The metadata key of a window summary that states how far its quantiles can be from the exact ones, as a
+/// relative error (a double): the sketch's bound for quantiles from spans, the bucket layout's for scraped ones.
+/// Metadata, not an attribute: it describes the metric's method, and an attribute would become a label in
+/// Prometheus and split the series.
+pub const QUANTILE_ERROR_KEY: &str = "infercol.quantile.relative_error";
+
+/// The bound on a quantile read from an exponential histogram at `scale` (see the module's note).
+pub fn relative_error_at(scale: i32) -> f64 {
+    let b = 2f64.powf(2f64.powi(-scale));
+    (b - 1.0) / (b + 1.0)
+}
+
+/// The metadata that states a window summary's bound.
+pub fn quantile_error_metadata(bound: f64) -> Vec<opentelemetry_proto::tonic::common::v1::KeyValue> {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    vec![KeyValue {
+        key: QUANTILE_ERROR_KEY.into(),
+        value: Some(AnyValue {
+            value: Some(Value::DoubleValue(bound)),
+        }),
+        ..Default::default()
+    }]
+}
+
+/// The bound a metric's metadata states, if it states one.
+pub fn quantile_error_of(metric: &opentelemetry_proto::tonic::metrics::v1::Metric) -> Option<f64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    metric
+        .metadata
+        .iter()
+        .find(|kv| kv.key == QUANTILE_ERROR_KEY)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::DoubleValue(d) => Some(*d),
+            _ => None,
+        })
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExpoHistogram<C: Count = u64> {
     max_size: usize,

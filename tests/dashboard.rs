@@ -47,6 +47,41 @@ service:
     metrics: { receivers: [otlp, model_metrics, hostmetrics], exporters: [dashboard, prometheus] }
 "#;
 
+/// The model vLLM's fixture page names (its `model_name` label wins over the target's `model`).
+const VLLM_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// `CONFIG` with a `prometheus` receiver scraping a vLLM 0.33.0 page (the fixture, its counters advancing).
+fn with_scraped_vllm() -> String {
+    let scrapes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let site = common::pages::serve(move |path| match path {
+        "/metrics" => {
+            let n = scrapes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                common::pages::advanced_fixture("vllm", n),
+            )
+        }
+        _ => ("404 Not Found", "text/plain", String::new()),
+    });
+    CONFIG
+        .replace(
+            "  hostmetrics:",
+            &format!(
+                "  prometheus:\n    interval: 500ms\n    timeout: 400ms\n    quantile_window: 10s\n    targets:\n      - {{ url: \"http://{site}/metrics\", deployment: v1, environment: prod }}\n  hostmetrics:"
+            ),
+        )
+        .replace(
+            "receivers: [otlp, model_metrics, hostmetrics]",
+            "receivers: [otlp, model_metrics, hostmetrics, prometheus]",
+        )
+}
+
+/// The p50 of vLLM's fixture e2e histogram, as `histogram_quantile` reads its buckets: 13 requests, 6 at or below
+/// 2.5 s and 9 at or below 5 s, so the 6.5th lies a sixth of the way from 2.5 to 5 s. The page's counters all
+/// grow in proportion, so every window's delta gives the same.
+const VLLM_E2E_P50: f64 = 2.5 + 2.5 / 6.0;
+
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
@@ -342,6 +377,7 @@ impl Browser {
     }
 }
 
+/// The panels the span workload fills (the server queue's size comes only from a scraped page).
 const PANELS: [&str; 9] = [
     "volume",
     "latency",
@@ -519,6 +555,115 @@ async fn the_page_draws_every_panel_and_follows_the_filters() {
     browser.quit().await;
 }
 
+/// Picks a value in one of the page's filters, as a user does.
+async fn pick(browser: &Browser, filter: &str, value: &str) {
+    browser
+        .run(&format!(
+            "const e = document.getElementById('{filter}'); e.value = {}; e.dispatchEvent(new Event('change')); return 1",
+            Json::from(value)
+        ))
+        .await;
+}
+
+/// A model scraped from vLLM's own page beside one derived from spans: both are in the model filter, fill the
+/// same panels, and each panel says where its figures come from; the scraped percentiles say how far vLLM's
+/// buckets let them be off, and the p50 is the one its buckets give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scraped_vllm_model_shows_beside_a_span_derived_one() {
+    let c = Collector::start(&with_scraped_vllm());
+    let page = c.address("dashboard");
+    let browser = Browser::start().await;
+    let sender = tokio::spawn(traffic(c.grpc(), 16));
+    browser.goto(&format!("{page}?range=15m")).await;
+    browser
+        .wait_until(
+            "both models in the filter",
+            &format!(
+                "const o = Array.from(document.getElementById('model').options).map(o => o.value); \
+                 return o.includes('chat-llm') && o.includes({})",
+                Json::from(VLLM_MODEL)
+            ),
+        )
+        .await;
+
+    pick(&browser, "model", VLLM_MODEL).await;
+    let ds = |panel: &str, key: &str| {
+        format!("(document.getElementById('panel-{panel}') || {{dataset: {{}}}}).dataset.{key}")
+    };
+    browser
+        .wait_until(
+            "the scraped model's panels",
+            &format!(
+                "return {} === 'scraped' && ['2xx', '4xx', '5xx'].every(c => ({} || '').split('|').includes(c)) && \
+                 ['latency', 'replicas', 'server_queue_time', 'server_queue_size'].every(p => Number({}) > 0) && \
+                 {} === 'scraped'",
+                ds("volume", "sources"),
+                ds("volume", "names"),
+                ds("' + p + '", "points"),
+                ds("latency", "sources"),
+            ),
+        )
+        .await;
+    let note = browser
+        .run("return document.querySelector('#panel-latency .note').textContent")
+        .await;
+    assert!(
+        note.as_str()
+            .unwrap()
+            .contains("from the server's buckets: within 300%"),
+        "vLLM's e2e layout (1920 to 7680 s) allows 300%: {note}"
+    );
+    let replicas = browser
+        .run(
+            "const p = window.infercol.panels.find(p => p.id === 'replicas'); \
+             return p.series.map(s => s.name + ' ' + s.values.filter(v => v != null).pop()).join(', ')",
+        )
+        .await;
+    assert_eq!(
+        replicas, "active 1, starting 0",
+        "the scraped server is one active replica"
+    );
+    const P50: &str = "const s = (window.infercol.panels || []).find(p => p.id === 'latency'); \
+        const v = s ? s.series[0].values.filter(x => x != null) : []; return v.length ? v[v.length - 1] : null";
+    let p50 = browser.run(P50).await.as_f64().unwrap();
+    assert!(
+        (p50 - VLLM_E2E_P50).abs() < 1e-3,
+        "p50 {p50}, the buckets give {VLLM_E2E_P50}"
+    );
+
+    // The span-derived model: its own sources and the sketch's bound.
+    pick(&browser, "model", "chat-llm").await;
+    browser
+        .wait_until(
+            "chat-llm from spans",
+            &format!(
+                "return {} === 'spans' && {} === 'spans' && {} === '2xx|4xx'",
+                ds("latency", "sources"),
+                ds("volume", "sources"),
+                ds("volume", "names")
+            ),
+        )
+        .await;
+    let note = browser
+        .run("return document.querySelector('#panel-latency .note').textContent")
+        .await;
+    assert!(note.as_str().unwrap().contains("from spans · within 0.5%"), "{note}");
+    // All models: both sources, and the wider bound.
+    pick(&browser, "model", "").await;
+    browser
+        .wait_until(
+            "both sources",
+            &format!(
+                "return {} === 'spans,scraped' && {} === '3'",
+                ds("latency", "sources"),
+                ds("latency", "relativeError")
+            ),
+        )
+        .await;
+    sender.await.unwrap();
+    browser.quit().await;
+}
+
 /// The JSON API on its own: the ranges and choices it accepts, and clear errors for the rest.
 #[tokio::test]
 async fn the_api_answers_and_refuses_clearly() {
@@ -559,7 +704,8 @@ async fn the_api_answers_and_refuses_clearly() {
             .iter()
             .map(|p| p["id"].as_str().unwrap())
             .collect();
-        assert_eq!(ids, PANELS);
+        assert_eq!(ids[..PANELS.len()], PANELS);
+        assert_eq!(ids[PANELS.len()..], ["server_queue_size"]);
         assert!(
             body["times"].as_array().unwrap().len() >= 60,
             "{range}: enough steps to draw"
@@ -578,7 +724,7 @@ async fn the_api_answers_and_refuses_clearly() {
 /// Every query of examples/grafana/infercol.json returns data from a real Prometheus scraping the collector.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_grafana_query_returns_data_from_prometheus() {
-    let c = Collector::start(CONFIG);
+    let c = Collector::start(&with_scraped_vllm());
     let target = c
         .address("Prometheus metrics")
         .trim_start_matches("http://")
@@ -682,7 +828,20 @@ async fn every_grafana_query_returns_data_from_prometheus() {
     };
     assert_eq!(
         values("group by (model) (model_requests_total)", "model").await,
-        ["chat-llm", "vision"]
+        ["chat-llm", VLLM_MODEL, "vision"]
+    );
+    // The scraped model's percentiles in Grafana are those its buckets give, as on infercol's own page.
+    let p50 = prometheus
+        .wait_for(
+            &format!(
+                "histogram_quantile(0.5, sum by (le) (rate(model_request_duration_seconds_bucket{{model=\"{VLLM_MODEL}\"}}[1m])))"
+            ),
+            f64::is_finite,
+        )
+        .await;
+    assert!(
+        (p50 - VLLM_E2E_P50).abs() < 1e-3,
+        "p50 {p50}, the buckets give {VLLM_E2E_P50}"
     );
     assert_eq!(
         values("group by (environment) (model_requests_total)", "environment").await,

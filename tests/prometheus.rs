@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::prometheus::{Prometheus, which};
-use common::{Collector, free_port, kv, server_span, traces_request};
+use common::{Collector, kv, server_span, traces_request};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::any_value;
 
@@ -57,7 +57,15 @@ fn exact_p99(n: u64) -> f64 {
     v[(0.99 * (n - 1) as f64).floor() as usize]
 }
 
-fn collector(exporter_port: u16, remote_write: Option<&str>) -> Collector {
+/// The `host:port` the collector's Prometheus exporter listens on.
+fn exporter_target(c: &Collector) -> String {
+    c.address("Prometheus metrics")
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string()
+}
+
+fn collector(remote_write: Option<&str>) -> Collector {
     let (rw_exporter, rw_name) = match remote_write {
         Some(url) => (
             format!("  prometheusremotewrite:\n    endpoint: \"{url}\"\n"),
@@ -76,7 +84,7 @@ connectors:
     flush_interval: 500ms
 exporters:
   prometheus:
-    endpoint: "127.0.0.1:{exporter_port}"
+    endpoint: "127.0.0.1:0"
 {rw_exporter}  file: {{ path: "{{dir}}/spans.jsonl" }}
 service:
   telemetry:
@@ -91,13 +99,10 @@ service:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_text_and_receives_remote_write() {
     common::install_crypto();
-    let exporter_port = free_port();
-    let prometheus = Prometheus::start(
-        &format!("127.0.0.1:{exporter_port}"),
-        &["--web.enable-remote-write-receiver"],
-    )
-    .await;
-    let c = collector(exporter_port, Some(&format!("{}/api/v1/write", prometheus.url)));
+    // Prometheus first (the collector writes to it), then the collector on a port of its own, then the scrape.
+    let prometheus = Prometheus::start("127.0.0.1:9", &["--web.enable-remote-write-receiver"]).await;
+    let c = collector(Some(&format!("{}/api/v1/write", prometheus.url)));
+    prometheus.scrape(&exporter_target(&c));
     let n = 400;
     send_requests(c.grpc(), n).await;
 
@@ -154,13 +159,8 @@ async fn prometheus_scrapes_text_and_receives_remote_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_with_native_histograms_scrapes_protobuf() {
     common::install_crypto();
-    let exporter_port = free_port();
-    let prometheus = Prometheus::start(
-        &format!("127.0.0.1:{exporter_port}"),
-        &["--enable-feature=native-histograms"],
-    )
-    .await;
-    let c = collector(exporter_port, None);
+    let c = collector(None);
+    let prometheus = Prometheus::start(&exporter_target(&c), &["--enable-feature=native-histograms"]).await;
     let n = 300;
     send_requests(c.grpc(), n).await;
     let total = prometheus

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -41,33 +39,25 @@ fn vllm_page(scrape: u64, restart_at: u64) -> String {
     )
 }
 
-/// Serves the test pages over HTTP/1.0, one connection at a time per thread.
-fn serve(scrapes: Arc<AtomicU64>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let scrapes = scrapes.clone();
-            std::thread::spawn(move || answer(stream, &scrapes));
+/// A page of a million series (about 17 MB), built once.
+fn million_series() -> &'static str {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PAGE.get_or_init(|| {
+        let mut page = String::from("# TYPE requests counter\n");
+        for i in 0..1_000_000 {
+            page += &format!("requests_total{{i=\"{i}\"}} 1\n");
         }
-    });
-    address
+        page
+    })
 }
 
-fn answer(mut stream: TcpStream, scrapes: &AtomicU64) {
-    let mut request_line = String::new();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    if reader.read_line(&mut request_line).is_err() {
-        return;
-    }
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
-            break;
-        }
-    }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (status, content_type, body) = match path.as_str() {
+/// Serves the test pages.
+fn serve(scrapes: Arc<AtomicU64>) -> String {
+    common::pages::serve(move |path| page(path, &scrapes))
+}
+
+fn page(path: &str, scrapes: &AtomicU64) -> common::pages::Page {
+    match path {
         "/vllm" => {
             let n = scrapes.fetch_add(1, Ordering::SeqCst);
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", vllm_page(n, 4))
@@ -77,9 +67,12 @@ fn answer(mut stream: TcpStream, scrapes: &AtomicU64) {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             "# TYPE tokens counter\ntokens_total{kind=\"prompt\"} 42 # {trace_id=\"ab\"} 1\n# EOF\n".to_string(),
         ),
-        "/tgi/llama" | "/tgi/other" => {
-            // TGI 3.3.7's page (the fixture), its success counter 2 higher at every scrape.
-            let n = 8 + 2 * scrapes.fetch_add(1, Ordering::SeqCst);
+        "/million" => ("200 OK", "text/plain; version=0.0.4", million_series().to_string()),
+        "/tgi/llama" | "/tgi/other" | "/tgi/restarting" => {
+            // TGI 3.3.7's page (the fixture), its success counter 2 higher at every scrape; the restarting one
+            // goes back to the fixture's 8 every fifth scrape, as a restarted server's does.
+            let k = scrapes.fetch_add(1, Ordering::SeqCst);
+            let n = 8 + 2 * if path == "/tgi/restarting" { k % 5 } else { k };
             let page = std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/fixtures/scrape/tgi/page.txt"
@@ -109,14 +102,7 @@ fn answer(mut stream: TcpStream, scrapes: &AtomicU64) {
             ("200 OK", "text/plain", "late 1\n".to_string())
         }
         _ => ("404 Not Found", "text/plain", String::new()),
-    };
-    let _ = write!(
-        stream,
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(body.as_bytes());
-    let _ = stream.read(&mut [0u8; 1]);
+    }
 }
 
 /// The last value of `name` in the metrics of the resource whose `url.full` ends with `path`.
@@ -252,6 +238,106 @@ fn scraped_requests(line: &Value, model: &str) -> Vec<(String, f64)> {
         .filter(|p| attr(p, "model").as_deref() == Some(model))
         .map(|p| (attr(&p, "status_code").unwrap(), p["asDouble"].as_f64().unwrap()))
         .collect()
+}
+
+/// The mapped 2xx count of a TGI target, point by point: (start, time, value).
+fn mapped_2xx(lines: &[Value]) -> Vec<(u64, u64, f64)> {
+    let number = |v: &Value| v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    lines
+        .iter()
+        .flat_map(|l| l["resourceMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|rm| rm["scopeMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|sm| sm["metrics"].as_array().cloned().unwrap_or_default())
+        .filter(|m| m["name"] == "model.requests")
+        .flat_map(|m| m["sum"]["dataPoints"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["attributes"].to_string().contains("\"2xx\""))
+        .map(|p| {
+            (
+                number(&p["startTimeUnixNano"]),
+                number(&p["timeUnixNano"]),
+                p["asDouble"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A server that restarts: the mapped `model.requests` starts again just after the scrape before the restart, so
+/// a rate counts the restarted server's requests in full, as Prometheus' `rate()` does; its first point is a
+/// baseline (it starts where it is seen).
+#[test]
+fn a_restarted_server_starts_its_mapped_counts_again() {
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let site = serve(scrapes.clone());
+    let c = Collector::start(&format!(
+        "receivers:\n  prometheus:\n    interval: 200ms\n    timeout: 150ms\n    targets:\n      - {{ url: \"http://{site}/tgi/restarting\", model: llama }}\nexporters:\n  file: {{ path: \"{{dir}}/metrics.jsonl\" }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    metrics: {{ receivers: [prometheus], exporters: [file] }}\n"
+    ));
+    let lines = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(30), |l| {
+        mapped_2xx(l).len() >= 12
+    });
+    let points = mapped_2xx(&lines);
+    assert_eq!(
+        points[0].0, points[0].1,
+        "the first point starts where it is seen: {points:?}"
+    );
+    let values: Vec<f64> = points.iter().map(|p| p.2).collect();
+    assert_eq!(
+        values[..7],
+        [8.0, 10.0, 12.0, 14.0, 16.0, 8.0, 10.0],
+        "the fixture's 8, 2 more a scrape"
+    );
+    for i in 1..points.len() {
+        let (start, time, value) = points[i];
+        if value < points[i - 1].2 {
+            assert!(
+                start > points[i - 1].1 && start <= time,
+                "a restart starts after the scrape before it: {:?} then {:?}",
+                points[i - 1],
+                points[i]
+            );
+        } else {
+            assert_eq!(start, points[i - 1].0, "the same start while it grows: {points:?}");
+        }
+    }
+}
+
+/// A page of a million series is refused at the sample limit (100,000 by default) without holding it: `up` 0,
+/// one log line with the reason, the collector's memory bounded by the body limit, and the target beside it
+/// scraped as before.
+#[test]
+fn a_page_of_a_million_series_is_refused_at_the_sample_limit() {
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let site = serve(scrapes.clone());
+    million_series();
+    let c = Collector::start(&format!(
+        "receivers:\n  prometheus:\n    interval: 1s\n    timeout: 900ms\n    body_size_limit_mib: 64\n    targets:\n      - {{ url: \"http://{site}/million\", model: big }}\n      - {{ url: \"http://{site}/tgi/llama\", model: llama }}\nexporters:\n  file: {{ path: \"{{dir}}/metrics.jsonl\" }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    metrics: {{ receivers: [prometheus], exporters: [file] }}\n"
+    ));
+    let ups = |lines: &[Value], path: &str| -> Vec<f64> {
+        lines
+            .iter()
+            .filter_map(|l| last_point(std::slice::from_ref(l), path, "up"))
+            .map(|m| gauge_value(&m))
+            .collect()
+    };
+    let lines = read_jsonl_until(&c.path("metrics.jsonl"), Duration::from_secs(60), |l| {
+        ups(l, "/million").len() >= 4
+    });
+    let big = ups(&lines, "/million");
+    assert!(big.iter().all(|u| *u == 0.0), "{big:?}");
+    assert_eq!(ups(&lines, "/tgi/llama").last(), Some(&1.0));
+    assert!(
+        last_point(&lines, "/million", "requests_total").is_none(),
+        "nothing of the page is passed on"
+    );
+    let log = c.log();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("scrape failed") && l.contains("/million"))
+        .collect();
+    assert_eq!(refused.len(), 1, "logged once:\n{log}");
+    assert!(refused[0].contains("sample_limit"), "{}", refused[0]);
+    let peak = common::peak_rss(c.child.id());
+    eprintln!("peak memory after a million-series page: {} MiB", peak >> 20);
+    assert!(peak < 256 << 20, "peak memory {} MiB", peak >> 20);
 }
 
 /// A TGI page maps onto the contract with exact counts by status class; once spans give a model's metrics, its

@@ -1,4 +1,4 @@
-//! The eight panels of the page, computed from the store for a time range and a selection: the body of
+//! The panels of the page, computed from the store for a time range and a selection: the body of
 //! `GET /api/panels`. Every panel holds series of values aligned on one list of times (seconds), one value per step
 //! (`null` where nothing was received).
 //!
@@ -353,14 +353,119 @@ impl Ctx<'_> {
         json!({ "id": "gpu", "title": "GPU usage and memory", "unit": "%", "right_unit": "By", "series": list })
     }
 
-    fn queue_size(&self) -> Json {
-        let groups = self.gauge_sum("model.async_queue.size", None, &|_| true);
+    /// The summed size of a queue: the async queue before the service, or the queue inside the model server.
+    fn queue_size(&self, id: &str, title: &str, metric: &str) -> Json {
+        let groups = self.gauge_sum(metric, None, &|_| true);
         let list: Vec<Json> = groups
             .get("")
             .map(|v| series("waiting", v, json!({})))
             .into_iter()
             .collect();
-        json!({ "id": "queue_size", "title": "Async queue size", "unit": "", "series": list })
+        json!({ "id": id, "title": title, "unit": "", "series": list })
+    }
+
+    /// Marks a panel with where its series come from in this range (`sources`: spans, scraped, metrics), and a
+    /// percentile panel with the widest relative error its summaries state (`relative_error`): 0.0054 for
+    /// quantiles from spans, the bucket layout's bound for scraped ones.
+    fn mark_sources(&self, panel: &mut Json, metric: &str) {
+        let mut sources = std::collections::BTreeSet::new();
+        let mut relative_error: Option<f64> = None;
+        for (_, s) in self.matching(metric) {
+            if !s.points.iter().any(|p| self.grid.bin(p.t).is_some()) {
+                continue;
+            }
+            sources.insert(s.origin);
+            if let Some(e) = s.relative_error {
+                relative_error = Some(relative_error.map_or(e, |r| r.max(e)));
+            }
+        }
+        panel["sources"] = json!(sources.iter().map(|o| o.name()).collect::<Vec<_>>());
+        if let Some(e) = relative_error {
+            panel["relative_error"] = json!(round(e));
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// Every panel, with the latency and size choices the query made.
+    fn list(&self, latency: &str, size: &str) -> Result<Vec<Json>, String> {
+        let latency_metric = match latency {
+            "request" => "model.request.duration_seconds_window",
+            "inference" => "model.inference.duration_seconds_window",
+            "ttfb" => "model.time_to_first_byte_seconds_window",
+            other => return Err(format!("latency: `{other}` is not request, inference or ttfb")),
+        };
+        let (size_metric, size_unit) = match size {
+            "request" => ("model.request.size_bytes_window", "By"),
+            "response" => ("model.response.size_bytes_window", "By"),
+            "input_tokens" => ("model.input_tokens_window", "tokens"),
+            "output_tokens" => ("model.output_tokens_window", "tokens"),
+            other => {
+                return Err(format!(
+                    "size: `{other}` is not request, response, input_tokens or output_tokens"
+                ));
+            }
+        };
+        let latency_choice = json!({ "key": "latency", "selected": latency, "options": [
+            ["request", "End-to-end"], ["inference", "Inference"], ["ttfb", "Time to first byte"]] });
+        let size_choice = json!({ "key": "size", "selected": size, "options": [
+            ["request", "Request size"], ["response", "Response size"],
+            ["input_tokens", "Input tokens"], ["output_tokens", "Output tokens"]] });
+        let queue_time = "model.async_queue.duration_seconds_window";
+        let server_queue_time = "model.queue.duration_seconds_window";
+        // Each panel, and the metric whose sources mark it (none for the host's and GPUs').
+        let panels = [
+            (self.volume(), Some("model.requests")),
+            (
+                self.percentile_panel("latency", "Response time", "s", latency_metric, Some(latency_choice)),
+                Some(latency_metric),
+            ),
+            (
+                self.percentile_panel(
+                    "size",
+                    "Request and response size",
+                    size_unit,
+                    size_metric,
+                    Some(size_choice),
+                ),
+                Some(size_metric),
+            ),
+            (self.replicas(), Some("model.replicas")),
+            (self.cpu_memory(), None),
+            (self.gpu(), None),
+            (
+                self.percentile_panel("queue_time", "Time in async queue", "s", queue_time, None),
+                Some(queue_time),
+            ),
+            (
+                self.queue_size("queue_size", "Async queue size", "model.async_queue.size"),
+                Some("model.async_queue.size"),
+            ),
+            // Beside the async queue: the wait inside the model server (its scheduler or batch queue), and its size.
+            (
+                self.percentile_panel(
+                    "server_queue_time",
+                    "Time in server queue",
+                    "s",
+                    server_queue_time,
+                    None,
+                ),
+                Some(server_queue_time),
+            ),
+            (
+                self.queue_size("server_queue_size", "Server queue size", "model.queue.size"),
+                Some("model.queue.size"),
+            ),
+        ];
+        Ok(panels
+            .into_iter()
+            .map(|(mut panel, metric)| {
+                if let Some(metric) = metric {
+                    self.mark_sources(&mut panel, metric);
+                }
+                panel
+            })
+            .collect())
     }
 }
 
@@ -392,63 +497,8 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
         sel: Selection { filters: selected },
     };
     let latency = q.latency.as_deref().unwrap_or("request");
-    let latency_metric = match latency {
-        "request" => "model.request.duration_seconds_window",
-        "inference" => "model.inference.duration_seconds_window",
-        "ttfb" => "model.time_to_first_byte_seconds_window",
-        other => return Err(format!("latency: `{other}` is not request, inference or ttfb")),
-    };
     let size = q.size.as_deref().unwrap_or("request");
-    let (size_metric, size_unit) = match size {
-        "request" => ("model.request.size_bytes_window", "By"),
-        "response" => ("model.response.size_bytes_window", "By"),
-        "input_tokens" => ("model.input_tokens_window", "tokens"),
-        "output_tokens" => ("model.output_tokens_window", "tokens"),
-        other => {
-            return Err(format!(
-                "size: `{other}` is not request, response, input_tokens or output_tokens"
-            ));
-        }
-    };
-    let list = vec![
-        ctx.volume(),
-        ctx.percentile_panel(
-            "latency",
-            "Response time",
-            "s",
-            latency_metric,
-            Some(json!({ "key": "latency", "selected": latency, "options": [
-                ["request", "End-to-end"], ["inference", "Inference"], ["ttfb", "Time to first byte"]] })),
-        ),
-        ctx.percentile_panel(
-            "size",
-            "Request and response size",
-            size_unit,
-            size_metric,
-            Some(json!({ "key": "size", "selected": size, "options": [
-                ["request", "Request size"], ["response", "Response size"],
-                ["input_tokens", "Input tokens"], ["output_tokens", "Output tokens"]] })),
-        ),
-        ctx.replicas(),
-        ctx.cpu_memory(),
-        ctx.gpu(),
-        ctx.percentile_panel(
-            "queue_time",
-            "Time in async queue",
-            "s",
-            "model.async_queue.duration_seconds_window",
-            None,
-        ),
-        ctx.queue_size(),
-        // Beside the async queue: the wait inside the model server (its scheduler or batch queue).
-        ctx.percentile_panel(
-            "server_queue_time",
-            "Time in server queue",
-            "s",
-            "model.queue.duration_seconds_window",
-            None,
-        ),
-    ];
+    let list = ctx.list(latency, size)?;
     Ok(json!({
         "from": (ctx.grid.start / 1000),
         "to": end / 1000,
@@ -580,6 +630,76 @@ mod tests {
                 .last()
                 .unwrap(),
             2.0
+        );
+    }
+
+    /// Each panel names where its series come from; a percentile panel states the widest relative error of the
+    /// summaries it combines: the sketch's for spans, the server's bucket layout for a scraped model.
+    #[test]
+    fn panels_mark_their_sources_and_the_precision_of_percentiles() {
+        use infercol_pipelines::histogram::quantile_error_metadata;
+        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+        let mut store = Store::new(Duration::from_secs(3600), 1000);
+        let t0: i64 = 1_800_000_000_000;
+        let window = |model: &str, bound: f64| Metric {
+            name: "model.request.duration_seconds_window".into(),
+            data: Some(Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint {
+                    attributes: vec![kv("model", model)],
+                    time_unix_nano: (t0 * 1_000_000) as u64,
+                    count: 4,
+                    quantile_values: vec![ValueAtQuantile {
+                        quantile: 0.5,
+                        value: 1.0,
+                    }],
+                    ..Default::default()
+                }],
+            })),
+            metadata: quantile_error_metadata(bound),
+            ..Default::default()
+        };
+        for (scope, model, bound) in [
+            ("infercol/model_metrics", "chat", 0.0054),
+            ("infercol/prometheus", "llama", 3.0),
+        ] {
+            let mut r = request(vec![window(model, bound)]);
+            r.resource_metrics[0].scope_metrics[0].scope = Some(InstrumentationScope {
+                name: scope.into(),
+                ..Default::default()
+            });
+            store.ingest(&r);
+        }
+        let now = t0 + 2_000;
+        let latency = |model: Option<&str>| {
+            let q = Query {
+                range: Some("15m".into()),
+                model: model.map(String::from),
+                ..Default::default()
+            };
+            panel(&panels(&store, &q, now).unwrap(), "latency").clone()
+        };
+        let chat = latency(Some("chat"));
+        assert_eq!(chat["sources"], json!(["spans"]));
+        assert_eq!(chat["relative_error"], 0.0054);
+        let llama = latency(Some("llama"));
+        assert_eq!(llama["sources"], json!(["scraped"]));
+        assert_eq!(llama["relative_error"], 3.0);
+        let all = latency(None);
+        assert_eq!(all["sources"], json!(["spans", "scraped"]));
+        assert_eq!(all["relative_error"], 3.0, "the widest bound of what is combined");
+        let q = Query {
+            range: Some("15m".into()),
+            ..Default::default()
+        };
+        let body = panels(&store, &q, now).unwrap();
+        assert_eq!(
+            panel(&body, "volume")["sources"],
+            json!([]),
+            "nothing counted, no source"
+        );
+        assert!(
+            panel(&body, "gpu").get("sources").is_none(),
+            "the GPUs are not a model's"
         );
     }
 

@@ -35,9 +35,41 @@ pub enum Kind {
     Quantile,
 }
 
+/// Where a series comes from, by the instrumentation scope that emitted it: the page marks each panel's sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    /// Derived from spans (model_metrics, or a gateway's model_quantiles over agents' histograms).
+    Spans,
+    /// Mapped from a model server's own Prometheus page (the prometheus receiver).
+    Scraped,
+    /// Anything else: a service's own OpenTelemetry metrics, host and GPU samples.
+    Other,
+}
+
+impl Origin {
+    fn of_scope(scope: &str) -> Origin {
+        match scope {
+            "infercol/model_metrics" | "infercol/model_quantiles" => Origin::Spans,
+            "infercol/prometheus" => Origin::Scraped,
+            _ => Origin::Other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Spans => "spans",
+            Origin::Scraped => "scraped",
+            Origin::Other => "metrics",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Series {
     pub kind: Kind,
+    pub origin: Origin,
+    /// For window quantiles: the relative error their summary states (the sketch's, or the server's buckets').
+    pub relative_error: Option<f64>,
     pub points: VecDeque<Point>,
     /// A cumulative sum's last (start time, value), to turn it into increases.
     last_cumulative: Option<(u64, f64)>,
@@ -45,6 +77,13 @@ pub struct Series {
 
 /// Metric name and sorted attributes.
 pub type Key = (String, BTreeMap<String, String>);
+
+/// What the store notes of a metric's origin with each of its points.
+#[derive(Clone, Copy)]
+struct Source {
+    origin: Origin,
+    relative_error: Option<f64>,
+}
 
 pub struct Store {
     pub retention: Duration,
@@ -117,7 +156,7 @@ impl Store {
         self.series.values().map(|s| s.points.capacity() * POINT_BYTES).sum()
     }
 
-    fn push(&mut self, key: Key, kind: Kind, t: i64, value: f64, cumulative: Option<u64>) {
+    fn push(&mut self, key: Key, kind: Kind, from: Source, t: i64, value: f64, cumulative: Option<u64>) {
         if !value.is_finite() {
             return;
         }
@@ -136,14 +175,20 @@ impl Store {
             }
             None => self.series.entry(key).or_insert(Series {
                 kind,
+                origin: from.origin,
+                relative_error: None,
                 points: VecDeque::new(),
                 last_cumulative: None,
             }),
         };
+        (series.origin, series.relative_error) = (from.origin, from.relative_error);
         let v = match cumulative {
             Some(start) => {
                 let increase = match series.last_cumulative {
                     Some((s, last)) if s == start && value >= last => value - last,
+                    // First sight of a series that starts at this very point (a scraped counter, as the
+                    // Collector's prometheus receiver marks one): a baseline, whose past is not in this range.
+                    None if start / 1_000_000 >= t as u64 => 0.0,
                     // First sight, or a restart (new start time, or a value that went down): all of it is new.
                     _ => value,
                 };
@@ -172,7 +217,15 @@ impl Store {
         for rm in &request.resource_metrics {
             let resource = rm.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
             let implied = resource_labels(resource);
-            for metric in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
+            for (scope, metric) in rm
+                .scope_metrics
+                .iter()
+                .flat_map(|s| s.metrics.iter().map(move |m| (s.scope.as_ref(), m)))
+            {
+                let from = Source {
+                    origin: Origin::of_scope(scope.map_or("", |s| s.name.as_str())),
+                    relative_error: infercol_pipelines::histogram::quantile_error_of(metric),
+                };
                 let labels = |attributes: &[KeyValue]| {
                     let mut l: BTreeMap<String, String> =
                         attributes.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect();
@@ -199,6 +252,7 @@ impl Store {
                             self.push(
                                 (metric.name.clone(), labels(&p.attributes)),
                                 kind,
+                                from,
                                 ms(p.time_unix_nano),
                                 value,
                                 start,
@@ -213,7 +267,7 @@ impl Store {
                                 None => continue,
                             };
                             let key = (metric.name.clone(), labels(&p.attributes));
-                            self.push(key, Kind::Gauge, ms(p.time_unix_nano), value, None);
+                            self.push(key, Kind::Gauge, from, ms(p.time_unix_nano), value, None);
                         }
                     }
                     Some(MetricData::Summary(s)) => {
@@ -223,11 +277,11 @@ impl Store {
                             for q in &p.quantile_values {
                                 let mut l = base.clone();
                                 l.insert("quantile".into(), q.quantile.to_string());
-                                self.push((metric.name.clone(), l), Kind::Quantile, t, q.value, None);
+                                self.push((metric.name.clone(), l), Kind::Quantile, from, t, q.value, None);
                             }
                             let mut l = base;
                             l.insert("quantile".into(), "count".into());
-                            self.push((metric.name.clone(), l), Kind::Quantile, t, p.count as f64, None);
+                            self.push((metric.name.clone(), l), Kind::Quantile, from, t, p.count as f64, None);
                         }
                     }
                     // Buckets are for Prometheus and OTLP backends; the percentile panels use the window quantiles.
@@ -344,6 +398,23 @@ pub(super) mod tests {
         }
         assert_eq!(values(&store, "model.requests"), vec![5.0, 7.0, 0.0, 3.0]);
         assert_eq!(store.resolution_ms(), 10_000);
+    }
+
+    /// A scraped counter seen for the first time starts at that point: its value is what the server counted before
+    /// this range, a baseline, not a burst. A restart after it counts in full.
+    #[test]
+    fn a_counter_that_starts_at_its_first_point_is_a_baseline() {
+        let mut store = Store::new(Duration::from_secs(3600), 100);
+        let cumulative = AggregationTemporality::Cumulative;
+        for (value, start_s, at_s) in [(1000.0, 10, 10), (1004.0, 10, 20), (3.0, 21, 30), (5.0, 21, 40)] {
+            store.ingest(&request(vec![counter(
+                value,
+                start_s * 1_000_000_000,
+                at_s,
+                cumulative,
+            )]));
+        }
+        assert_eq!(values(&store, "model.requests"), vec![0.0, 4.0, 3.0, 2.0]);
     }
 
     #[test]

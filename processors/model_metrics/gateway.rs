@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use infercol_pipelines::config::duration;
-use infercol_pipelines::histogram::ExpoHistogram;
+use infercol_pipelines::histogram::{ExpoHistogram, MAX_SCALE, quantile_error_metadata, relative_error_at};
 use infercol_pipelines::{
     AnyConfig, ComponentConfig, ComponentError, ConsumeError, Consumer, Data, Payload, Processor, ProcessorContext,
     ProcessorFactory, Signal, config_as,
@@ -173,22 +173,23 @@ impl Inner {
 impl crate::ticker::Flush for Inner {
     async fn flush(&self) -> Result<(), ConsumeError> {
         let now = super::now_ns();
-        let mut by_metric: BTreeMap<(String, String), Vec<SummaryDataPoint>> = BTreeMap::new();
+        let mut by_metric: BTreeMap<(String, String), (i32, Vec<SummaryDataPoint>)> = BTreeMap::new();
         if let Ok(mut series) = self.series.lock() {
             let expiration = self.config.metrics_expiration.as_nanos() as u64;
             series.retain(|_, s| now.saturating_sub(s.last_seen_ns) < expiration);
             for ((name, _), s) in series.iter_mut() {
                 let Some(window) = s.window.snapshot(now) else { continue };
-                by_metric
+                let (coarsest, points) = by_metric
                     .entry((name.clone(), s.unit.clone()))
-                    .or_default()
-                    .push(super::window::summary_point(
-                        &window,
-                        s.attributes.clone(),
-                        now,
-                        self.config.quantile_window,
-                        &self.config.quantiles,
-                    ));
+                    .or_insert_with(|| (MAX_SCALE, Vec::new()));
+                *coarsest = (*coarsest).min(window.scale());
+                points.push(super::window::summary_point(
+                    &window,
+                    s.attributes.clone(),
+                    now,
+                    self.config.quantile_window,
+                    &self.config.quantiles,
+                ));
             }
         }
         if by_metric.is_empty() {
@@ -196,12 +197,12 @@ impl crate::ticker::Flush for Inner {
         }
         let metrics = by_metric
             .into_iter()
-            .map(|((name, unit), data_points)| Metric {
+            .map(|((name, unit), (coarsest, data_points))| Metric {
                 name: window_name(&name, &unit),
                 description: format!("Quantiles of {name} over the last window, merged from every agent."),
                 unit,
                 data: Some(MetricData::Summary(Summary { data_points })),
-                ..Default::default()
+                metadata: quantile_error_metadata(relative_error_at(coarsest)),
             })
             .collect();
         let request = infercol_pipelines::data::metrics_request(Vec::new(), "infercol/model_quantiles", metrics);

@@ -21,7 +21,9 @@ use infercol_pipelines::ReplicaDirectory;
 use super::classify::Status;
 use super::config::{ModelMetricsConfig, Temporality};
 use super::window::QuantileWindow;
-use infercol_pipelines::histogram::{ExplicitHistogram, ExpoHistogram, Indexed, MAX_SCALE};
+use infercol_pipelines::histogram::{
+    ExplicitHistogram, ExpoHistogram, Indexed, MAX_SCALE, quantile_error_metadata, relative_error_at,
+};
 
 /// The derived histograms, in the contract's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -669,6 +671,8 @@ impl State {
             let mut expo_points = Vec::new();
             let mut explicit_points = Vec::new();
             let mut summary_points = Vec::new();
+            // The coarsest scale among the windows: the summary states the bound of its least precise point.
+            let mut coarsest = MAX_SCALE;
             let mut map = std::mem::take(&mut self.histograms[metric as usize]);
             let mut ordered: Vec<Option<DimsId>> = map.keys().copied().collect();
             ordered.sort_by_key(|k| k.map(|id| self.interner.get(id)));
@@ -722,6 +726,7 @@ impl State {
                     }
                 }
                 if let Some(window) = series.window.snapshot(now_ns) {
+                    coarsest = coarsest.min(window.scale());
                     summary_points.push(super::window::summary_point(
                         &window,
                         attributes,
@@ -768,7 +773,7 @@ impl State {
                     data: Some(MetricData::Summary(Summary {
                         data_points: summary_points,
                     })),
-                    ..Default::default()
+                    metadata: quantile_error_metadata(relative_error_at(coarsest)),
                 });
             }
         }

@@ -17,28 +17,61 @@ use super::exposition::{Family, FamilyType, LabelSet, Sample};
 /// A series: its family's name and its labels.
 type SeriesKey = (String, LabelSet);
 
-/// The start times of a target's cumulative series, and the value each had, to see a reset.
-#[derive(Default)]
-pub struct StartTimes {
-    series: HashMap<SeriesKey, (u64, f64)>,
+/// The start times of cumulative series, by key, and what each last was, to see a reset. Used for the families
+/// as scraped and for the contract's metrics mapped from them.
+///
+/// A series seen for the first time starts at that scrape: its value is a baseline (a rate over it counts nothing
+/// before the next scrape), as the Collector's prometheus receiver adjusts it. A value lower than the last one is
+/// a restart somewhere since the previous scrape: the series starts again just after that scrape, so that the
+/// new value counts in full, as `rate()` counts it.
+pub struct StartTimes<K> {
+    series: HashMap<K, Cumulative>,
+    scrape: u64,
 }
 
-impl StartTimes {
-    /// The start time of a series now at `value`, seen at `now`.
-    fn start(&mut self, name: &str, labels: &[(String, String)], value: f64, now: u64) -> u64 {
-        let key = (name.to_string(), labels.to_vec());
-        let entry = self.series.entry(key).or_insert((now, value));
-        if value < entry.1 {
-            // A counter went backwards: the process restarted.
-            entry.0 = now;
+struct Cumulative {
+    start: u64,
+    value: f64,
+    at: u64,
+    scrape: u64,
+}
+
+impl<K> Default for StartTimes<K> {
+    fn default() -> Self {
+        StartTimes {
+            series: HashMap::new(),
+            scrape: 0,
         }
-        entry.1 = value;
-        entry.0
+    }
+}
+
+impl<K: std::hash::Hash + Eq> StartTimes<K> {
+    /// Marks the start of a scrape: series not seen again before [`StartTimes::forget_unseen`] are forgotten.
+    pub fn begin_scrape(&mut self) {
+        self.scrape += 1;
     }
 
-    /// Forgets the series not seen in the last scrape (bounded by the page's series).
-    pub fn keep_only(&mut self, seen: &Seen) {
-        self.series.retain(|k, _| seen.contains(k));
+    /// The start time of a series now at `value`, seen at `at`.
+    pub fn start(&mut self, key: K, value: f64, at: u64) -> u64 {
+        let scrape = self.scrape;
+        let c = self.series.entry(key).or_insert(Cumulative {
+            start: at,
+            value,
+            at,
+            scrape,
+        });
+        if value < c.value {
+            // A counter went backwards: the process restarted after the previous scrape.
+            c.start = c.at.saturating_add(1).min(at);
+        }
+        (c.value, c.at, c.scrape) = (value, at, scrape);
+        c.start
+    }
+
+    /// Forgets the series the scrape since [`StartTimes::begin_scrape`] did not see (bounded by the page's series).
+    pub fn forget_unseen(&mut self) {
+        let scrape = self.scrape;
+        self.series.retain(|_, c| c.scrape == scrape);
     }
 
     #[cfg(test)]
@@ -46,6 +79,9 @@ impl StartTimes {
         self.series.len()
     }
 }
+
+/// The start times of the families as scraped.
+pub type FamilyStarts = StartTimes<SeriesKey>;
 
 fn attributes(labels: &[(String, String)]) -> Vec<KeyValue> {
     labels
@@ -67,15 +103,15 @@ fn time_of(sample: &Sample, now: u64) -> u64 {
 }
 
 /// The OTLP metrics of one scrape's families, at `now` (ns).
-pub fn to_metrics(families: &[Family], now: u64, starts: &mut StartTimes) -> Vec<Metric> {
-    let mut seen = std::collections::HashSet::new();
+pub fn to_metrics(families: &[Family], now: u64, starts: &mut FamilyStarts) -> Vec<Metric> {
+    starts.begin_scrape();
     let mut metrics = Vec::with_capacity(families.len());
     for family in families.iter().filter(|f| !f.samples.is_empty()) {
         let data = match family.kind {
-            FamilyType::Counter => counter(family, now, starts, &mut seen),
+            FamilyType::Counter => counter(family, now, starts),
             FamilyType::Gauge | FamilyType::Untyped => gauge(family, now),
-            FamilyType::Histogram => histogram(family, now, starts, &mut seen),
-            FamilyType::Summary => summary(family, now, starts, &mut seen),
+            FamilyType::Histogram => histogram(family, now, starts),
+            FamilyType::Summary => summary(family, now, starts),
         };
         let name = match family.kind {
             // OpenMetrics declares a counter without `_total`, text 0.0.4 often with it: the sample's name is kept.
@@ -91,24 +127,21 @@ pub fn to_metrics(families: &[Family], now: u64, starts: &mut StartTimes) -> Vec
             ..Default::default()
         });
     }
-    starts.keep_only(&seen);
+    starts.forget_unseen();
     metrics
 }
 
-type Seen = std::collections::HashSet<SeriesKey>;
-
-fn counter(family: &Family, now: u64, starts: &mut StartTimes, seen: &mut Seen) -> metric::Data {
+fn counter(family: &Family, now: u64, starts: &mut FamilyStarts) -> metric::Data {
     let points = family
         .samples
         .iter()
         // A counter that is not a finite number is no count (and would poison every rate over it).
         .filter(|s| s.suffix != "_created" && s.value.is_finite())
         .map(|s| {
-            seen.insert((family.name.clone(), s.labels.clone()));
             let time = time_of(s, now);
             NumberDataPoint {
                 attributes: attributes(&s.labels),
-                start_time_unix_nano: starts.start(&family.name, &s.labels, s.value, time),
+                start_time_unix_nano: starts.start((family.name.clone(), s.labels.clone()), s.value, time),
                 time_unix_nano: time,
                 value: Some(number_data_point::Value::AsDouble(s.value)),
                 ..Default::default()
@@ -149,7 +182,7 @@ fn series<'a>(family: &'a Family, bound: &str) -> Vec<(LabelSet, Vec<&'a Sample>
     out
 }
 
-fn histogram(family: &Family, now: u64, starts: &mut StartTimes, seen: &mut Seen) -> metric::Data {
+fn histogram(family: &Family, now: u64, starts: &mut FamilyStarts) -> metric::Data {
     let mut points = Vec::new();
     for (labels, samples) in series(family, "le") {
         let mut buckets: Vec<(f64, f64)> = samples
@@ -165,8 +198,7 @@ fn histogram(family: &Family, now: u64, starts: &mut StartTimes, seen: &mut Seen
         let of = |suffix: &str| samples.iter().find(|s| s.suffix == suffix).map(|s| s.value);
         let count = of("_count").or(buckets.last().map(|b| b.1)).unwrap_or(0.0);
         let time = samples.first().map_or(now, |s| time_of(s, now));
-        seen.insert((family.name.clone(), labels.clone()));
-        let start = starts.start(&family.name, &labels, count, time);
+        let start = starts.start((family.name.clone(), labels.clone()), count, time);
         // Cumulative `le` counts become per-bucket counts; a bucket count that goes down (a broken page) is 0.
         let mut previous = 0.0;
         let mut counts: Vec<u64> = buckets
@@ -200,13 +232,12 @@ fn histogram(family: &Family, now: u64, starts: &mut StartTimes, seen: &mut Seen
     })
 }
 
-fn summary(family: &Family, now: u64, starts: &mut StartTimes, seen: &mut Seen) -> metric::Data {
+fn summary(family: &Family, now: u64, starts: &mut FamilyStarts) -> metric::Data {
     let mut points = Vec::new();
     for (labels, samples) in series(family, "quantile") {
         let of = |suffix: &str| samples.iter().find(|s| s.suffix == suffix).map(|s| s.value);
         let count = of("_count").unwrap_or(0.0);
         let time = samples.first().map_or(now, |s| time_of(s, now));
-        seen.insert((family.name.clone(), labels.clone()));
         let quantile_values = samples
             .iter()
             .filter(|s| s.suffix.is_empty())
@@ -220,7 +251,7 @@ fn summary(family: &Family, now: u64, starts: &mut StartTimes, seen: &mut Seen) 
             .collect();
         points.push(SummaryDataPoint {
             attributes: attributes(&labels),
-            start_time_unix_nano: starts.start(&family.name, &labels, count, time),
+            start_time_unix_nano: starts.start((family.name.clone(), labels.clone()), count, time),
             time_unix_nano: time,
             count: count.max(0.0) as u64,
             sum: of("_sum").unwrap_or(0.0),
@@ -241,14 +272,14 @@ mod tests {
         max_line_bytes: 4096,
     };
 
-    fn metrics(page: &str, now: u64, starts: &mut StartTimes) -> Vec<Metric> {
+    fn metrics(page: &str, now: u64, starts: &mut FamilyStarts) -> Vec<Metric> {
         to_metrics(&parse(page, false, LIMITS).unwrap(), now, starts)
     }
 
     #[test]
     fn a_histogram_becomes_per_bucket_counts_with_its_sum_and_count() {
         let page = "# TYPE lat histogram\nlat_bucket{le=\"0.1\",m=\"a\"} 2\nlat_bucket{le=\"0.5\",m=\"a\"} 5\nlat_bucket{le=\"+Inf\",m=\"a\"} 6\nlat_sum{m=\"a\"} 1.5\nlat_count{m=\"a\"} 6\n";
-        let out = metrics(page, 10, &mut StartTimes::default());
+        let out = metrics(page, 10, &mut FamilyStarts::default());
         let Some(metric::Data::Histogram(h)) = &out[0].data else {
             panic!("{out:?}")
         };
@@ -262,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_counter_keeps_its_start_until_it_goes_backwards() {
-        let mut starts = StartTimes::default();
+        let mut starts = FamilyStarts::default();
         let page = |v: u32| format!("# TYPE tgi_request_count counter\ntgi_request_count {v}\n");
         let start_of = |m: &[Metric]| match &m[0].data {
             Some(metric::Data::Sum(s)) => (s.data_points[0].start_time_unix_nano, s.is_monotonic),
@@ -272,10 +303,10 @@ mod tests {
         assert_eq!(start_of(&metrics(&page(9), 200, &mut starts)).0, 100);
         assert_eq!(
             start_of(&metrics(&page(2), 300, &mut starts)).0,
-            300,
-            "a restart starts the series again"
+            201,
+            "a restart starts the series again, just after the scrape before it"
         );
-        assert_eq!(start_of(&metrics(&page(4), 400, &mut starts)).0, 300);
+        assert_eq!(start_of(&metrics(&page(4), 400, &mut starts)).0, 201);
         metrics("other 1\n", 500, &mut starts);
         assert_eq!(starts.len(), 0, "a series gone from the page is forgotten");
     }

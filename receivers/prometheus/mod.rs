@@ -279,7 +279,7 @@ struct Scraper {
     consumer: Arc<dyn Consumer>,
     failures: Family<Labels, Counter>,
     replicas: infercol_pipelines::ReplicaDirectory,
-    starts: convert::StartTimes,
+    starts: convert::FamilyStarts,
     mapped: profiles::MappedState,
     /// Model dimensions whose scraped equivalents are left out because spans give them (logged once each).
     suppressed: std::collections::HashSet<profiles::Dims>,

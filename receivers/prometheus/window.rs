@@ -47,6 +47,11 @@ impl BucketWindow {
         }
     }
 
+    /// When the last scrape's counts were pushed.
+    pub fn last_at(&self) -> Option<u64> {
+        self.snapshots.back().map(|s| s.at_ns)
+    }
+
     /// The per-bucket counts of the values that ended in the window (cumulative, as on the page).
     pub fn delta(&self) -> Option<Vec<(f64, f64)>> {
         let (first, last) = (self.snapshots.front()?, self.snapshots.back()?);

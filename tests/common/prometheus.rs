@@ -33,42 +33,59 @@ impl Drop for Prometheus {
     }
 }
 
+fn scrape_config(target: &str) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: infercol\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+    )
+}
+
 impl Prometheus {
+    /// Starts Prometheus scraping `target` (`host:port`). Prometheus cannot listen on port 0 and say where, so
+    /// its port is a free one picked here; should another test take it first, Prometheus exits and is started
+    /// again on another.
     pub async fn start(target: &str, flags: &[&str]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: infercol\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new(which("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Prometheus {
-            child,
-            _dir: dir,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/-/ready", p.url)).await
-                && r.status().is_success()
-            {
-                return p;
+        std::fs::write(&config, scrape_config(target)).unwrap();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(which("prometheus"))
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .args(flags)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if let Ok(r) = reqwest::get(format!("{url}/-/ready")).await
+                    && r.status().is_success()
+                {
+                    return Prometheus { child, _dir: dir, url };
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(Instant::now() < deadline, "Prometheus did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        panic!("Prometheus did not become ready");
+    }
+
+    /// Points the scrape at another target (a collector started after Prometheus, on a port of its own choosing)
+    /// and reloads the configuration, as SIGHUP does.
+    pub fn scrape(&self, target: &str) {
+        std::fs::write(self._dir.path().join("prometheus.yml"), scrape_config(target)).unwrap();
+        let status = Command::new("kill")
+            .args(["-s", "HUP", "--", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "Prometheus takes SIGHUP");
     }
 
     /// The value of an instant query with one result, if it has one.

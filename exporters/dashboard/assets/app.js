@@ -1,4 +1,4 @@
-// infercol's dashboard: reads /api/labels and /api/panels and draws the eight panels with uPlot.
+// infercol's dashboard: reads /api/labels and /api/panels and draws the panels with uPlot.
 // Filters, range and panel choices live in the page's URL, so a view can be shared as a link.
 "use strict";
 
@@ -101,6 +101,22 @@ function panelElement(panel) {
   return el;
 }
 
+// Where a model panel's figures come from, and how precise a percentile can be: quantiles from spans are within
+// the sketch's bound (about 0.5%); quantiles scraped from a server's classic buckets only within its layout's.
+function sourceNotes(panel) {
+  const from = (panel.sources || []).filter((s) => s !== "metrics");
+  const notes = [];
+  if (from.length === 0) return notes;
+  const scraped = from.includes("scraped");
+  notes.push(scraped ? (from.includes("spans") ? "from spans and scraped /metrics" : "scraped /metrics") : "from spans");
+  if (panel.relative_error != null) {
+    const pct = panel.relative_error * 100;
+    const bound = (pct >= 10 ? pct.toFixed(0) : pct.toFixed(1)) + "%";
+    notes.push(scraped ? `from the server's buckets: within ${bound}` : `within ${bound}`);
+  }
+  return notes;
+}
+
 function chartData(panel, times) {
   const data = [times];
   if (panel.stacked) {
@@ -126,10 +142,12 @@ function draw(panel, data) {
   el.dataset.names = panel.series.map((s) => s.name).join("|");
   el.querySelector(".nodata").classList.toggle("hidden", points > 0);
   chartEl.classList.toggle("hidden", points === 0);
-  const notes = [];
+  const notes = sourceNotes(panel);
   if (panel.combined > 1) notes.push(`${panel.combined} series combined (count-weighted)`);
   if (panel.source === "host") notes.push("host (no replica processes reported)");
   el.querySelector(".note").textContent = notes.join(" · ");
+  el.dataset.sources = (panel.sources || []).join(",");
+  el.dataset.relativeError = panel.relative_error == null ? "" : String(panel.relative_error);
   if (points === 0) {
     if (charts[panel.id]) { charts[panel.id].destroy(); delete charts[panel.id]; }
     return;

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use serde::Deserialize;
 
 use super::exposition::{Family, FamilyType, LabelSet};
-use super::window::{BucketWindow, Snapshot, quantile};
+use super::window::{BucketWindow, Snapshot, quantile, worst_relative_error};
 use crate::sampling::kv;
 
 /// What one of a server's families means.
@@ -134,19 +134,8 @@ pub type Dims = (String, String, String);
 /// What the mapping keeps between scrapes: cumulative start times and the buckets of each window.
 #[derive(Default)]
 pub struct MappedState {
-    starts: HashMap<(String, Vec<String>), (u64, f64)>,
+    starts: crate::prometheus::convert::StartTimes<(String, Vec<String>)>,
     windows: HashMap<(String, Dims), BucketWindow>,
-}
-
-impl MappedState {
-    fn start(&mut self, key: (String, Vec<String>), value: f64, now: u64) -> u64 {
-        let entry = self.starts.entry(key).or_insert((now, value));
-        if value < entry.1 {
-            entry.0 = now;
-        }
-        entry.1 = value;
-        entry.0
-    }
 }
 
 /// How the window quantiles are computed.
@@ -198,6 +187,7 @@ pub fn map(
     };
     let mut requests: HashMap<(Dims, String, &'static str), f64> = HashMap::new();
     let mut out = Vec::new();
+    state.starts.begin_scrape();
     for rule in profile.rules {
         let Some(family) = families
             .iter()
@@ -247,6 +237,9 @@ pub fn map(
         }
     }
     out.extend(requests_sum(requests, now, state));
+    // Series gone from the page (or now derived from spans) are forgotten: the state is bounded by one page.
+    state.starts.forget_unseen();
+    state.windows.retain(|_, w| w.last_at() == Some(now));
     out
 }
 
@@ -274,7 +267,7 @@ fn requests_sum(
             ]);
             NumberDataPoint {
                 attributes,
-                start_time_unix_nano: state.start(("model.requests".into(), id), value, now),
+                start_time_unix_nano: state.starts.start(("model.requests".into(), id), value, now),
                 time_unix_nano: now,
                 value: Some(number_data_point::Value::AsDouble(value)),
                 ..Default::default()
@@ -364,6 +357,8 @@ fn histogram(
     let mut entries: Vec<_> = merged.into_iter().filter(|(_, (b, _))| !b.is_empty()).collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let (mut points, mut summaries) = (Vec::new(), Vec::new());
+    // The widest relative error the layouts allow (every point of a family has the server's one layout).
+    let mut bound: f64 = 0.0;
     for (dims, (mut buckets, sum)) in entries {
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         if buckets.last().is_none_or(|b| b.0.is_finite()) {
@@ -371,7 +366,7 @@ fn histogram(
         }
         let count = buckets.last().map_or(0.0, |b| b.1);
         let id = vec![dims.0.clone(), dims.1.clone(), dims.2.clone()];
-        let start = state.start((metric.to_string(), id), count, now);
+        let start = state.starts.start((metric.to_string(), id), count, now);
         let mut previous = 0.0;
         let counts = buckets
             .iter()
@@ -381,6 +376,8 @@ fn histogram(
                 n
             })
             .collect();
+        let finite: Vec<f64> = buckets.iter().map(|b| b.0).filter(|b| b.is_finite()).collect();
+        bound = bound.max(worst_relative_error(&finite));
         points.push(HistogramDataPoint {
             attributes: dims_attributes(&dims),
             start_time_unix_nano: start,
@@ -388,7 +385,7 @@ fn histogram(
             count: count as u64,
             sum: Some(sum),
             bucket_counts: counts,
-            explicit_bounds: buckets.iter().map(|b| b.0).filter(|b| b.is_finite()).collect(),
+            explicit_bounds: finite,
             ..Default::default()
         });
         let window = state.windows.entry((metric.to_string(), dims.clone())).or_default();
@@ -435,7 +432,7 @@ fn histogram(
             unit: unit.into(),
             description: "Quantiles over the quantile window, from the deltas of the server's classic buckets (linear within a bucket, as histogram_quantile).".into(),
             data: Some(metric::Data::Summary(Summary { data_points: summaries })),
-            ..Default::default()
+            metadata: infercol_pipelines::histogram::quantile_error_metadata(bound),
         });
     }
     out
@@ -578,7 +575,10 @@ mod tests {
         find(&metrics, "model.queue.size");
         // A second scrape a window later gives the quantiles of what ended between.
         let later = map(profile, &families, &target(), 61_000_000_000, &mut state, &q, &|_| true);
-        assert!(later.iter().any(|m| m.name == "model.request.duration_seconds_window"));
+        let window = find(&later, "model.request.duration_seconds_window");
+        // TGI's durations grow by 1.5 a bucket: the summary states that its quantiles are within 50%.
+        let bound = infercol_pipelines::histogram::quantile_error_of(window).expect("the bound is stated");
+        assert!((bound - 0.5).abs() < 1e-9, "{bound}");
     }
 
     #[test]
