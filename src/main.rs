@@ -31,7 +31,8 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
                   spans into inference metrics, beside host and GPU samples; those metrics for Prometheus on \
                   http://127.0.0.1:9464/metrics and drawn on the dashboard at http://127.0.0.1:9465/; a summary of \
                   what arrives on stderr; its own metrics on http://127.0.0.1:8888/metrics; a health check for \
-                  probes on http://127.0.0.1:13133/. Nothing is written to disk. SIGINT or SIGTERM stop it after \
+                  probes on http://127.0.0.1:13133/. Only the dashboard's history is written to disk, under \
+                  INFERCOL_DATA_DIR (default ./infercol-data), at most 7 days of it. SIGINT or SIGTERM stop it after \
                   flushing everything it accepted."
 )]
 struct Cli {

@@ -402,7 +402,7 @@ async fn bad_input_gets_the_protocol_answer_and_the_process_keeps_serving() {
 }
 
 #[tokio::test]
-async fn the_default_configuration_receives_spans_and_writes_nothing_to_disk() {
+async fn the_default_configuration_receives_spans_and_writes_only_the_dashboard_history() {
     common::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let child = std::process::Command::new(common::BIN)
@@ -444,10 +444,20 @@ async fn the_default_configuration_receives_spans_and_writes_nothing_to_disk() {
     assert!(page.contains("infercol · Metrics"), "{page}");
     let (status, log) = c.stop();
     assert!(status.success(), "{log}");
-    // A collector left running must not fill the disk: the default keeps nothing in its working directory.
+    // A collector left running must not fill the disk: the default writes only the dashboard's history (bounded
+    // by its retention and max_series), under INFERCOL_DATA_DIR, by default ./infercol-data.
     let written: Vec<_> = std::fs::read_dir(c.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert!(written.is_empty(), "the default configuration wrote {written:?}");
+    assert_eq!(
+        written,
+        ["infercol-data"],
+        "the default configuration wrote {written:?}"
+    );
+    let inside: Vec<_> = std::fs::read_dir(c.dir.path().join("infercol-data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(inside, ["dashboard"]);
 }

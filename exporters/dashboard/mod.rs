@@ -7,6 +7,7 @@
 //! - `/api/panels?range=1h&model=..&environment=..&deployment=..&latency=request&size=request` — the eight panels'
 //!   series (see `panels`).
 
+pub mod disk;
 pub mod panels;
 pub mod store;
 
@@ -35,11 +36,22 @@ pub struct DashboardConfig {
     pub tls: Option<infercol_pipelines::tls::ServerTls>,
     /// Require `Authorization: Bearer <token>` of every client.
     pub auth: infercol_pipelines::auth::AuthConfig,
-    /// How long points are kept (the longest range the page shows is 6h).
+    /// How long points are kept (the page's longest range is 7d; longer ranges come from `from` and `to`).
     #[serde(with = "duration")]
     pub retention: Duration,
     /// Series kept at most; points of further series are not kept (counted, logged once).
     pub max_series: usize,
+    /// A directory that keeps the history across restarts (see `disk`), or `none`: memory only.
+    #[serde(deserialize_with = "storage")]
+    pub storage: Option<std::path::PathBuf>,
+}
+
+fn storage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::path::PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(match s.trim() {
+        "" | "none" => None,
+        dir => Some(dir.into()),
+    })
 }
 
 impl Default for DashboardConfig {
@@ -48,16 +60,17 @@ impl Default for DashboardConfig {
             endpoint: Endpoint::new("127.0.0.1:9465"),
             tls: None,
             auth: Default::default(),
-            retention: Duration::from_secs(6 * 3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
             max_series: 20_000,
+            storage: None,
         }
     }
 }
 
 impl ComponentConfig for DashboardConfig {
     fn validate(&self) -> Result<(), String> {
-        if self.retention < Duration::from_secs(60) {
-            return Err("retention: must be at least 1m".into());
+        if self.retention < Duration::from_secs(60) || self.retention > Duration::from_secs(31 * 24 * 3600) {
+            return Err("retention: must be between 1m and 31d".into());
         }
         if self.max_series == 0 {
             return Err("max_series: must be more than 0".into());
@@ -86,11 +99,21 @@ infercol_pipelines::factory!(
 impl ExporterFactory for DashboardExporterFactory {
     fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
         let config = config_as::<DashboardConfig>(config)?.clone();
+        let dropped = ctx
+            .telemetry
+            .counter_family(
+                "infercol_dashboard_storage_dropped_points",
+                "Points the dashboard could not write to its storage (disk full, or unwritable); they stay in memory until they expire.",
+            )
+            .get_or_create(&vec![("exporter".to_string(), ctx.id.to_string())])
+            .clone();
         Ok(Arc::new(DashboardExporter {
             id: ctx.id.to_string(),
             store: Arc::new(RwLock::new(Store::new(config.retention, config.max_series))),
             config,
             server: crate::Server::new(),
+            disk: Arc::new(std::sync::Mutex::new(None)),
+            dropped,
         }))
     }
 }
@@ -100,6 +123,53 @@ pub struct DashboardExporter {
     config: DashboardConfig,
     store: Arc<RwLock<Store>>,
     server: crate::Server,
+    /// The history on disk, from start to shutdown, when `storage` names a directory.
+    disk: Arc<std::sync::Mutex<Option<disk::Disk>>>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl DashboardExporter {
+    /// Opens the storage and puts its history back in the store.
+    fn open_storage(&self, dir: &std::path::Path) -> Result<(), ComponentError> {
+        let disk = disk::Disk::open(dir).map_err(ComponentError::new)?;
+        let loaded = disk.load().map_err(ComponentError::new)?;
+        let series = loaded.len();
+        let mut store = self
+            .store
+            .write()
+            .map_err(|_| ComponentError::new("dashboard store lock poisoned"))?;
+        let points = store.restore(loaded);
+        store.keep_changes();
+        // What expired while the collector was down goes now, on disk too.
+        store.expire(now_ms());
+        let changes = store.take_changes();
+        drop(store);
+        let mut disk = disk;
+        disk.write(changes);
+        tracing::info!(exporter = %self.id, storage = %dir.display(), series, points, "dashboard: history restored");
+        *self
+            .disk
+            .lock()
+            .map_err(|_| ComponentError::new("dashboard storage lock poisoned"))? = Some(disk);
+        Ok(())
+    }
+
+    /// Writes what the store changed to disk, off the runtime's threads.
+    async fn persist(&self, changes: disk::Changes) {
+        if changes.is_empty() {
+            return;
+        }
+        let (disk, dropped) = (self.disk.clone(), self.dropped.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(mut guard) = disk.lock() else { return };
+            if let Some(disk) = guard.as_mut() {
+                let before = disk.dropped_points;
+                disk.write(changes);
+                dropped.inc_by(disk.dropped_points - before);
+            }
+        })
+        .await;
+    }
 }
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -135,7 +205,7 @@ const MAX_CONCURRENT_QUERIES: usize = 2;
 /// The `/api/panels` answer for one query.
 fn answer_panels(store: &RwLock<Store>, q: &panels::Query) -> axum::response::Response {
     if let Ok(mut s) = store.write() {
-        s.expire(now_ms());
+        s.maybe_expire(now_ms());
     }
     let Ok(s) = store.read() else {
         return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
@@ -224,6 +294,9 @@ fn router(store: Arc<RwLock<Store>>) -> axum::Router {
 #[async_trait]
 impl Exporter for DashboardExporter {
     async fn start(&self) -> Result<(), ComponentError> {
+        if let Some(dir) = &self.config.storage {
+            self.open_storage(dir)?;
+        }
         let app = router(self.store.clone());
         let tls = self.config.tls.as_ref();
         self.server
@@ -243,18 +316,31 @@ impl Exporter for DashboardExporter {
         let Payload::Metrics(request) = data.payload() else {
             return Ok(());
         };
-        let mut store = self
-            .store
-            .write()
-            .map_err(|_| ExportError::permanent("dashboard store lock poisoned"))?;
-        store.ingest(request);
-        // Old points go as new ones come, whether or not anyone looks at the page.
-        store.expire(now_ms());
+        let changes = {
+            let mut store = self
+                .store
+                .write()
+                .map_err(|_| ExportError::permanent("dashboard store lock poisoned"))?;
+            store.ingest(request);
+            // Old points go as new ones come, whether or not anyone looks at the page.
+            store.maybe_expire(now_ms());
+            store.take_changes()
+        };
+        self.persist(changes).await;
         Ok(())
     }
 
     async fn shutdown(&self) -> Result<(), ComponentError> {
         self.server.stop().await;
+        let disk = self.disk.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mut guard) = disk.lock()
+                && let Some(disk) = guard.take()
+            {
+                disk.sync();
+            }
+        })
+        .await;
         Ok(())
     }
 }

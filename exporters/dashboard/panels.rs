@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use super::store::{FILTERS, Kind, Series, Store};
+use super::store::{FILTERS, Kind, Series, Store, TIERS};
 
 pub const QUANTILES: [(&str, &str); 4] = [("0.5", "p50"), ("0.9", "p90"), ("0.95", "p95"), ("0.99", "p99")];
 
@@ -20,8 +20,11 @@ pub const QUANTILES: [(&str, &str); 4] = [("0.5", "p50"), ("0.9", "p90"), ("0.95
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Query {
-    /// `15m`, `1h`, `6h`, or seconds.
+    /// `15m`, `1h`, `6h`, `24h`, `7d`, or seconds: the last so long.
     pub range: Option<String>,
+    /// Instead of `range`: from and to, in seconds since the epoch (both or neither).
+    pub from: Option<i64>,
+    pub to: Option<i64>,
     pub model: Option<String>,
     pub environment: Option<String>,
     pub deployment: Option<String>,
@@ -37,12 +40,13 @@ pub fn parse_range(range: Option<&str>) -> Result<i64, String> {
     let (digits, unit) = r.split_at(r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len()));
     let n: i64 = digits
         .parse()
-        .map_err(|_| format!("range: `{r}` is not like 15m, 1h, 6h or 900"))?;
+        .map_err(|_| format!("range: `{r}` is not like 15m, 1h, 6h, 24h, 7d or 900"))?;
     let seconds = match unit {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => return Err(format!("range: `{r}` is not like 15m, 1h, 6h or 900")),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("range: `{r}` is not like 15m, 1h, 6h, 24h, 7d or 900")),
     };
     if !(60..=7 * 24 * 3600).contains(&seconds) {
         return Err(format!("range: `{r}` must be between 1 minute and 7 days"));
@@ -162,14 +166,9 @@ impl Ctx<'_> {
                 &values,
             );
         }
-        // The step in progress is left out: its rate would read low until the step is over.
-        for values in groups.values_mut() {
-            if let Some(last) = values.last_mut()
-                && self.grid.start + self.grid.bins as i64 * self.grid.step > self.now_ms
-            {
-                *last = None;
-            }
-        }
+        // The step in progress is drawn, marked partial by the answer: its rate reads low until the step is over
+        // (a count is reported at the end of the interval it covers, so dividing by the part elapsed would
+        // overstate it).
         // Steps between the first and last report are zero, not gaps: nothing was requested then.
         let reported: Vec<bool> = (0..self.grid.bins)
             .map(|i| groups.values().any(|v| v[i].is_some()))
@@ -469,14 +468,44 @@ impl Ctx<'_> {
     }
 }
 
+/// The span of a query in ms since the epoch: `from` and `to`, or the last `range` up to now.
+fn span(q: &Query, now_ms: i64, retention_ms: i64) -> Result<(i64, i64), String> {
+    match (q.from, q.to) {
+        (None, None) => Ok((now_ms - parse_range(q.range.as_deref())? * 1000, now_ms)),
+        (Some(from), Some(to)) => {
+            let (from, to) = (from.saturating_mul(1000), to.saturating_mul(1000));
+            if to - from < 60_000 {
+                return Err("from, to: `to` must be at least a minute after `from` (seconds since the epoch)".into());
+            }
+            if to - from > retention_ms {
+                return Err(format!(
+                    "from, to: at most the retention ({} s) apart",
+                    retention_ms / 1000
+                ));
+            }
+            Ok((from, to))
+        }
+        _ => Err("from, to: give both (seconds since the epoch), or `range`".into()),
+    }
+}
+
+/// The resolution of the points at `t`: the flush interval in the recent hours, then each tier's step.
+fn resolution_at(store: &Store, t: i64, now_ms: i64) -> i64 {
+    TIERS
+        .iter()
+        .rev()
+        .find(|(age, _)| t < now_ms - age)
+        .map_or(store.resolution_ms(), |(_, width)| *width)
+}
+
 /// The body of `GET /api/panels`.
 pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
-    let range_ms = parse_range(q.range.as_deref())? * 1000;
-    let resolution = store.resolution_ms();
-    // About 180 steps over the range, never finer than the data arrives.
-    let step = ((range_ms / 180).max(resolution) + 999) / 1000 * 1000;
-    let bins = (range_ms / step) as usize;
-    let end = (now_ms / step + 1) * step;
+    let (from, to) = span(q, now_ms, store.retention.as_millis() as i64)?;
+    let resolution = resolution_at(store, from, now_ms);
+    // About 180 steps over the span, never finer than the points there.
+    let step = (((to - from) / 180).max(resolution) + 999) / 1000 * 1000;
+    let end = (to / step + 1) * step;
+    let bins = ((end - from) / step).max(1) as usize;
     let grid = Grid {
         start: end - bins as i64 * step,
         step,
@@ -503,6 +532,9 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
         "from": (ctx.grid.start / 1000),
         "to": end / 1000,
         "step": step / 1000,
+        "resolution": resolution / 1000,
+        // The last step is still being filled: its rates are over the part elapsed.
+        "partial": end > now_ms && end - step < now_ms,
         "times": times,
         "empty": store.no_model_data(),
         "series": store.series.len(),
@@ -597,10 +629,11 @@ mod tests {
         };
         assert_eq!(
             series("2xx"),
-            vec![5.0; 5],
-            "50 a step of 10 s; the step in progress is left out"
+            vec![5.0; 6],
+            "50 a step of 10 s; the step in progress is drawn too"
         );
-        assert_eq!(series("5xx"), vec![2.0; 5]);
+        assert_eq!(series("5xx"), vec![2.0; 6]);
+        assert_eq!(body["partial"], true, "now is 2 s into the last step");
         let p50: Vec<f64> = panel(&body, "latency")["series"][0]["values"]
             .as_array()
             .unwrap()
