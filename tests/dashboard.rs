@@ -285,10 +285,31 @@ struct Browser {
     driver: Child,
     base: String,
     http: reqwest::Client,
+    /// Chromium's profile, a directory of this test's: its processes are the ones whose command line names it.
+    profile: tempfile::TempDir,
+}
+
+/// The processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // A test that failed before `close`: leave nothing of Chromium running either.
+        for pid in processes_with(&self.profile.path().display().to_string()) {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &pid.to_string()])
+                .status();
+        }
         // chromedriver runs in a process group of its own, which Chromium's processes join: end them all.
         // `-s KILL --` matters: procps-ng 4.0's `kill -KILL -PGID` reads the group as `-1` and signals every
         // process the user may signal, which once ended a whole CI run.
@@ -312,16 +333,19 @@ impl Browser {
             .spawn()
             .unwrap();
         let http = reqwest::Client::new();
+        let profile = tempfile::tempdir().unwrap();
         let root = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while http.get(format!("{root}/status")).send().await.is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let user_data = format!("--user-data-dir={}", profile.path().display());
         let mut browser = Browser {
             driver,
             base: root.clone(),
             http,
+            profile,
         };
         let session = browser
             .call(
@@ -330,7 +354,7 @@ impl Browser {
                 json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
                     "binary": which("chromium"),
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             "--window-size=1400,1500"] } } } }),
+                             "--window-size=1400,1500", user_data] } } } }),
             )
             .await;
         let id = session["sessionId"].as_str().expect("a WebDriver session").to_string();
@@ -338,9 +362,28 @@ impl Browser {
         browser
     }
 
-    /// Ends the WebDriver session, which closes Chromium; killing chromedriver alone would leave it running.
-    async fn quit(&self) {
-        let _ = self.http.delete(&self.base).send().await;
+    /// Ends the WebDriver session (which closes Chromium: killing chromedriver alone would leave it running),
+    /// stops chromedriver, and checks that no process of this test's Chromium is left.
+    async fn close(mut self) {
+        let ended = self.http.delete(&self.base).send().await;
+        assert!(
+            ended.is_ok_and(|r| r.status().is_success()),
+            "the WebDriver session ends"
+        );
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", "--", &self.driver.id().to_string()])
+            .status();
+        let _ = self.driver.wait();
+        let profile = self.profile.path().display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_with(&profile);
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Chromium processes left running: {left:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn call(&self, method: &str, path: &str, body: Json) -> Json {
@@ -552,7 +595,7 @@ async fn the_page_draws_every_panel_and_follows_the_filters() {
             .unwrap();
         std::fs::write(path, bytes).unwrap();
     }
-    browser.quit().await;
+    browser.close().await;
 }
 
 /// Picks a value in one of the page's filters, as a user does.
@@ -661,7 +704,124 @@ async fn a_scraped_vllm_model_shows_beside_a_span_derived_one() {
         )
         .await;
     sender.await.unwrap();
-    browser.quit().await;
+    browser.close().await;
+}
+
+/// Requests of `model` counted by an agent's model_metrics `ago_s` seconds ago (a delta, as a back-dated flush).
+fn counted_at(model: &str, ago_s: u64, requests: f64) -> ExportMetricsServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Sum};
+    let at = now_ns() - ago_s * 1_000_000_000;
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", s(model))],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "infercol/model_metrics".into(),
+                    ..Default::default()
+                }),
+                metrics: vec![Metric {
+                    name: "model.requests".into(),
+                    data: Some(Data::Sum(Sum {
+                        data_points: vec![NumberDataPoint {
+                            attributes: vec![kv("protocol", s("http")), kv("status_class", s("2xx"))],
+                            start_time_unix_nano: at - 10_000_000_000,
+                            time_unix_nano: at,
+                            value: Some(number_data_point::Value::AsDouble(requests)),
+                            ..Default::default()
+                        }],
+                        aggregation_temporality: AggregationTemporality::Delta as i32,
+                        is_monotonic: true,
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// The 24h and 7d ranges draw what was counted a day and three days ago; a model with a single point shows it;
+/// the step in progress is drawn and marked; a span picked in the URL (as dragging over a chart picks it) is
+/// shown with the resolution of its points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longer_ranges_draw_the_history_and_a_single_point_shows() {
+    let c = Collector::start(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: { endpoint: \"127.0.0.1:0\" }\nexporters:\n  dashboard: { endpoint: \"127.0.0.1:0\" }\nservice:\n  telemetry: { metrics: { level: none } }\n  pipelines:\n    metrics: { receivers: [otlp], exporters: [dashboard] }\n",
+    );
+    let mut metrics = MetricsServiceClient::connect(c.grpc()).await.unwrap();
+    for (ago, n) in [(3 * 86_400, 600.0), (20 * 3_600, 300.0)] {
+        metrics.export(counted_at("old", ago, n)).await.unwrap();
+    }
+    metrics.export(counted_at("fresh", 0, 40.0)).await.unwrap();
+    let page = c.address("dashboard");
+    let browser = Browser::start().await;
+    let points = "Number((document.getElementById('panel-volume') || {dataset: {}}).dataset.points || -1)";
+    browser.goto(&format!("{page}?model=old&range=7d")).await;
+    browser
+        .wait_until(
+            "both days in 7d",
+            &format!("return window.infercol.updates > 0 && {points} >= 2"),
+        )
+        .await;
+    let resolution = browser.run("return window.infercol.resolution").await;
+    assert_eq!(resolution, 600, "7 days back, the points are 10-minute ones");
+    browser
+        .run("document.querySelector('#ranges button[data-range=\"24h\"]').click(); return 1")
+        .await;
+    browser
+        .wait_until(
+            "only the last day in 24h",
+            &format!("return location.search.includes('range=24h') && {points} === 1"),
+        )
+        .await;
+    browser
+        .run("document.querySelector('#ranges button[data-range=\"1h\"]').click(); return 1")
+        .await;
+    browser
+        .wait_until(
+            "nothing in the last hour",
+            "return location.search.includes('range=1h') && !document.querySelector('#panel-volume .nodata').classList.contains('hidden')",
+        )
+        .await;
+
+    // One point, drawn as a point, in the step still in progress.
+    pick(&browser, "model", "fresh").await;
+    browser
+        .wait_until("the fresh model's single point", &format!("return {points} === 1"))
+        .await;
+    let drawn = browser
+        .run(
+            "const c = window.infercol.charts.volume; if (!c) return false; const show = c.series[1].points.show; \
+             return (typeof show === 'function' ? show(c, 1) : show) === true",
+        )
+        .await;
+    assert_eq!(drawn, true, "a single point is drawn as a point");
+    let partial = browser
+        .run("return [window.infercol.partial, document.querySelector('#panel-volume .note').textContent]")
+        .await;
+    assert_eq!(partial[0], true, "{partial}");
+    assert!(
+        partial[1].as_str().unwrap().contains("last step in progress"),
+        "{partial}"
+    );
+
+    // A span three days back, as a drag over a chart picks it: the page says what it shows.
+    let to = now_ns() / 1_000_000_000 - 3 * 86_400 + 1_800;
+    browser
+        .goto(&format!("{page}?model=old&from={}&to={to}", to - 3_600))
+        .await;
+    browser
+        .wait_until(
+            "the picked span",
+            &format!("return !document.getElementById('zoom').classList.contains('hidden') && {points} === 1"),
+        )
+        .await;
+    browser.close().await;
 }
 
 /// The JSON API on its own: the ranges and choices it accepts, and clear errors for the rest.

@@ -13,12 +13,15 @@ const state = {
   environment: params.get("environment") || "",
   deployment: params.get("deployment") || "",
   range: params.get("range") || "1h",
+  // A span picked by dragging over a chart (seconds since the epoch), instead of the range.
+  from: params.get("from") || "",
+  to: params.get("to") || "",
   latency: params.get("latency") || "request",
   size: params.get("size") || "request",
 };
 const charts = {};
 // For tests and curious users: what the page last drew.
-window.infercol = { updates: 0, panels: null, empty: null };
+window.infercol = { updates: 0, panels: null, empty: null, partial: null, resolution: null, charts };
 
 function saveUrl() {
   const p = new URLSearchParams();
@@ -143,6 +146,7 @@ function draw(panel, data) {
   el.querySelector(".nodata").classList.toggle("hidden", points > 0);
   chartEl.classList.toggle("hidden", points === 0);
   const notes = sourceNotes(panel);
+  if (panel.id === "volume" && window.infercol.partial) notes.push("last step in progress");
   if (panel.combined > 1) notes.push(`${panel.combined} series combined (count-weighted)`);
   if (panel.source === "host") notes.push("host (no replica processes reported)");
   el.querySelector(".note").textContent = notes.join(" · ");
@@ -164,10 +168,13 @@ function draw(panel, data) {
   const series = [{ value: (u, t) => (t == null ? "" : new Date(t * 1000).toLocaleTimeString()) }];
   panel.series.forEach((s, i) => {
     const color = colorOf(panel, s, i);
+    // A series of a few points draws them: a line needs two, and one or two points would not show otherwise.
+    const shown = s.values.filter((v) => v != null).length;
     series.push({
       label: s.name,
       stroke: color,
       width: 1.5,
+      points: { show: shown <= 3 || undefined, size: 6, fill: color },
       fill: panel.stacked ? color + "99" : undefined,
       scale: s.axis === "right" ? "right" : "y",
       spanGaps: !panel.stacked,
@@ -188,7 +195,15 @@ function draw(panel, data) {
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
       right: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
     legend: { live: true },
-    cursor: { drag: { x: false, y: false } },
+    // Dragging over a chart zooms the whole page to that span.
+    cursor: { drag: { x: true, y: false, setScale: false } },
+    hooks: { setSelect: [(u) => {
+      if (u.select.width < 5) return;
+      const from = Math.floor(u.posToVal(u.select.left, "x"));
+      const to = Math.ceil(u.posToVal(u.select.left + u.select.width, "x"));
+      u.setSelect({ left: 0, width: 0 }, false);
+      if (to - from >= 60) { state.from = String(from); state.to = String(to); saveUrl(); refresh(); }
+    }] },
   };
   if (panel.stacked) {
     // Fill each band between a series and the one below it.
@@ -238,6 +253,14 @@ async function refresh() {
     if (body.series > 0) for (const panel of body.panels) draw(panel, chartData(panel, body.times));
     window.infercol.panels = body.panels;
     window.infercol.empty = body.empty;
+    window.infercol.partial = body.partial;
+    window.infercol.resolution = body.resolution;
+    const zoomed = Boolean(state.from && state.to);
+    document.getElementById("zoom").classList.toggle("hidden", !zoomed);
+    if (zoomed) {
+      const t = (s) => new Date(Number(s) * 1000).toLocaleString();
+      document.getElementById("zoom-span").textContent = `${t(state.from)} – ${t(state.to)} (${body.resolution} s points)`;
+    }
     window.infercol.updates += 1;
     status.textContent = "live · updated " + new Date().toLocaleTimeString();
     status.className = "live";
@@ -256,11 +279,17 @@ for (const b of document.querySelectorAll("#ranges button")) {
   b.classList.toggle("on", b.dataset.range === state.range);
   b.addEventListener("click", () => {
     state.range = b.dataset.range;
+    state.from = state.to = "";
     for (const x of document.querySelectorAll("#ranges button")) x.classList.toggle("on", x === b);
     saveUrl();
     refresh();
   });
 }
+document.getElementById("zoom-out").addEventListener("click", () => {
+  state.from = state.to = "";
+  saveUrl();
+  refresh();
+});
 window.addEventListener("resize", () => {
   for (const [id, chart] of Object.entries(charts)) {
     const el = document.querySelector(`#panel-${id} .chart`);
