@@ -746,3 +746,146 @@ mod tests {
         assert!(parse_range(Some("10s")).unwrap_err().contains("between"));
     }
 }
+
+/// The README's figures for a week of history (run by hand: `cargo test --release -p infercol-exporters
+/// week_of_history_figures -- --ignored --nocapture`): the time to answer a 7d page, and the bytes the history of
+/// one model takes on disk per series and day. Measured, not asserted.
+#[cfg(test)]
+mod figures {
+    use super::super::disk::Disk;
+    use super::super::store::tests::{kv, request};
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Gauge, Metric, NumberDataPoint, Sum, metric::Data, number_data_point,
+    };
+    use std::time::{Duration, Instant};
+
+    /// One flush of a model's ~45 series: 10 request counters, 5 gauges, 6 window summaries of 4 quantiles and
+    /// a count.
+    fn flush(t_ms: i64, n: f64) -> Vec<Metric> {
+        let at = t_ms as u64 * 1_000_000;
+        let point = |labels: Vec<(&str, String)>, v: f64| NumberDataPoint {
+            attributes: labels.into_iter().map(|(k, v)| kv(k, &v)).collect(),
+            start_time_unix_nano: 1,
+            time_unix_nano: at,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        };
+        let base = || vec![("model", "m".to_string())];
+        let mut out = vec![Metric {
+            name: "model.requests".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: (0..10)
+                    .map(|i| {
+                        let mut l = base();
+                        l.push(("status_code", format!("{}", 200 + i)));
+                        point(l, n * (i + 1) as f64)
+                    })
+                    .collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }];
+        for g in ["a", "b", "c", "d", "e"] {
+            out.push(Metric {
+                name: format!("model.gauge_{g}"),
+                data: Some(Data::Gauge(Gauge {
+                    data_points: vec![point(base(), n % 7.0)],
+                })),
+                ..Default::default()
+            });
+        }
+        for w in 0..6 {
+            use opentelemetry_proto::tonic::metrics::v1::{
+                Summary, SummaryDataPoint, summary_data_point::ValueAtQuantile,
+            };
+            out.push(Metric {
+                name: format!("model.window_{w}_seconds_window"),
+                data: Some(Data::Summary(Summary {
+                    data_points: vec![SummaryDataPoint {
+                        attributes: vec![kv("model", "m")],
+                        time_unix_nano: at,
+                        count: 10,
+                        quantile_values: [0.5, 0.9, 0.95, 0.99]
+                            .iter()
+                            .map(|&q| ValueAtQuantile {
+                                quantile: q,
+                                value: q * n,
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }],
+                })),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    #[test]
+    #[ignore]
+    fn week_of_history_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = Disk::open(dir.path()).unwrap();
+        let mut store = Store::new(Duration::from_secs(7 * 86_400), 20_000);
+        store.keep_changes();
+        let start = 1_800_000_000_000i64;
+        let end = start + 7 * 86_400_000;
+        let (mut t, mut n) = (start, 0.0);
+        let began = Instant::now();
+        while t <= end {
+            n += 1.0;
+            store.ingest(&request(flush(t, n)));
+            store.maybe_expire(t);
+            disk.write(store.take_changes());
+            t += 10_000;
+        }
+        let wrote = began.elapsed();
+        let series = store.series.len();
+        let points: usize = store.series.values().map(|s| s.points.len()).sum();
+        let q = Query {
+            range: Some("7d".into()),
+            model: Some("m".into()),
+            ..Default::default()
+        };
+        let began = Instant::now();
+        let runs = 20;
+        for _ in 0..runs {
+            panels(&store, &q, end).unwrap();
+        }
+        let page = began.elapsed() / runs;
+        drop(disk);
+        let bytes: u64 = walk(dir.path());
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            let size = if m.is_dir() {
+                walk(&e.path())
+            } else {
+                std::os::unix::fs::MetadataExt::blocks(&m) * 512
+            };
+            println!("  {:?}: {size}", e.file_name());
+        }
+        println!(
+            "{series} series, {points} points in memory after 7 days; writing 60,481 flushes took {wrote:?}; \
+             a 7d page answers in {page:?}; on disk {bytes} bytes = {:.0} bytes per series and day",
+            bytes as f64 / series as f64 / 7.0
+        );
+    }
+
+    fn walk(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                // Blocks allocated, not the apparent length: a journal may be allocated ahead.
+                if m.is_dir() {
+                    walk(&e.path())
+                } else {
+                    std::os::unix::fs::MetadataExt::blocks(&m) * 512
+                }
+            })
+            .sum()
+    }
+}
