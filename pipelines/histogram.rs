@@ -194,6 +194,12 @@ impl<C: Count> ExpoHistogram<C> {
         }
     }
 
+    /// The same histogram, keeping at most `max_size` buckets from now on (a merged one must not coarsen).
+    pub fn with_max_size(mut self, max_size: usize) -> ExpoHistogram<C> {
+        self.max_size = max_size.max(self.counts.len()).max(2);
+        self
+    }
+
     pub fn scale(&self) -> i32 {
         self.scale
     }
@@ -335,6 +341,86 @@ impl<C: Count> ExpoHistogram<C> {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
+    }
+
+    /// What was recorded between `earlier` and `self`, two points of one cumulative histogram (at the coarser of
+    /// their scales), as `u32` counts; `None` when `self` holds less than `earlier` (a restart). Its min and max
+    /// are the bounds of its outermost buckets: a cumulative point's min and max are of all time.
+    pub fn since<D: Count>(&self, earlier: &ExpoHistogram<D>) -> Option<ExpoHistogram<u32>> {
+        if self.count < earlier.count || self.zero_count < earlier.zero_count {
+            return None;
+        }
+        let scale = self.scale.min(earlier.scale);
+        let at = |h: &ExpoHistogram<C>| -> ExpoHistogram<u64> {
+            let mut copy = ExpoHistogram::<u64>::from_parts(
+                h.scale,
+                h.offset,
+                h.counts.iter().map(|c| c.get()).collect(),
+                h.zero_count,
+                h.count,
+                h.sum,
+                None,
+                None,
+            );
+            copy.downscale(h.scale - scale);
+            copy
+        };
+        let now = at(self);
+        let mut then = ExpoHistogram::<u64>::from_parts(
+            earlier.scale,
+            earlier.offset,
+            earlier.counts.iter().map(|c| c.get()).collect(),
+            earlier.zero_count,
+            earlier.count,
+            earlier.sum,
+            None,
+            None,
+        );
+        then.downscale(earlier.scale - scale);
+        let mut counts: Vec<u32> = Vec::with_capacity(now.counts.len());
+        for (i, c) in now.counts.iter().enumerate() {
+            let index = now.offset + i as i32;
+            let before = index
+                .checked_sub(then.offset)
+                .and_then(|j| then.counts.get(j as usize))
+                .copied()
+                .unwrap_or(0);
+            if *c < before {
+                return None;
+            }
+            counts.push((c - before).min(u32::MAX as u64) as u32);
+        }
+        // Leading and trailing empty buckets go: a quiet step keeps only what it recorded.
+        let first = counts.iter().position(|c| *c > 0);
+        let last = counts.iter().rposition(|c| *c > 0);
+        let (offset, counts) = match (first, last) {
+            (Some(f), Some(l)) => (now.offset + f as i32, counts[f..=l].to_vec()),
+            _ => (0, Vec::new()),
+        };
+        let zero_count = now.zero_count - then.zero_count;
+        let count = now.count - then.count;
+        let (min, max) = if counts.is_empty() {
+            (0.0, 0.0)
+        } else if zero_count > 0 {
+            (0.0, bucket_lower(offset + counts.len() as i32, scale))
+        } else {
+            (
+                bucket_lower(offset, scale),
+                bucket_lower(offset + counts.len() as i32, scale),
+            )
+        };
+        let mut delta = ExpoHistogram::from_parts(
+            scale,
+            offset,
+            counts,
+            zero_count,
+            count,
+            (now.sum - then.sum).max(0.0),
+            Some(min),
+            Some(max),
+        );
+        delta.max_size = self.max_size.max(delta.counts.len());
+        Some(delta)
     }
 
     /// The value at quantile `q` (0..=1): the element of rank `floor(q·(n-1))` (0-based) of the sorted values,

@@ -690,7 +690,16 @@ async fn a_scraped_vllm_model_shows_beside_a_span_derived_one() {
     let note = browser
         .run("return document.querySelector('#panel-latency .note').textContent")
         .await;
-    assert!(note.as_str().unwrap().contains("from spans · within 0.5%"), "{note}");
+    // From the merged histograms: within the bound of their scale (model_metrics' 160 buckets over this
+    // workload's spread: scale 5, 1.1%).
+    let bound = browser
+        .run("return window.infercol.panels.find(p => p.id === 'latency').relative_error")
+        .await
+        .as_f64()
+        .unwrap();
+    assert!(bound <= 0.022, "{bound}");
+    let shown = format!("from spans · within {:.1}%", bound * 100.0);
+    assert!(note.as_str().unwrap().contains(&shown), "{note} should say {shown}");
     // All models: both sources, and the wider bound.
     pick(&browser, "model", "").await;
     browser
@@ -874,6 +883,29 @@ async fn the_api_answers_and_refuses_clearly() {
     let (status, body) = get("/api/panels?range=2x").await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("range"), "{body}");
+    // Ranges past a week, spans wider than the retention or upside down: refused with the parameter named,
+    // never a scan of everything.
+    for bad in ["range=30d", "from=0&to=100000000000", "from=2000&to=1000", "from=1000"] {
+        let (status, body) = get(&format!("/api/panels?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("range") || error.starts_with("from"),
+            "{bad}: {error}"
+        );
+    }
+    // A span outside the retention is an empty answer.
+    let (status, body) = get("/api/panels?from=1000000&to=1003600").await;
+    assert_eq!(status, 200, "{body}");
+    let values: Vec<&Json> = body["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["series"].as_array().unwrap())
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    assert!(values.is_empty(), "nothing back then: {values:?}");
     let (status, body) = get("/api/panels?latency=p99").await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("latency"), "{body}");
@@ -1008,4 +1040,81 @@ async fn every_grafana_query_returns_data_from_prometheus() {
         ["prod", "staging"]
     );
     sender.abort();
+}
+
+/// One batch of 240 requests: the page's percentiles (merged exponential buckets) and Grafana's
+/// `histogram_quantile` over the Prometheus exporter's buckets of the same histogram agree within the bucket bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_grafana_agree_on_the_percentiles() {
+    let c = Collector::start(CONFIG);
+    let target = c
+        .address("Prometheus metrics")
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let prometheus = Prometheus::start(&target, &[]).await;
+    let end = now_ns();
+    let spans: Vec<Span> = (0..240u64)
+        .map(|i| {
+            // 100 ms to 2 s, spread evenly on a log scale.
+            let seconds = 0.1 * 20f64.powf(i as f64 / 239.0);
+            common::server_span(
+                i,
+                3,
+                end - (seconds * 1e9) as u64,
+                end,
+                vec![kv("http.response.status_code", Value::IntValue(200))],
+            )
+        })
+        .collect();
+    TraceServiceClient::connect(c.grpc())
+        .await
+        .unwrap()
+        .export(common::traces_request("agree", spans))
+        .await
+        .unwrap();
+    let url = format!("{}api/panels?range=15m&model=agree", c.address("dashboard"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let latency = loop {
+        let body: Json = serde_json::from_slice(&reqwest::get(&url).await.unwrap().bytes().await.unwrap()).unwrap();
+        let panel = body["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "latency")
+            .unwrap()
+            .clone();
+        if panel["series"][0]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| !v.is_null())
+        {
+            break panel;
+        }
+        assert!(Instant::now() < deadline, "the page never drew the batch");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let bound = latency["relative_error"].as_f64().unwrap();
+    for (i, q) in ["0.5", "0.9", "0.95", "0.99"].iter().enumerate() {
+        let page = latency["series"][i]["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(Json::as_f64)
+            .unwrap();
+        let grafana = prometheus
+            .wait_for(
+                &format!(
+                    "histogram_quantile({q}, sum by (le) (model_request_duration_seconds_bucket{{model=\"agree\"}}))"
+                ),
+                f64::is_finite,
+            )
+            .await;
+        // Each reads a value in the same exponential bucket (or the next one, as their ranks differ by one).
+        assert!(
+            ((page - grafana) / grafana).abs() <= 3.0 * bound,
+            "p{q}: page {page}, histogram_quantile {grafana}, bound {bound}"
+        );
+    }
 }

@@ -15,12 +15,16 @@
 //! (disk full) the store stops writing, logs once, counts the points it could not write, and tries again after
 //! [`RETRY_AFTER`]; the collector and its other exporters go on, and the page keeps serving from memory.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
+use infercol_pipelines::histogram::ExpoHistogram;
+
+use super::histograms::decode;
 use super::store::{Kind, Origin, Point};
 
 /// How long writing pauses after a failure before it is tried again.
@@ -47,12 +51,38 @@ pub struct Changes {
     pub removed: Vec<(u32, i64)>,
     /// Series gone with all their points (expired).
     pub dropped_series: Vec<u32>,
+    /// Histogram steps (encoded), new or merged.
+    pub steps: Vec<(u32, i64, Vec<u8>)>,
+    pub removed_steps: Vec<(u32, i64)>,
+    /// A cumulative histogram's last point: its start time (8 bytes) and the histogram, encoded.
+    pub lasts: Vec<(u32, Vec<u8>)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty() && self.points.is_empty() && self.removed.is_empty() && self.dropped_series.is_empty()
+        self.series.is_empty()
+            && self.points.is_empty()
+            && self.removed.is_empty()
+            && self.dropped_series.is_empty()
+            && self.steps.is_empty()
+            && self.removed_steps.is_empty()
+            && self.lasts.is_empty()
     }
+}
+
+/// A histogram series read back: id, record, steps, and its last cumulative point.
+pub type LoadedHistogram = (
+    u32,
+    SeriesRecord,
+    Vec<(i64, ExpoHistogram<u32>)>,
+    Option<(u64, ExpoHistogram<u64>)>,
+);
+
+/// Everything read back at start.
+#[derive(Default)]
+pub struct History {
+    pub points: Loaded,
+    pub histograms: Vec<LoadedHistogram>,
 }
 
 pub struct Disk {
@@ -60,6 +90,8 @@ pub struct Disk {
     db: Database,
     series: Keyspace,
     points: Keyspace,
+    steps: Keyspace,
+    lasts: Keyspace,
     /// Since when writing fails, to try again after [`RETRY_AFTER`].
     failing_since: Option<Instant>,
     /// Points not written because writing failed.
@@ -102,11 +134,14 @@ impl Disk {
                 .map_err(|e| format!("storage: cannot open `{}`: {e}", dir.display()))
         };
         let (series, points) = (open("series")?, open("points")?);
+        let (steps, lasts) = (open("steps")?, open("lasts")?);
         Ok(Disk {
             dir: dir.to_path_buf(),
             db,
             series,
             points,
+            steps,
+            lasts,
             failing_since: None,
             dropped_points: 0,
         })
@@ -114,10 +149,10 @@ impl Disk {
 
     /// Every series and its points, in key order. A record that cannot be read is an error: the store was written
     /// by something else.
-    pub fn load(&self) -> Result<Loaded, String> {
+    pub fn load(&self) -> Result<History, String> {
         let bad = |e: &dyn std::fmt::Display| format!("storage: reading `{}`: {e}", self.dir.display());
-        let mut out: Loaded = Vec::new();
-        let mut index = std::collections::HashMap::new();
+        let mut history = History::default();
+        let (mut points_of, mut histograms_of) = (HashMap::new(), HashMap::new());
         for kv in self.series.iter() {
             let (k, v) = kv.into_inner().map_err(|e| bad(&e))?;
             let id = u32::from_be_bytes(
@@ -126,22 +161,64 @@ impl Disk {
                     .map_err(|_| bad(&"a series key of the wrong size"))?,
             );
             let record: SeriesRecord = serde_json::from_slice(&v).map_err(|e| bad(&e))?;
-            index.insert(id, out.len());
-            out.push((id, record, Vec::new()));
+            if record.kind == Kind::Histogram {
+                histograms_of.insert(id, history.histograms.len());
+                history.histograms.push((id, record, Vec::new(), None));
+            } else {
+                points_of.insert(id, history.points.len());
+                history.points.push((id, record, Vec::new()));
+            }
         }
-        for kv in self.points.iter() {
+        // Points of a series whose record is gone (dropped between two writes) are left out.
+        for (id, t, v) in self.entries(&self.points)? {
+            let value = v
+                .as_slice()
+                .try_into()
+                .map(f64::from_le_bytes)
+                .map_err(|_| bad(&"a point of the wrong size"))?;
+            if let Some(&i) = points_of.get(&id) {
+                history.points[i].2.push(Point { t, v: value });
+            }
+        }
+        for (id, t, v) in self.entries(&self.steps)? {
+            let step = decode(&v).ok_or_else(|| bad(&"a histogram step that cannot be read"))?;
+            if let Some(&i) = histograms_of.get(&id) {
+                history.histograms[i].2.push((t, step));
+            }
+        }
+        for kv in self.lasts.iter() {
             let (k, v) = kv.into_inner().map_err(|e| bad(&e))?;
-            let (Ok(id), Ok(t), Ok(value)) = (
+            let id = k
+                .as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| bad(&"a key of the wrong size"))?;
+            let start = v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+            let last = v.get(8..).and_then(decode);
+            if let (Some(&i), Some(start), Some(last)) = (histograms_of.get(&id), start, last) {
+                history.histograms[i].3 = Some((start, last));
+            }
+        }
+        Ok(history)
+    }
+
+    /// The (series id, time, value) entries of a keyspace keyed by series and time, in order.
+    fn entries(&self, keyspace: &Keyspace) -> Result<Vec<(u32, i64, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        for kv in keyspace.iter() {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| format!("storage: reading `{}`: {e}", self.dir.display()))?;
+            let (Ok(id), Ok(t)) = (
                 k.get(..4).unwrap_or_default().try_into().map(u32::from_be_bytes),
                 k.get(4..12).unwrap_or_default().try_into().map(u64::from_be_bytes),
-                v.as_ref().try_into().map(f64::from_le_bytes),
             ) else {
-                return Err(bad(&"a point of the wrong size"));
+                return Err(format!(
+                    "storage: reading `{}`: a key of the wrong size",
+                    self.dir.display()
+                ));
             };
-            // Points of a series whose record is gone (dropped between two writes) are left for `write` to remove.
-            if let Some(&i) = index.get(&id) {
-                out[i].2.push(Point { t: t as i64, v: value });
-            }
+            out.push((id, t as i64, v.to_vec()));
         }
         Ok(out)
     }
@@ -152,10 +229,10 @@ impl Disk {
             return true;
         }
         if self.failing_since.is_some_and(|since| since.elapsed() < RETRY_AFTER) {
-            self.dropped_points += changes.points.len() as u64;
+            self.dropped_points += (changes.points.len() + changes.steps.len()) as u64;
             return false;
         }
-        let points = changes.points.len() as u64;
+        let points = (changes.points.len() + changes.steps.len()) as u64;
         match self.try_write(changes) {
             Ok(()) => {
                 if self.failing_since.take().is_some() {
@@ -180,8 +257,11 @@ impl Disk {
         let mut batch = self.db.batch();
         for id in &changes.dropped_series {
             batch.remove(&self.series, id.to_be_bytes());
-            for kv in self.points.prefix(id.to_be_bytes()) {
-                batch.remove(&self.points, kv.key()?);
+            batch.remove(&self.lasts, id.to_be_bytes());
+            for keyspace in [&self.points, &self.steps] {
+                for kv in keyspace.prefix(id.to_be_bytes()) {
+                    batch.remove(keyspace, kv.key()?);
+                }
             }
         }
         for (id, record) in &changes.series {
@@ -193,6 +273,20 @@ impl Disk {
         }
         for (id, p) in &changes.points {
             batch.insert(&self.points, point_key(*id, p.t), p.v.to_le_bytes());
+        }
+        for (id, t) in &changes.removed_steps {
+            batch.remove(&self.steps, point_key(*id, *t));
+        }
+        for (id, t, step) in changes.steps {
+            batch.insert(&self.steps, point_key(id, t), step);
+        }
+        // Only the newest of a series' last points matters.
+        let mut lasts = HashMap::new();
+        for (id, last) in changes.lasts {
+            lasts.insert(id, last);
+        }
+        for (id, last) in lasts {
+            batch.insert(&self.lasts, id.to_be_bytes(), last);
         }
         batch.commit()?;
         self.db.persist(PersistMode::Buffer)

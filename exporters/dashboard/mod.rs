@@ -8,6 +8,7 @@
 //!   series (see `panels`).
 
 pub mod disk;
+pub mod histograms;
 pub mod panels;
 pub mod store;
 
@@ -133,7 +134,7 @@ impl DashboardExporter {
     fn open_storage(&self, dir: &std::path::Path) -> Result<(), ComponentError> {
         let disk = disk::Disk::open(dir).map_err(ComponentError::new)?;
         let loaded = disk.load().map_err(ComponentError::new)?;
-        let series = loaded.len();
+        let series = loaded.points.len() + loaded.histograms.len();
         let mut store = self
             .store
             .write()

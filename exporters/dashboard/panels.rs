@@ -7,12 +7,25 @@
 //! estimate that lies between the smallest and the largest of the series' own quantiles; pick one model for the
 //! exact figure, or use the Prometheus exporter's histograms, which merge exactly).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use infercol_pipelines::histogram::{ExpoHistogram, relative_error_at};
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use super::histograms;
 use super::store::{FILTERS, Kind, Series, Store, TIERS};
+
+/// The histogram whose window summary is `window` (`model.request.duration_seconds_window` ->
+/// `model.request.duration`), as `infercol_pipelines::histogram::window_name` names it.
+fn histogram_of(window: &str) -> String {
+    let base = window.strip_suffix("_window").unwrap_or(window);
+    base.strip_suffix("_seconds")
+        .or_else(|| base.strip_suffix("_bytes"))
+        .unwrap_or(base)
+        .to_string()
+}
 
 pub const QUANTILES: [(&str, &str); 4] = [("0.5", "p50"), ("0.9", "p90"), ("0.95", "p95"), ("0.99", "p99")];
 
@@ -81,6 +94,9 @@ impl Selection<'_> {
 }
 
 type Values = Vec<Option<f64>>;
+
+/// A series' attributes.
+type Labels = BTreeMap<String, String>;
 
 /// The last value of a series in each step.
 fn last_per_bin(s: &Series, grid: &Grid) -> Values {
@@ -192,14 +208,47 @@ impl Ctx<'_> {
         json!({ "id": "volume", "title": "Inference volume", "unit": "req/s", "stacked": true, "series": list })
     }
 
-    /// p50..p99 of a window summary, combined over the matching series by their window counts.
-    fn quantiles(&self, name: &str) -> (Vec<Json>, usize) {
-        // Per series (labels without `quantile`): each quantile's values and the count.
+    /// What the matching histogram series recorded in each step, merged: exact across series and steps, within
+    /// the sketch's bound at the merged scale. Also the labels of the series merged.
+    fn merged_steps(&self, histogram: &str) -> (Vec<Option<ExpoHistogram<u64>>>, BTreeSet<Labels>) {
+        let mut merged: Vec<Option<ExpoHistogram<u64>>> = vec![None; self.grid.bins];
+        let mut covered = BTreeSet::new();
+        for ((name, labels), h) in &self.store.histograms {
+            if name != histogram || !self.sel.matches(labels) {
+                continue;
+            }
+            covered.insert(labels.clone());
+            for (t, step) in &h.deltas {
+                if let Some(i) = self.grid.bin(*t) {
+                    merged[i].get_or_insert_with(histograms::merged).merge(step);
+                }
+            }
+        }
+        (merged, covered)
+    }
+
+    /// p50..p99 for a step: from the merged histograms of the series that have them (spans), and from the window
+    /// summaries of those that have only a summary (a scraped server's buckets); where both kinds are selected,
+    /// weighted by their counts. Returns the lines, how many groups were weighted together, and the widest
+    /// relative error of what was combined.
+    fn quantiles(&self, name: &str) -> (Vec<Json>, usize, Option<f64>) {
+        let (merged, covered) = self.merged_steps(&histogram_of(name));
+        // The widest bound of what is combined: the merged histograms' scale, the summaries' stated bounds.
+        let mut bound: f64 = 0.0;
+        // Per series without a histogram (labels without `quantile`): each quantile's values and the count.
         let mut by_base: BTreeMap<BTreeMap<String, String>, BTreeMap<String, Values>> = BTreeMap::new();
         for (labels, s) in self.matching(name) {
             let Some(q) = labels.get("quantile") else { continue };
             let mut base = labels.clone();
             base.remove("quantile");
+            if covered.contains(&base) {
+                continue;
+            }
+            if let Some(e) = s.relative_error
+                && s.points.iter().any(|p| self.grid.bin(p.t).is_some())
+            {
+                bound = bound.max(e);
+            }
             by_base
                 .entry(base)
                 .or_default()
@@ -207,9 +256,16 @@ impl Ctx<'_> {
         }
         let mut out = Vec::new();
         for (q, label) in QUANTILES {
+            let qf: f64 = q.parse().unwrap_or(0.5);
             let mut values = vec![None; self.grid.bins];
             for (i, v) in values.iter_mut().enumerate() {
                 let (mut sum, mut weight) = (0.0, 0.0);
+                if let Some(h) = &merged[i]
+                    && let Some(value) = h.quantile(qf)
+                {
+                    sum += value * h.count() as f64;
+                    weight += h.count() as f64;
+                }
                 for qs in by_base.values() {
                     let value = qs.get(q).and_then(|v| v[i]);
                     let count = qs.get("count").and_then(|v| v[i]).unwrap_or(1.0);
@@ -226,14 +282,21 @@ impl Ctx<'_> {
             }
             out.push(series(label, &values, json!({})));
         }
-        (out, by_base.len())
+        if let Some(coarsest) = merged.iter().flatten().map(|h| h.scale()).min() {
+            bound = bound.max(relative_error_at(coarsest));
+        }
+        let groups = usize::from(!covered.is_empty()) + by_base.len();
+        (out, groups, (bound > 0.0).then_some(bound))
     }
 
     fn percentile_panel(&self, id: &str, title: &str, unit: &str, metric: &str, choice: Option<Json>) -> Json {
-        let (list, combined) = self.quantiles(metric);
+        let (list, combined, bound) = self.quantiles(metric);
         let mut panel = json!({ "id": id, "title": title, "unit": unit, "series": list, "combined": combined });
         if let Some(c) = choice {
             panel["choice"] = c;
+        }
+        if let Some(bound) = bound {
+            panel["relative_error"] = json!(round(bound));
         }
         panel
     }
@@ -363,25 +426,15 @@ impl Ctx<'_> {
         json!({ "id": id, "title": title, "unit": "", "series": list })
     }
 
-    /// Marks a panel with where its series come from in this range (`sources`: spans, scraped, metrics), and a
-    /// percentile panel with the widest relative error its summaries state (`relative_error`): 0.0054 for
-    /// quantiles from spans, the bucket layout's bound for scraped ones.
+    /// Marks a panel with where its series come from in this range (`sources`: spans, scraped, metrics).
     fn mark_sources(&self, panel: &mut Json, metric: &str) {
-        let mut sources = std::collections::BTreeSet::new();
-        let mut relative_error: Option<f64> = None;
+        let mut sources = BTreeSet::new();
         for (_, s) in self.matching(metric) {
-            if !s.points.iter().any(|p| self.grid.bin(p.t).is_some()) {
-                continue;
-            }
-            sources.insert(s.origin);
-            if let Some(e) = s.relative_error {
-                relative_error = Some(relative_error.map_or(e, |r| r.max(e)));
+            if s.points.iter().any(|p| self.grid.bin(p.t).is_some()) {
+                sources.insert(s.origin);
             }
         }
         panel["sources"] = json!(sources.iter().map(|o| o.name()).collect::<Vec<_>>());
-        if let Some(e) = relative_error {
-            panel["relative_error"] = json!(round(e));
-        }
     }
 }
 
@@ -736,6 +789,122 @@ mod tests {
         );
     }
 
+    /// Three models' cumulative exponential histograms (160 buckets, as model_metrics emits them), flushed every
+    /// 10 s: each step's p50..p99 over all three, and over a minute they were rolled up into, are within 1% of
+    /// the exact percentile of the values sent in it.
+    #[test]
+    fn percentiles_over_merged_series_and_rolled_up_steps_are_within_one_percent() {
+        use infercol_pipelines::histogram::ExpoHistogram;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            ExponentialHistogram, ExponentialHistogramDataPoint, exponential_histogram_data_point::Buckets,
+        };
+        let mut store = Store::new(Duration::from_secs(86_400), 1000);
+        let mut cumulative: Vec<ExpoHistogram<u64>> = (0..3).map(|_| ExpoHistogram::new(160, 20)).collect();
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            0.1 * 5f64.powf((seed >> 11) as f64 / (1u64 << 53) as f64)
+        };
+        let now: i64 = 1_800_000_000_000 + 9 * 3_600_000;
+        // Flushes 8 h ago (rolled up into minutes) and in the last 5 minutes; the values each step holds.
+        let flushes: Vec<i64> = (0..60)
+            .map(|k| now - 8 * 3_600_000 + k * 10_000)
+            .chain((0..30).map(|k| now - 300_000 + k * 10_000))
+            .collect();
+        let mut sent: Vec<(i64, f64)> = Vec::new();
+        let start = (flushes[0] - 1_000) as u64 * 1_000_000;
+        for &t in &flushes {
+            let mut points = Vec::new();
+            for (m, h) in cumulative.iter_mut().enumerate() {
+                for _ in 0..(20 + 15 * m) {
+                    let v = next();
+                    h.record(v, 1);
+                    sent.push((t, v));
+                }
+                points.push(ExponentialHistogramDataPoint {
+                    attributes: vec![kv("model", ["a", "b", "c"][m])],
+                    start_time_unix_nano: start,
+                    time_unix_nano: t as u64 * 1_000_000,
+                    count: h.count(),
+                    sum: Some(h.sum()),
+                    scale: h.scale(),
+                    zero_count: h.zero_count(),
+                    positive: Some(Buckets {
+                        offset: h.offset(),
+                        bucket_counts: h.bucket_counts().to_vec(),
+                    }),
+                    min: h.min(),
+                    max: h.max(),
+                    ..Default::default()
+                });
+            }
+            store.ingest(&request(vec![Metric {
+                name: "model.request.duration".into(),
+                unit: "s".into(),
+                data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                    data_points: points,
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                })),
+                ..Default::default()
+            }]));
+        }
+        store.expire(now);
+        let steps = store.histograms.values().next().unwrap().deltas.len();
+        assert_eq!(steps, 10 + 30, "8 h ago, 60 flushes became 10 one-minute steps");
+        let check = |q: Query, width: i64| {
+            let body = panels(&store, &q, now).unwrap();
+            let latency = panel(&body, "latency");
+            assert_eq!(
+                latency["combined"], 1,
+                "one merged histogram, not an average: {latency}"
+            );
+            let times: Vec<i64> = body["times"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| (t.as_f64().unwrap() * 1000.0) as i64)
+                .collect();
+            let mut checked = 0;
+            for (line, (qs, _)) in latency["series"].as_array().unwrap().iter().zip(QUANTILES) {
+                let qf: f64 = qs.parse().unwrap();
+                for (i, v) in line["values"].as_array().unwrap().iter().enumerate() {
+                    let Some(got) = v.as_f64() else { continue };
+                    let end = times[i];
+                    let mut values: Vec<f64> = sent
+                        .iter()
+                        .filter(|(t, _)| *t < end && *t >= end - width)
+                        .map(|(_, v)| *v)
+                        .collect();
+                    values.sort_by(f64::total_cmp);
+                    let exact = values[(qf * (values.len() - 1) as f64).floor() as usize];
+                    assert!(
+                        ((got - exact) / exact).abs() <= 0.01,
+                        "p{qs} at {end}: {got} against {exact}"
+                    );
+                    checked += 1;
+                }
+            }
+            assert!(checked >= 40, "{checked} figures checked");
+            assert!(latency["relative_error"].as_f64().unwrap() <= 0.01, "{latency}");
+        };
+        check(
+            Query {
+                range: Some("15m".into()),
+                ..Default::default()
+            },
+            10_000,
+        );
+        let from = (now - 8 * 3_600_000) / 1000;
+        check(
+            Query {
+                from: Some(from - 60),
+                to: Some(from + 3_600),
+                ..Default::default()
+            },
+            60_000,
+        );
+    }
+
     #[test]
     fn ranges() {
         assert_eq!(parse_range(Some("15m")), Ok(900));
@@ -823,9 +992,55 @@ mod figures {
         out
     }
 
+    /// Six histograms of 20 values a flush, cumulative as model_metrics emits them.
+    fn histograms_flush(
+        t_ms: i64,
+        cumulative: &mut [infercol_pipelines::histogram::ExpoHistogram<u64>],
+        seed: &mut u64,
+    ) -> Metric {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            ExponentialHistogram, ExponentialHistogramDataPoint, exponential_histogram_data_point::Buckets,
+        };
+        let mut points = Vec::new();
+        for (i, h) in cumulative.iter_mut().enumerate() {
+            for _ in 0..20 {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                h.record(0.1 * 10f64.powf((*seed >> 11) as f64 / (1u64 << 53) as f64), 1);
+            }
+            points.push(ExponentialHistogramDataPoint {
+                attributes: vec![kv("model", "m"), kv("h", &i.to_string())],
+                start_time_unix_nano: 1,
+                time_unix_nano: t_ms as u64 * 1_000_000,
+                count: h.count(),
+                sum: Some(h.sum()),
+                scale: h.scale(),
+                zero_count: h.zero_count(),
+                positive: Some(Buckets {
+                    offset: h.offset(),
+                    bucket_counts: h.bucket_counts().to_vec(),
+                }),
+                min: h.min(),
+                max: h.max(),
+                ..Default::default()
+            });
+        }
+        Metric {
+            name: "model.request.duration".into(),
+            data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        }
+    }
+
     #[test]
     #[ignore]
     fn week_of_history_figures() {
+        let mut cumulative: Vec<_> = (0..6)
+            .map(|_| infercol_pipelines::histogram::ExpoHistogram::<u64>::new(160, 20))
+            .collect();
+        let mut seed = 1u64;
         let dir = tempfile::tempdir().unwrap();
         let mut disk = Disk::open(dir.path()).unwrap();
         let mut store = Store::new(Duration::from_secs(7 * 86_400), 20_000);
@@ -836,14 +1051,23 @@ mod figures {
         let began = Instant::now();
         while t <= end {
             n += 1.0;
-            store.ingest(&request(flush(t, n)));
+            let mut metrics = flush(t, n);
+            metrics.push(histograms_flush(t, &mut cumulative, &mut seed));
+            store.ingest(&request(metrics));
             store.maybe_expire(t);
             disk.write(store.take_changes());
             t += 10_000;
         }
         let wrote = began.elapsed();
-        let series = store.series.len();
+        let series = store.series.len() + store.histograms.len();
         let points: usize = store.series.values().map(|s| s.points.len()).sum();
+        let steps: usize = store.histograms.values().map(|h| h.deltas.len()).sum();
+        let histogram_bytes: usize = store
+            .histograms
+            .values()
+            .flat_map(|h| h.deltas.iter())
+            .map(|(_, d)| d.heap_bytes() + std::mem::size_of_val(d) + 8)
+            .sum();
         let q = Query {
             range: Some("7d".into()),
             model: Some("m".into()),
@@ -867,8 +1091,9 @@ mod figures {
             println!("  {:?}: {size}", e.file_name());
         }
         println!(
-            "{series} series, {points} points in memory after 7 days; writing 60,481 flushes took {wrote:?}; \
-             a 7d page answers in {page:?}; on disk {bytes} bytes = {:.0} bytes per series and day",
+            "{series} series, {points} points and {steps} histogram steps ({histogram_bytes} bytes, 6 histograms) in \
+             memory after 7 days; writing 60,481 flushes took {wrote:?}; a 7d page answers in {page:?}; on disk \
+             {bytes} bytes = {:.0} bytes per series and day",
             bytes as f64 / series as f64 / 7.0
         );
     }

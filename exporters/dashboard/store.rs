@@ -13,7 +13,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, metric::Data as MetricData, number_data_point};
 
-use super::disk::{Changes, Loaded, SeriesRecord};
+use super::disk::{Changes, History, SeriesRecord};
+use super::histograms::{self, HistogramSeries};
+use infercol_pipelines::histogram::ExpoHistogram;
 
 /// The labels the dashboard filters on.
 pub const FILTERS: [&str; 3] = ["model", "environment", "deployment"];
@@ -35,6 +37,8 @@ pub enum Kind {
     Gauge,
     /// One quantile of a window summary (label `quantile`), or (label `quantile` = `count`) the window's count.
     Quantile,
+    /// An exponential histogram's steps (kept apart, in [`Store::histograms`]).
+    Histogram,
 }
 
 /// Where a series comes from, by the instrumentation scope that emitted it: the page marks each panel's sources.
@@ -113,6 +117,8 @@ pub struct Store {
     pub retention: Duration,
     pub max_series: usize,
     pub series: HashMap<Key, Series>,
+    /// Exponential histograms by step, for percentiles from merged buckets.
+    pub histograms: HashMap<Key, HistogramSeries>,
     /// Points refused because `max_series` was reached (counted, logged once).
     pub dropped: u64,
     /// The typical spacing of points, in ms (the median over recent arrivals), for the query step.
@@ -201,6 +207,7 @@ impl Store {
             retention,
             max_series,
             series: HashMap::new(),
+            histograms: HashMap::new(),
             dropped: 0,
             gaps: VecDeque::new(),
             next_id: 0,
@@ -220,9 +227,17 @@ impl Store {
     }
 
     /// Puts back the history read from disk (before any point arrives). Returns how many points it holds.
-    pub fn restore(&mut self, loaded: Loaded) -> usize {
+    pub fn restore(&mut self, history: History) -> usize {
         let mut points = 0;
-        for (id, record, list) in loaded {
+        for (id, record, steps, last) in history.histograms {
+            self.next_id = self.next_id.max(id.saturating_add(1));
+            points += steps.len();
+            let mut h = HistogramSeries::new(id, record.origin);
+            h.seen = steps.last().map_or(0, |(t, _)| *t);
+            (h.deltas, h.last) = (steps.into(), last);
+            self.histograms.insert((record.name, record.labels), h);
+        }
+        for (id, record, list) in history.points {
             if self.series.len() >= self.max_series {
                 break;
             }
@@ -263,7 +278,7 @@ impl Store {
         if !value.is_finite() {
             return;
         }
-        let full = self.series.len() >= self.max_series;
+        let full = self.series.len() + self.histograms.len() >= self.max_series;
         let series = match self.series.get_mut(&key) {
             Some(s) => s,
             None if full => {
@@ -335,6 +350,49 @@ impl Store {
             {
                 changes.series.push((series.id, series.record(&key)));
             }
+        }
+    }
+
+    /// Keeps the step an exponential histogram point adds (see [`HistogramSeries::step_of`]).
+    fn push_histogram(&mut self, key: Key, from: Source, t: i64, point: ExpoHistogram<u64>, start: Option<u64>) {
+        if !self.histograms.contains_key(&key) {
+            if self.series.len() + self.histograms.len() >= self.max_series {
+                self.dropped += 1;
+                return;
+            }
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            let h = HistogramSeries::new(id, from.origin);
+            if let Some(changes) = &mut self.changes {
+                let record = SeriesRecord {
+                    name: key.0.clone(),
+                    labels: key.1.clone(),
+                    kind: Kind::Histogram,
+                    origin: from.origin,
+                    relative_error: None,
+                    last_cumulative: None,
+                };
+                changes.series.push((id, record));
+            }
+            self.histograms.insert(key.clone(), h);
+        }
+        let Some(h) = self.histograms.get_mut(&key) else { return };
+        if h.deltas.back().is_some_and(|(last, _)| t < *last) {
+            return; // Out of order.
+        }
+        let step = h.step_of(t, point, start);
+        if let Some(changes) = &mut self.changes {
+            if let Some((start, last)) = &h.last {
+                let mut bytes = start.to_le_bytes().to_vec();
+                bytes.extend(histograms::encode(last));
+                changes.lasts.push((h.id, bytes));
+            }
+            if let Some(step) = &step {
+                changes.steps.push((h.id, t, histograms::encode(step)));
+            }
+        }
+        if let Some(step) = step {
+            h.deltas.push_back((t, step));
         }
     }
 
@@ -410,7 +468,27 @@ impl Store {
                             self.push((metric.name.clone(), l), Kind::Quantile, from, t, p.count as f64, None);
                         }
                     }
-                    // Buckets are for Prometheus and OTLP backends; the percentile panels use the window quantiles.
+                    Some(MetricData::ExponentialHistogram(h)) => {
+                        let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                        for p in &h.data_points {
+                            let positive = p.positive.clone().unwrap_or_default();
+                            let point = ExpoHistogram::<u64>::from_parts(
+                                p.scale,
+                                positive.offset,
+                                positive.bucket_counts,
+                                p.zero_count,
+                                p.count,
+                                p.sum.unwrap_or(0.0),
+                                p.min,
+                                p.max,
+                            );
+                            let key = (metric.name.clone(), labels(&p.attributes));
+                            let start = cumulative.then_some(p.start_time_unix_nano);
+                            self.push_histogram(key, from, ms(p.time_unix_nano), point, start);
+                        }
+                    }
+                    // Explicit buckets (a scraped server's) are for Prometheus and OTLP backends: their percentiles
+                    // come from the window quantiles.
                     _ => {}
                 }
             }
@@ -446,6 +524,30 @@ impl Store {
             roll_up(s, now_ms, changes.as_mut());
             if s.points.len() * 4 < s.points.capacity() && s.points.capacity() > 64 {
                 s.points.shrink_to_fit();
+            }
+            true
+        });
+        let tiers = TIERS;
+        self.histograms.retain(|_, h| {
+            while h.deltas.front().is_some_and(|(t, _)| *t < oldest) {
+                if let (Some(c), Some((t, _))) = (&mut changes, h.deltas.pop_front()) {
+                    c.removed_steps.push((h.id, t));
+                }
+            }
+            if h.deltas.is_empty() && h.seen < oldest {
+                if let Some(c) = &mut changes {
+                    c.dropped_series.push(h.id);
+                }
+                return false;
+            }
+            let (removed, replaced) = h.roll_up(now_ms, &tiers);
+            if let Some(c) = &mut changes {
+                c.removed_steps.extend(removed.into_iter().map(|t| (h.id, t)));
+                for t in replaced {
+                    if let Some((_, step)) = h.deltas.iter().find(|(at, _)| *at == t) {
+                        c.steps.push((h.id, t, histograms::encode(step)));
+                    }
+                }
             }
             true
         });
