@@ -201,6 +201,32 @@ fn roll_up(s: &mut Series, now_ms: i64, mut changes: Option<&mut Changes>) {
     }
 }
 
+/// A series' attributes.
+type Labels = BTreeMap<String, String>;
+
+/// A point's labels; a point without model labels but from a model's resource belongs to that model.
+fn point_labels(attributes: &[KeyValue], implied: &Labels) -> Labels {
+    let mut l: Labels = attributes.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect();
+    if !l.contains_key("model") {
+        for (k, v) in implied {
+            l.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    l
+}
+
+fn number(value: &Option<number_data_point::Value>) -> Option<f64> {
+    match value {
+        Some(number_data_point::Value::AsDouble(d)) => Some(*d),
+        Some(number_data_point::Value::AsInt(i)) => Some(*i as f64),
+        None => None,
+    }
+}
+
+fn ms(ns: u64) -> i64 {
+    (ns / 1_000_000) as i64
+}
+
 impl Store {
     pub fn new(retention: Duration, max_series: usize) -> Store {
         Store {
@@ -410,88 +436,68 @@ impl Store {
                     origin: Origin::of_scope(scope.map_or("", |s| s.name.as_str())),
                     relative_error: infercol_pipelines::histogram::quantile_error_of(metric),
                 };
-                let labels = |attributes: &[KeyValue]| {
-                    let mut l: BTreeMap<String, String> =
-                        attributes.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect();
-                    // A point without model labels but from a model's resource belongs to that model.
-                    if !l.contains_key("model") {
-                        for (k, v) in &implied {
-                            l.entry(k.clone()).or_insert_with(|| v.clone());
-                        }
-                    }
-                    l
-                };
-                let ms = |ns: u64| (ns / 1_000_000) as i64;
-                match &metric.data {
-                    Some(MetricData::Sum(sum)) => {
-                        let cumulative = sum.aggregation_temporality == AggregationTemporality::Cumulative as i32;
-                        for p in &sum.data_points {
-                            let value = match p.value {
-                                Some(number_data_point::Value::AsDouble(d)) => d,
-                                Some(number_data_point::Value::AsInt(i)) => i as f64,
-                                None => continue,
-                            };
-                            let kind = if sum.is_monotonic { Kind::Increase } else { Kind::Gauge };
-                            let start = (cumulative && sum.is_monotonic).then_some(p.start_time_unix_nano);
-                            self.push(
-                                (metric.name.clone(), labels(&p.attributes)),
-                                kind,
-                                from,
-                                ms(p.time_unix_nano),
-                                value,
-                                start,
-                            );
-                        }
-                    }
-                    Some(MetricData::Gauge(g)) => {
-                        for p in &g.data_points {
-                            let value = match p.value {
-                                Some(number_data_point::Value::AsDouble(d)) => d,
-                                Some(number_data_point::Value::AsInt(i)) => i as f64,
-                                None => continue,
-                            };
-                            let key = (metric.name.clone(), labels(&p.attributes));
-                            self.push(key, Kind::Gauge, from, ms(p.time_unix_nano), value, None);
-                        }
-                    }
-                    Some(MetricData::Summary(s)) => {
-                        for p in &s.data_points {
-                            let base = labels(&p.attributes);
-                            let t = ms(p.time_unix_nano);
-                            for q in &p.quantile_values {
-                                let mut l = base.clone();
-                                l.insert("quantile".into(), q.quantile.to_string());
-                                self.push((metric.name.clone(), l), Kind::Quantile, from, t, q.value, None);
-                            }
-                            let mut l = base;
-                            l.insert("quantile".into(), "count".into());
-                            self.push((metric.name.clone(), l), Kind::Quantile, from, t, p.count as f64, None);
-                        }
-                    }
-                    Some(MetricData::ExponentialHistogram(h)) => {
-                        let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
-                        for p in &h.data_points {
-                            let positive = p.positive.clone().unwrap_or_default();
-                            let point = ExpoHistogram::<u64>::from_parts(
-                                p.scale,
-                                positive.offset,
-                                positive.bucket_counts,
-                                p.zero_count,
-                                p.count,
-                                p.sum.unwrap_or(0.0),
-                                p.min,
-                                p.max,
-                            );
-                            let key = (metric.name.clone(), labels(&p.attributes));
-                            let start = cumulative.then_some(p.start_time_unix_nano);
-                            self.push_histogram(key, from, ms(p.time_unix_nano), point, start);
-                        }
-                    }
-                    // Explicit buckets (a scraped server's) are for Prometheus and OTLP backends: their percentiles
-                    // come from the window quantiles.
-                    _ => {}
+                self.ingest_metric(metric, from, &implied);
+            }
+        }
+    }
+
+    fn ingest_metric(
+        &mut self,
+        metric: &opentelemetry_proto::tonic::metrics::v1::Metric,
+        from: Source,
+        implied: &Labels,
+    ) {
+        let labels = |attributes: &[KeyValue]| point_labels(attributes, implied);
+        let key = |attributes: &[KeyValue]| (metric.name.clone(), labels(attributes));
+        match &metric.data {
+            Some(MetricData::Sum(sum)) => {
+                let cumulative = sum.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                let kind = if sum.is_monotonic { Kind::Increase } else { Kind::Gauge };
+                for p in &sum.data_points {
+                    let Some(value) = number(&p.value) else { continue };
+                    let start = (cumulative && sum.is_monotonic).then_some(p.start_time_unix_nano);
+                    self.push(key(&p.attributes), kind, from, ms(p.time_unix_nano), value, start);
                 }
             }
+            Some(MetricData::Gauge(g)) => {
+                for p in &g.data_points {
+                    let Some(value) = number(&p.value) else { continue };
+                    self.push(key(&p.attributes), Kind::Gauge, from, ms(p.time_unix_nano), value, None);
+                }
+            }
+            Some(MetricData::Summary(s)) => {
+                for p in &s.data_points {
+                    let base = labels(&p.attributes);
+                    let t = ms(p.time_unix_nano);
+                    let quantiles = p.quantile_values.iter().map(|q| (q.quantile.to_string(), q.value));
+                    for (quantile, value) in quantiles.chain([("count".to_string(), p.count as f64)]) {
+                        let mut l = base.clone();
+                        l.insert("quantile".into(), quantile);
+                        self.push((metric.name.clone(), l), Kind::Quantile, from, t, value, None);
+                    }
+                }
+            }
+            Some(MetricData::ExponentialHistogram(h)) => {
+                let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                for p in &h.data_points {
+                    let positive = p.positive.clone().unwrap_or_default();
+                    let point = ExpoHistogram::<u64>::from_parts(
+                        p.scale,
+                        positive.offset,
+                        positive.bucket_counts,
+                        p.zero_count,
+                        p.count,
+                        p.sum.unwrap_or(0.0),
+                        p.min,
+                        p.max,
+                    );
+                    let start = cumulative.then_some(p.start_time_unix_nano);
+                    self.push_histogram(key(&p.attributes), from, ms(p.time_unix_nano), point, start);
+                }
+            }
+            // Explicit buckets (a scraped server's) are for Prometheus and OTLP backends: their percentiles come
+            // from the window quantiles.
+            _ => {}
         }
     }
 

@@ -219,18 +219,7 @@ pub fn map(
                 scale,
                 mean,
             } => {
-                let mut by_dims: HashMap<Dims, (f64, f64)> = HashMap::new();
-                for s in family.samples.iter().filter(|s| s.value.is_finite()) {
-                    let dims = dims_of(&s.labels);
-                    if allowed(&dims) {
-                        let entry = by_dims.entry(dims).or_default();
-                        *entry = (entry.0 + s.value * scale, entry.1 + 1.0);
-                    }
-                }
-                let values = by_dims
-                    .into_iter()
-                    .map(|(dims, (sum, n))| (dims, if mean { sum / n } else { sum }))
-                    .collect();
+                let values = gauge_values(family, scale, mean, &dims_of, allowed);
                 out.extend(gauge(metric, unit, values, now));
             }
             Meaning::Histogram { .. } => {}
@@ -310,21 +299,65 @@ fn gauge(metric: &str, unit: &str, by_dims: HashMap<Dims, f64>, now: u64) -> Opt
     })
 }
 
-/// A server histogram, summed per dimensions over its other labels, as the contract's histogram and its window
-/// summary.
-#[allow(clippy::too_many_arguments)]
-fn histogram(
+/// A gauge family's values per dimensions: summed over its other labels (GPUs, engines), or their mean.
+fn gauge_values(
     family: &Family,
+    scale: f64,
+    mean: bool,
+    dims_of: &dyn Fn(&LabelSet) -> Dims,
+    allowed: &dyn Fn(&Dims) -> bool,
+) -> HashMap<Dims, f64> {
+    let mut by_dims: HashMap<Dims, (f64, f64)> = HashMap::new();
+    for s in family.samples.iter().filter(|s| s.value.is_finite()) {
+        let dims = dims_of(&s.labels);
+        if allowed(&dims) {
+            let entry = by_dims.entry(dims).or_default();
+            *entry = (entry.0 + s.value * scale, entry.1 + 1.0);
+        }
+    }
+    by_dims
+        .into_iter()
+        .map(|(dims, (sum, n))| (dims, if mean { sum / n } else { sum }))
+        .collect()
+}
+
+/// The window quantiles of one dimensions' buckets, once the window holds two scrapes.
+fn window_summary(
+    state: &mut MappedState,
     metric: &'static str,
-    unit: &'static str,
+    dims: &Dims,
+    buckets: Vec<(f64, f64)>,
+    now: u64,
+    q: &Quantiles<'_>,
+) -> Option<SummaryDataPoint> {
+    let window = state.windows.entry((metric.to_string(), dims.clone())).or_default();
+    window.push(Snapshot { at_ns: now, buckets }, q.window_ns);
+    let delta = window.delta()?;
+    let quantile_values = q
+        .quantiles
+        .iter()
+        .filter_map(|&qq| quantile(qq, &delta).map(|value| summary_data_point::ValueAtQuantile { quantile: qq, value }))
+        .collect();
+    Some(SummaryDataPoint {
+        attributes: dims_attributes(dims),
+        start_time_unix_nano: now.saturating_sub(q.window_ns),
+        time_unix_nano: now,
+        count: delta.last().map_or(0.0, |b| b.1) as u64,
+        quantile_values,
+        ..Default::default()
+    })
+}
+
+/// A histogram family's cumulative counts by bound (scaled to the contract's unit) and sum, per dimensions, summed
+/// over the family's other labels (engines, GPUs), sorted by dimensions.
+type SummedBuckets = Vec<(Dims, (Vec<(f64, f64)>, f64))>;
+
+fn summed_buckets(
+    family: &Family,
     scale: f64,
     dims_of: &dyn Fn(&LabelSet) -> Dims,
     allowed: &dyn Fn(&Dims) -> bool,
-    now: u64,
-    state: &mut MappedState,
-    q: &Quantiles<'_>,
-) -> Vec<Metric> {
-    // Cumulative counts by bound, and sum, per dimensions.
+) -> SummedBuckets {
     let mut merged: HashMap<Dims, (Vec<(f64, f64)>, f64)> = HashMap::new();
     for s in &family.samples {
         let dims = dims_of(&s.labels);
@@ -356,6 +389,24 @@ fn histogram(
     }
     let mut entries: Vec<_> = merged.into_iter().filter(|(_, (b, _))| !b.is_empty()).collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
+
+/// A server histogram, summed per dimensions over its other labels, as the contract's histogram and its window
+/// summary.
+#[allow(clippy::too_many_arguments)]
+fn histogram(
+    family: &Family,
+    metric: &'static str,
+    unit: &'static str,
+    scale: f64,
+    dims_of: &dyn Fn(&LabelSet) -> Dims,
+    allowed: &dyn Fn(&Dims) -> bool,
+    now: u64,
+    state: &mut MappedState,
+    q: &Quantiles<'_>,
+) -> Vec<Metric> {
+    let entries = summed_buckets(family, scale, dims_of, allowed);
     let (mut points, mut summaries) = (Vec::new(), Vec::new());
     // The widest relative error the layouts allow (every point of a family has the server's one layout).
     let mut bound: f64 = 0.0;
@@ -388,31 +439,7 @@ fn histogram(
             explicit_bounds: finite,
             ..Default::default()
         });
-        let window = state.windows.entry((metric.to_string(), dims.clone())).or_default();
-        window.push(
-            Snapshot {
-                at_ns: now,
-                buckets: buckets.clone(),
-            },
-            q.window_ns,
-        );
-        if let Some(delta) = window.delta() {
-            let quantile_values = q
-                .quantiles
-                .iter()
-                .filter_map(|&qq| {
-                    quantile(qq, &delta).map(|value| summary_data_point::ValueAtQuantile { quantile: qq, value })
-                })
-                .collect();
-            summaries.push(SummaryDataPoint {
-                attributes: dims_attributes(&dims),
-                start_time_unix_nano: now.saturating_sub(q.window_ns),
-                time_unix_nano: now,
-                count: delta.last().map_or(0.0, |b| b.1) as u64,
-                quantile_values,
-                ..Default::default()
-            });
-        }
+        summaries.extend(window_summary(state, metric, &dims, buckets, now, q));
     }
     let mut out = Vec::new();
     if !points.is_empty() {
