@@ -153,6 +153,26 @@ pub fn bucket_lower(index: i32, scale: i32) -> f64 {
     (f64::from(index) / 2f64.powi(scale)).exp2()
 }
 
+impl ExpoHistogram<u64> {
+    /// The positive buckets of an OTLP exponential histogram point (negative values are not recorded here).
+    pub fn from_otlp(p: &opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint) -> ExpoHistogram<u64> {
+        let (offset, counts) = p
+            .positive
+            .as_ref()
+            .map_or((0, Vec::new()), |b| (b.offset, b.bucket_counts.clone()));
+        ExpoHistogram::from_parts(
+            p.scale,
+            offset,
+            counts,
+            p.zero_count,
+            p.count,
+            p.sum.unwrap_or(0.0),
+            p.min,
+            p.max,
+        )
+    }
+}
+
 impl<C: Count> ExpoHistogram<C> {
     /// An empty histogram that starts at `scale` and keeps at most `max_size` buckets.
     pub fn new(max_size: usize, scale: i32) -> ExpoHistogram<C> {

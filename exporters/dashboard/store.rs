@@ -480,17 +480,7 @@ impl Store {
             Some(MetricData::ExponentialHistogram(h)) => {
                 let cumulative = h.aggregation_temporality == AggregationTemporality::Cumulative as i32;
                 for p in &h.data_points {
-                    let positive = p.positive.clone().unwrap_or_default();
-                    let point = ExpoHistogram::<u64>::from_parts(
-                        p.scale,
-                        positive.offset,
-                        positive.bucket_counts,
-                        p.zero_count,
-                        p.count,
-                        p.sum.unwrap_or(0.0),
-                        p.min,
-                        p.max,
-                    );
+                    let point = ExpoHistogram::from_otlp(p);
                     let start = cumulative.then_some(p.start_time_unix_nano);
                     self.push_histogram(key(&p.attributes), from, ms(p.time_unix_nano), point, start);
                 }

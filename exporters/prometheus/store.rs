@@ -315,17 +315,7 @@ pub fn flatten(request: &ExportMetricsServiceRequest, options: &TranslateOptions
                     let name = metric_name(&m.name, &m.unit, NameKind::Other, ns, suffixes);
                     let is_delta = h.aggregation_temporality == delta;
                     for p in &h.data_points {
-                        let positive = p.positive.clone().unwrap_or_default();
-                        let histogram = ExpoHistogram::from_parts(
-                            p.scale,
-                            positive.offset,
-                            positive.bucket_counts,
-                            p.zero_count,
-                            p.count,
-                            p.sum.unwrap_or(0.0),
-                            p.min,
-                            p.max,
-                        );
+                        let histogram = ExpoHistogram::from_otlp(p);
                         push(
                             name.clone(),
                             FamilyType::Histogram,

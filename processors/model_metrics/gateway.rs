@@ -138,17 +138,7 @@ impl Inner {
                     continue;
                 }
                 for p in &h.data_points {
-                    let positive = p.positive.clone().unwrap_or_default();
-                    let histogram: ExpoHistogram = ExpoHistogram::from_parts(
-                        p.scale,
-                        positive.offset,
-                        positive.bucket_counts,
-                        p.zero_count,
-                        p.count,
-                        p.sum.unwrap_or(0.0),
-                        p.min,
-                        p.max,
-                    );
+                    let histogram: ExpoHistogram = ExpoHistogram::from_otlp(p);
                     let entry = series.entry(key_of(&m.name, &p.attributes)).or_insert_with(|| Series {
                         unit: m.unit.clone(),
                         attributes: p.attributes.clone(),
