@@ -1118,3 +1118,127 @@ async fn the_page_and_grafana_agree_on_the_percentiles() {
         );
     }
 }
+
+#[test]
+#[ignore = "a helper process, started by another test"]
+fn busy_replica_child() {
+    common::replica::run(true);
+}
+
+#[test]
+#[ignore = "a helper process, started by another test"]
+fn idle_replica_child() {
+    common::replica::run(false);
+}
+
+/// The size of `model`'s async queue as its service reports it (a gauge over OTLP).
+fn queue_size(model: &str, size: f64) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", s(model))],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "model.async_queue.size".into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            time_unix_nano: now_ns(),
+                            value: Some(number_data_point::Value::AsDouble(size)),
+                            ..Default::default()
+                        }],
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A busy replica (one core spinning) gets the larger-instance advice beside its CPU panel, an idle one the
+/// overprovisioning advice, and a queue that keeps growing the advice to add replicas; each with its evidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn considerations_follow_the_evidence() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    // One spinning core is 1/cores of the machine: the high mark is set below it.
+    let c = Collector::start(&format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: \"127.0.0.1:0\" }}\n      http: {{ endpoint: \"127.0.0.1:0\" }}\n  hostmetrics: {{ collection_interval: 1s, sample_interval: 250ms }}\nexporters:\n  nop:\n  dashboard:\n    endpoint: \"127.0.0.1:0\"\n    considerations: {{ cpu_high: {:.3}, high_for: 8s, low_for: 8s, queue_growth_for: 8s }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [nop] }}\n    metrics: {{ receivers: [otlp, hostmetrics], exporters: [dashboard] }}\n",
+        0.6 / cores
+    ));
+    let _busy = common::replica::Replica::spawn("busy_replica_child", &c.address("OTLP/HTTP"), "busy-model");
+    let _idle = common::replica::Replica::spawn("idle_replica_child", &c.address("OTLP/HTTP"), "idle-model");
+    let grpc = c.grpc();
+    let queue = tokio::spawn(async move {
+        let mut metrics = MetricsServiceClient::connect(grpc).await.unwrap();
+        for i in 0..60 {
+            metrics.export(queue_size("queue-model", (i * 3) as f64)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let page = c.address("dashboard");
+    let browser = Browser::start().await;
+    browser.goto(&format!("{page}?range=15m")).await;
+    let advice =
+        |panel: &str| format!("(document.getElementById('panel-{panel}') || {{dataset: {{}}}}).dataset.advice || ''");
+    for (model, panel, id, says) in [
+        (
+            "busy-model",
+            "cpu_memory",
+            "larger_instance",
+            "consider a larger instance",
+        ),
+        (
+            "idle-model",
+            "cpu_memory",
+            "overprovisioned",
+            "possible overprovisioning",
+        ),
+        ("queue-model", "queue_size", "queue_growing", "increase max replicas"),
+    ] {
+        browser
+            .wait_until(
+                &format!("{model} in the filter"),
+                &format!(
+                    "return Array.from(document.getElementById('model').options).some(o => o.value === '{model}')"
+                ),
+            )
+            .await;
+        pick(&browser, "model", model).await;
+        browser
+            .wait_until(
+                &format!("{id} beside {panel} for {model}"),
+                &format!("return ({}).split(',').includes('{id}')", advice(panel)),
+            )
+            .await;
+        let text = browser
+            .run(&format!(
+                "return document.querySelector('#panel-{panel} .advice').textContent"
+            ))
+            .await;
+        let text = text.as_str().unwrap();
+        assert!(
+            text.contains(says) && text.contains("against") && text.contains("since"),
+            "{model}: {text}"
+        );
+    }
+    // The same advice from the API, with its evidence.
+    let url = format!("{page}api/considerations?range=15m&model=busy-model");
+    let body: Json = serde_json::from_slice(&reqwest::get(&url).await.unwrap().bytes().await.unwrap()).unwrap();
+    let larger = body["considerations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "larger_instance")
+        .unwrap_or_else(|| panic!("{body}"));
+    let evidence = &larger["evidence"];
+    assert!(
+        evidence["figure"].as_f64().unwrap() >= evidence["threshold"].as_f64().unwrap(),
+        "{larger}"
+    );
+    assert!(evidence["for_seconds"].as_f64().unwrap() >= 8.0, "{larger}");
+    queue.abort();
+    browser.close().await;
+}

@@ -121,39 +121,7 @@ service:
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn busy_replica_child() {
-    let Ok(endpoint) = std::env::var("INFERCOL_TEST_CHILD_OTLP") else {
-        return;
-    };
-    use std::io::{Read, Write};
-    let body = format!(
-        r#"{{"resourceSpans":[{{"resource":{{"attributes":[
-            {{"key":"service.name","value":{{"stringValue":"busy-model"}}}},
-            {{"key":"deployment.id","value":{{"stringValue":"d-7"}}}},
-            {{"key":"host.name","value":{{"stringValue":"{host}"}}}},
-            {{"key":"process.pid","value":{{"intValue":"{pid}"}}}}]}},
-          "scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175",
-            "name":"POST /predict","kind":2,"startTimeUnixNano":"1764300000000000000","endTimeUnixNano":"1764300001000000000"}}]}}]}}]}}"#,
-        host = hostname(),
-        pid = std::process::id()
-    );
-    let mut memory = vec![0u8; 64 << 20];
-    for i in (0..memory.len()).step_by(4096) {
-        memory[i] = 1;
-    }
-    let mut stream = std::net::TcpStream::connect(&endpoint).unwrap();
-    write!(
-        stream,
-        "POST /v1/traces HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let mut x = 0u64;
-    loop {
-        x = std::hint::black_box(x.wrapping_add(memory[(x as usize) % memory.len()] as u64));
-    }
+    common::replica::run(true);
 }
 
 /// (busy, total) jiffies of all CPUs from /proc/stat.

@@ -7,6 +7,7 @@
 //! - `/api/panels?range=1h&model=..&environment=..&deployment=..&latency=request&size=request` — the eight panels'
 //!   series (see `panels`).
 
+pub mod considerations;
 pub mod disk;
 pub mod histograms;
 pub mod panels;
@@ -42,6 +43,8 @@ pub struct DashboardConfig {
     pub retention: Duration,
     /// Series kept at most; points of further series are not kept (counted, logged once).
     pub max_series: usize,
+    /// The thresholds of the advice beside the panels (see `considerations`).
+    pub considerations: considerations::ConsiderationsConfig,
     /// A directory that keeps the history across restarts (see `disk`), or `none`: memory only.
     #[serde(deserialize_with = "storage")]
     pub storage: Option<std::path::PathBuf>,
@@ -63,6 +66,7 @@ impl Default for DashboardConfig {
             auth: Default::default(),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_series: 20_000,
+            considerations: Default::default(),
             storage: None,
         }
     }
@@ -76,6 +80,7 @@ impl ComponentConfig for DashboardConfig {
         if self.max_series == 0 {
             return Err("max_series: must be more than 0".into());
         }
+        self.considerations.validate()?;
         self.auth.validate("auth.")?;
         if let Some(tls) = &self.tls {
             tls.rustls()?;
@@ -110,7 +115,11 @@ impl ExporterFactory for DashboardExporterFactory {
             .clone();
         Ok(Arc::new(DashboardExporter {
             id: ctx.id.to_string(),
-            store: Arc::new(RwLock::new(Store::new(config.retention, config.max_series))),
+            store: Arc::new(RwLock::new({
+                let mut store = Store::new(config.retention, config.max_series);
+                store.considerations = config.considerations.clone();
+                store
+            })),
             config,
             server: crate::Server::new(),
             disk: Arc::new(std::sync::Mutex::new(None)),
@@ -203,8 +212,8 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response {
 /// Panel queries answered at once; more wait their turn.
 const MAX_CONCURRENT_QUERIES: usize = 2;
 
-/// The `/api/panels` answer for one query.
-fn answer_panels(store: &RwLock<Store>, q: &panels::Query) -> axum::response::Response {
+/// The `/api/panels` (or `/api/considerations`) answer for one query.
+fn answer_panels(store: &RwLock<Store>, q: &panels::Query, considerations_only: bool) -> axum::response::Response {
     if let Ok(mut s) = store.write() {
         s.maybe_expire(now_ms());
     }
@@ -212,6 +221,10 @@ fn answer_panels(store: &RwLock<Store>, q: &panels::Query) -> axum::response::Re
         return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
     };
     match panels::panels(&s, q, now_ms()) {
+        Ok(body) if considerations_only => json(
+            StatusCode::OK,
+            serde_json::json!({ "from": body["from"], "to": body["to"], "considerations": body["considerations"] }),
+        ),
         Ok(body) => json(StatusCode::OK, body),
         Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
     }
@@ -256,40 +269,50 @@ fn router(store: Arc<RwLock<Store>>) -> axum::Router {
         )
         .route(
             "/api/panels",
-            get(
-                move |q: Result<QueryString<panels::Query>, axum::extract::rejection::QueryRejection>| {
-                    let (store, queries) = (store.clone(), queries.clone());
-                    async move {
-                        let q = match q {
-                            Ok(QueryString(q)) => q,
-                            Err(e) => {
-                                return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.body_text()}));
-                            }
-                        };
-                        // Two queries at a time, on the blocking pool: a 6h query over many series must not stall
-                        // the runtime's receivers, nor many of them hold their answers in memory at once.
-                        let Ok(turn) = queries.acquire_owned().await else {
-                            return json(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                serde_json::json!({"error": "stopping"}),
-                            );
-                        };
-                        // The turn goes with the query: a client that gives up does not free it early.
-                        tokio::task::spawn_blocking(move || {
-                            let _turn = turn;
-                            answer_panels(&store, &q)
-                        })
-                        .await
-                        .unwrap_or_else(|_| {
-                            json(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                serde_json::json!({"error": "query failed"}),
-                            )
-                        })
-                    }
-                },
-            ),
+            get({
+                let (store, queries) = (store.clone(), queries.clone());
+                move |q| query(store.clone(), queries.clone(), q, false)
+            }),
         )
+        .route(
+            "/api/considerations",
+            get(move |q| query(store.clone(), queries.clone(), q, true)),
+        )
+}
+
+type PanelsQuery = Result<QueryString<panels::Query>, axum::extract::rejection::QueryRejection>;
+
+/// `/api/panels`, or with `considerations_only` `/api/considerations` (the same query, only the advice).
+async fn query(
+    store: Arc<RwLock<Store>>,
+    queries: Arc<tokio::sync::Semaphore>,
+    q: PanelsQuery,
+    considerations_only: bool,
+) -> Response {
+    let q = match q {
+        Ok(QueryString(q)) => q,
+        Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.body_text()})),
+    };
+    // Two queries at a time, on the blocking pool: a 7d query over many series must not stall the runtime's
+    // receivers, nor many of them hold their answers in memory at once.
+    let Ok(turn) = queries.acquire_owned().await else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "stopping"}),
+        );
+    };
+    // The turn goes with the query: a client that gives up does not free it early.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        answer_panels(&store, &q, considerations_only)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": "query failed"}),
+        )
+    })
 }
 
 #[async_trait]

@@ -14,8 +14,8 @@ use infercol_pipelines::histogram::{ExpoHistogram, relative_error_at};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use super::histograms;
 use super::store::{FILTERS, Kind, Series, Store, TIERS};
+use super::{considerations, histograms};
 
 /// The histogram whose window summary is `window` (`model.request.duration_seconds_window` ->
 /// `model.request.duration`), as `infercol_pipelines::histogram::window_name` names it.
@@ -359,7 +359,22 @@ impl Ctx<'_> {
             list.push(series("CPU", &percent, json!({ "unit": "%", "axis": "left" })));
         }
         if let Some(v) = memory.get("") {
-            list.push(series("memory", v, json!({ "unit": "By", "axis": "right" })));
+            // The memory there is (a container's limit, else the machine's), for the considerations.
+            let all = Ctx {
+                store: self.store,
+                now_ms: self.now_ms,
+                grid: self.grid,
+                sel: Selection { filters: Vec::new() },
+            };
+            let limit = all
+                .gauge_sum("system.memory.limit", None, &|_| true)
+                .get("")
+                .and_then(|l| l.iter().flatten().copied().reduce(f64::max));
+            list.push(series(
+                "memory",
+                v,
+                json!({ "unit": "By", "axis": "right", "limit": limit }),
+            ));
         }
         json!({ "id": "cpu_memory", "title": "CPU and memory", "unit": "%", "right_unit": "By", "source": source, "series": list })
     }
@@ -395,11 +410,16 @@ impl Ctx<'_> {
                 json!({ "unit": "%", "axis": "left" }),
             ));
         }
+        let limits = all.gauge_sum("hw.gpu.memory.limit", Some("hw.id"), &on);
         for (id, v) in all.gauge_sum("hw.gpu.memory.usage", Some("hw.id"), &on) {
+            // The GPU's memory, for the out-of-memory consideration.
+            let limit = limits
+                .get(&id)
+                .and_then(|l| l.iter().flatten().copied().reduce(f64::max));
             list.push(series(
                 &format!("{} memory", name_of(&id)),
                 &v,
-                json!({ "unit": "By", "axis": "right" }),
+                json!({ "unit": "By", "axis": "right", "limit": limit }),
             ));
         }
         if selected {
@@ -551,6 +571,65 @@ fn resolution_at(store: &Store, t: i64, now_ms: i64) -> i64 {
         .map_or(store.resolution_ms(), |(_, width)| *width)
 }
 
+/// What the considerations read, from the panels as drawn: (step end, value) of one line of a panel.
+fn evidence(panels: &[Json], times: &[f64], step_ms: i64) -> considerations::Evidence {
+    let panel = |id: &str| panels.iter().find(|p| p["id"] == id);
+    let line = |s: &Json, scale: f64| -> considerations::Line {
+        let values = s["values"].as_array().cloned().unwrap_or_default();
+        times
+            .iter()
+            .zip(values)
+            .filter_map(|(t, v)| Some((*t, v.as_f64()? * scale)))
+            .collect()
+    };
+    let named = |id: &str, name: &str, scale: f64| -> considerations::Line {
+        panel(id)
+            .and_then(|p| {
+                p["series"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["name"] == name)
+                    .map(|s| line(s, scale))
+            })
+            .unwrap_or_default()
+    };
+    let per_limit = |s: &Json| s["limit"].as_f64().filter(|l| *l > 0.0).map(|l| line(s, 1.0 / l));
+    let memory = panel("cpu_memory")
+        .and_then(|p| {
+            p["series"]
+                .as_array()?
+                .iter()
+                .find(|s| s["name"] == "memory")
+                .and_then(per_limit)
+        })
+        .unwrap_or_default();
+    let gpu_series = panel("gpu")
+        .and_then(|p| p["series"].as_array().cloned())
+        .unwrap_or_default();
+    let gpus = gpu_series
+        .iter()
+        .filter_map(|s| {
+            let name = s["name"].as_str()?.strip_suffix(" busy")?.to_string();
+            let memory = gpu_series
+                .iter()
+                .find(|m| m["name"] == format!("{name} memory"))
+                .and_then(per_limit)
+                .unwrap_or_default();
+            Some((name, line(s, 0.01), memory))
+        })
+        .collect();
+    considerations::Evidence {
+        step_s: step_ms as f64 / 1000.0,
+        cpu: named("cpu_memory", "CPU", 0.01),
+        memory,
+        gpus,
+        latency_p95: named("latency", "p95", 1.0),
+        async_queue: named("queue_size", "waiting", 1.0),
+        server_queue: named("server_queue_size", "waiting", 1.0),
+        starting: named("replicas", "starting", 1.0),
+    }
+}
+
 /// The body of `GET /api/panels`.
 pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
     let (from, to) = span(q, now_ms, store.retention.as_millis() as i64)?;
@@ -581,7 +660,9 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
     let latency = q.latency.as_deref().unwrap_or("request");
     let size = q.size.as_deref().unwrap_or("request");
     let list = ctx.list(latency, size)?;
+    let advice = considerations::considerations(&evidence(&list, &times, step), &store.considerations);
     Ok(json!({
+        "considerations": advice,
         "from": (ctx.grid.start / 1000),
         "to": end / 1000,
         "step": step / 1000,

@@ -115,6 +115,8 @@ struct Source {
 
 pub struct Store {
     pub retention: Duration,
+    /// The thresholds the advice beside the panels is given at.
+    pub considerations: super::considerations::ConsiderationsConfig,
     pub max_series: usize,
     pub series: HashMap<Key, Series>,
     /// Exponential histograms by step, for percentiles from merged buckets.
@@ -231,6 +233,7 @@ impl Store {
     pub fn new(retention: Duration, max_series: usize) -> Store {
         Store {
             retention,
+            considerations: Default::default(),
             max_series,
             series: HashMap::new(),
             histograms: HashMap::new(),

@@ -5,6 +5,7 @@
 
 pub mod pages;
 pub mod prometheus;
+pub mod replica;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -81,7 +81,7 @@ function panelElement(panel) {
   el = document.createElement("div");
   el.className = "panel";
   el.id = "panel-" + panel.id;
-  el.innerHTML = `<div class="head"><h3></h3></div><div class="chart"></div><div class="nodata hidden">No data in this range</div>`;
+  el.innerHTML = `<div class="head"><h3></h3></div><div class="chart"></div><div class="nodata hidden">No data in this range</div><ul class="advice"></ul>`;
   el.querySelector("h3").textContent = panel.title;
   if (panel.choice) {
     const sel = document.createElement("select");
@@ -120,6 +120,22 @@ function sourceNotes(panel) {
   return notes;
 }
 
+// The considerations for this panel, each with its evidence: the figure, the threshold and since when.
+function drawAdvice(el, panel) {
+  const list = el.querySelector(".advice");
+  list.innerHTML = "";
+  const mine = (window.infercol.considerations || []).filter((c) => c.panel === panel.id);
+  el.dataset.advice = mine.map((c) => c.id).join(",");
+  for (const c of mine) {
+    const e = c.evidence;
+    const figure = e.unit === "ratio" ? fmt("%", e.figure * 100) : fmtNumber(e.figure);
+    const threshold = e.unit === "ratio" ? fmt("%", e.threshold * 100) : fmtNumber(e.threshold);
+    const li = document.createElement("li");
+    li.textContent = `${c.advice} (${figure} against ${threshold}, for ${Math.round(e.for_seconds / 60)} min since ${new Date(e.since * 1000).toLocaleTimeString()})`;
+    list.appendChild(li);
+  }
+}
+
 function chartData(panel, times) {
   const data = [times];
   if (panel.stacked) {
@@ -151,6 +167,7 @@ function draw(panel, data) {
   if (panel.source === "host") notes.push("host (no replica processes reported)");
   el.querySelector(".note").textContent = notes.join(" · ");
   el.dataset.sources = (panel.sources || []).join(",");
+  drawAdvice(el, panel);
   el.dataset.relativeError = panel.relative_error == null ? "" : String(panel.relative_error);
   if (points === 0) {
     if (charts[panel.id]) { charts[panel.id].destroy(); delete charts[panel.id]; }
@@ -250,6 +267,7 @@ async function refresh() {
     document.getElementById("empty").classList.toggle("hidden", !body.empty);
     // Host and GPU samples can arrive before any span: their panels show beneath the empty state.
     document.getElementById("grid").classList.toggle("hidden", body.series === 0);
+    window.infercol.considerations = body.considerations;
     if (body.series > 0) for (const panel of body.panels) draw(panel, chartData(panel, body.times));
     window.infercol.panels = body.panels;
     window.infercol.empty = body.empty;
