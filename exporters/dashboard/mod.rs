@@ -1,11 +1,14 @@
-//! Exporter `dashboard`: a page with the Metrics tab of a hosted inference platform, served from memory.
+//! Exporter `dashboard`: a page with the Metrics tab of a hosted inference platform, served from memory and kept
+//! on disk across restarts when `storage` names a directory.
 //!
-//! It keeps the metrics of its pipelines for `retention` (see `store`) and serves, on `endpoint`:
+//! It keeps the metrics of its pipelines for `retention` (see `store`, `histograms`, `disk`) and serves, on
+//! `endpoint`:
 //! - `/` — the page (embedded in the binary, with its chart library: it needs no network access);
 //! - `/api/labels` — the values of the filters (`model`, `environment`, `deployment`), `empty` (true until
-//!   metrics derived from spans arrive) and `series` (how many series are kept);
-//! - `/api/panels?range=1h&model=..&environment=..&deployment=..&latency=request&size=request` — the eight panels'
-//!   series (see `panels`).
+//!   model metrics arrive) and `series` (how many series are kept);
+//! - `/api/panels?range=1h|from=..&to=..&model=..&environment=..&deployment=..&latency=request&size=request` —
+//!   the panels' series and the considerations (see `panels`, `considerations`);
+//! - `/api/considerations` with the same parameters — the considerations alone.
 
 pub mod considerations;
 pub mod disk;
