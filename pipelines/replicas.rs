@@ -52,6 +52,24 @@ struct Lifecycle {
     dims: ModelDims,
     last_seen: Instant,
     active: bool,
+    /// When it entered its state (first seen, or first active), in Unix seconds.
+    since: f64,
+}
+
+/// One replica as the replica table shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaState {
+    pub id: String,
+    pub dims: ModelDims,
+    pub active: bool,
+    /// When it entered that state, in Unix seconds.
+    pub since: f64,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The most model dimensions remembered as derived from spans.
@@ -167,9 +185,36 @@ impl ReplicaDirectory {
             dims: model_dims(resource),
             last_seen: now,
             active: false,
+            since: unix_now(),
         });
         entry.last_seen = now;
+        if active && !entry.active {
+            entry.since = unix_now();
+        }
         entry.active |= active;
+    }
+
+    /// At most `limit` replicas one by one (sorted by model dimensions, then id), with their state and since when;
+    /// models a probe watches are left out, as in [`ReplicaDirectory::counts`].
+    pub fn states(&self, ttl: Duration, limit: usize) -> Vec<ReplicaState> {
+        let now = Instant::now();
+        let Ok(fleet) = self.fleet.read() else {
+            return Vec::new();
+        };
+        let mut out: Vec<ReplicaState> = fleet
+            .replicas
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.last_seen) < ttl && !fleet.probed.contains_key(&r.dims))
+            .map(|(id, r)| ReplicaState {
+                id: id.clone(),
+                dims: r.dims.clone(),
+                active: r.active,
+                since: r.since,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.dims, &a.id).cmp(&(&b.dims, &b.id)));
+        out.truncate(limit);
+        out
     }
 
     /// Replicas by model dimensions and state; replicas silent for `ttl` are gone. Models a probe watches are left

@@ -1159,17 +1159,22 @@ fn queue_size(model: &str, size: f64) -> ExportMetricsServiceRequest {
 }
 
 /// A busy replica (one core spinning) gets the larger-instance advice beside its CPU panel, an idle one the
-/// overprovisioning advice, and a queue that keeps growing the advice to add replicas; each with its evidence.
+/// overprovisioning advice, and a queue that keeps growing the advice to add replicas; each with its evidence. A
+/// model with two replicas lists both in the replica table, and picking one filters the page to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn considerations_follow_the_evidence() {
+async fn considerations_and_the_replica_table_follow_the_evidence() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
     // One spinning core is 1/cores of the machine: the high mark is set below it.
     let c = Collector::start(&format!(
-        "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: \"127.0.0.1:0\" }}\n      http: {{ endpoint: \"127.0.0.1:0\" }}\n  hostmetrics: {{ collection_interval: 1s, sample_interval: 250ms }}\nexporters:\n  nop:\n  dashboard:\n    endpoint: \"127.0.0.1:0\"\n    considerations: {{ cpu_high: {:.3}, high_for: 8s, low_for: 8s, queue_growth_for: 8s }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [nop] }}\n    metrics: {{ receivers: [otlp, hostmetrics], exporters: [dashboard] }}\n",
+        "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: \"127.0.0.1:0\" }}\n      http: {{ endpoint: \"127.0.0.1:0\" }}\n  hostmetrics: {{ collection_interval: 1s, sample_interval: 250ms }}\nconnectors:\n  model_metrics: {{ flush_interval: 1s }}\nexporters:\n  dashboard:\n    endpoint: \"127.0.0.1:0\"\n    considerations: {{ cpu_high: {:.3}, high_for: 8s, low_for: 8s, queue_growth_for: 8s }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [model_metrics] }}\n    metrics: {{ receivers: [otlp, hostmetrics, model_metrics], exporters: [dashboard] }}\n",
         0.6 / cores
     ));
     let _busy = common::replica::Replica::spawn("busy_replica_child", &c.address("OTLP/HTTP"), "busy-model");
     let _idle = common::replica::Replica::spawn("idle_replica_child", &c.address("OTLP/HTTP"), "idle-model");
+    let _pair = [
+        common::replica::Replica::spawn("idle_replica_child", &c.address("OTLP/HTTP"), "pair-model"),
+        common::replica::Replica::spawn("idle_replica_child", &c.address("OTLP/HTTP"), "pair-model"),
+    ];
     let grpc = c.grpc();
     let queue = tokio::spawn(async move {
         let mut metrics = MetricsServiceClient::connect(grpc).await.unwrap();
@@ -1226,19 +1231,70 @@ async fn considerations_follow_the_evidence() {
     }
     // The same advice from the API, with its evidence.
     let url = format!("{page}api/considerations?range=15m&model=busy-model");
-    let body: Json = serde_json::from_slice(&reqwest::get(&url).await.unwrap().bytes().await.unwrap()).unwrap();
-    let larger = body["considerations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "larger_instance")
-        .unwrap_or_else(|| panic!("{body}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let larger = loop {
+        let body: Json = serde_json::from_slice(&reqwest::get(&url).await.unwrap().bytes().await.unwrap()).unwrap();
+        if let Some(c) = body["considerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "larger_instance")
+        {
+            break c.clone();
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let evidence = &larger["evidence"];
     assert!(
         evidence["figure"].as_f64().unwrap() >= evidence["threshold"].as_f64().unwrap(),
         "{larger}"
     );
     assert!(evidence["for_seconds"].as_f64().unwrap() >= 8.0, "{larger}");
+
+    // The replica table: the two replicas of pair-model, each with its state and memory; picking one filters the
+    // CPU and memory panel to it.
+    pick(&browser, "model", "pair-model").await;
+    let replicas = "(document.getElementById('panel-replicas').dataset.replicas || '')";
+    browser
+        .wait_until(
+            "both replicas in the table",
+            &format!("return {replicas}.split('|').filter(x => x).length === 2"),
+        )
+        .await;
+    const MEMORY: &str = "const p = window.infercol.panels.find(p => p.id === 'cpu_memory'); \
+        const s = p.series.find(s => s.name === 'memory'); const v = s ? s.values.filter(x => x != null) : []; \
+        return v.length ? v[v.length - 1] : null";
+    browser
+        .wait_until(
+            "the pair's memory",
+            &format!("return (function() {{ {MEMORY} }})() > 100 * 1024 * 1024"),
+        )
+        .await;
+    let both = browser.run(MEMORY).await.as_f64().unwrap();
+    let picked = browser
+        .run("const row = document.querySelector('#panel-replicas table.replicas tr[data-replica]'); row.click(); return row.dataset.replica")
+        .await;
+    let picked = picked.as_str().unwrap().to_string();
+    browser
+        .wait_until(
+            "one replica picked",
+            &format!(
+                "return location.search.includes('replica=') && {replicas} === {}",
+                Json::from(picked.as_str())
+            ),
+        )
+        .await;
+    let one = browser.run(MEMORY).await.as_f64().unwrap();
+    assert!(
+        one < 0.75 * both && one > 60.0 * 1024.0 * 1024.0,
+        "one replica {one} of the pair's {both}"
+    );
+    let row = browser
+        .run("return Array.from(document.querySelectorAll('#panel-replicas table.replicas tr[data-replica] td')).map(td => td.textContent)")
+        .await;
+    assert_eq!(row[0], picked.as_str(), "{row}");
+    assert!(row[1] == "active" || row[1] == "starting", "{row}");
     queue.abort();
     browser.close().await;
 }

@@ -41,6 +41,8 @@ pub struct Query {
     pub model: Option<String>,
     pub environment: Option<String>,
     pub deployment: Option<String>,
+    /// One replica (`service.instance.id`): the panels of series that carry it (CPU, memory, GPU memory).
+    pub replica: Option<String>,
     /// `request` (end-to-end), `inference` or `ttfb`.
     pub latency: Option<String>,
     /// `request`, `response`, `input_tokens` or `output_tokens`.
@@ -329,7 +331,57 @@ impl Ctx<'_> {
             .iter()
             .filter_map(|state| groups.get(*state).map(|v| series(state, v, json!({}))))
             .collect();
-        json!({ "id": "replicas", "title": "Replicas", "unit": "", "series": list })
+        json!({ "id": "replicas", "title": "Replicas", "unit": "", "series": list, "table": self.replica_table() })
+    }
+
+    /// The latest value in the range of each series of `metric`, by `service.instance.id`, added up.
+    fn latest_by_replica(&self, metric: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (labels, s) in self.matching(metric) {
+            let (Some(id), Some(p)) = (
+                labels.get("service.instance.id"),
+                s.points.iter().rev().find(|p| self.grid.bin(p.t).is_some()),
+            ) else {
+                continue;
+            };
+            *out.entry(id.clone()).or_insert(0.0) += p.v;
+        }
+        out
+    }
+
+    /// Each replica reported in the range: its state and since when (`model.replica.state_since`), and the
+    /// latest CPU, memory and GPU memory of its processes.
+    fn replica_table(&self) -> Vec<Json> {
+        // Per replica, the state series with the latest point: a replica that became active has left starting.
+        let mut states: BTreeMap<String, (i64, String, f64)> = BTreeMap::new();
+        for (labels, s) in self.matching("model.replica.state_since") {
+            let (Some(id), Some(state), Some(p)) = (
+                labels.get("service.instance.id"),
+                labels.get("state"),
+                s.points.iter().rev().find(|p| self.grid.bin(p.t).is_some()),
+            ) else {
+                continue;
+            };
+            if states.get(id).is_none_or(|(t, _, _)| p.t > *t) {
+                states.insert(id.clone(), (p.t, state.clone(), p.v));
+            }
+        }
+        let cpu = self.latest_by_replica("process.cpu.utilization");
+        let memory = self.latest_by_replica("process.memory.usage");
+        let gpu_memory = self.latest_by_replica("process.gpu.memory.usage");
+        states
+            .into_iter()
+            .map(|(id, (_, state, since))| {
+                json!({
+                    "id": id,
+                    "state": state,
+                    "since": since,
+                    "cpu": cpu.get(&id).map(|v| round(v * 100.0)),
+                    "memory": memory.get(&id).copied(),
+                    "gpu_memory": gpu_memory.get(&id).copied(),
+                })
+            })
+            .collect()
     }
 
     /// The selection's replica processes when any report, else the host.
@@ -645,7 +697,8 @@ pub fn panels(store: &Store, q: &Query, now_ms: i64) -> Result<Json, String> {
     };
     let selected: Vec<(&'static str, &str)> = FILTERS
         .iter()
-        .zip([&q.model, &q.environment, &q.deployment])
+        .chain(&["service.instance.id"])
+        .zip([&q.model, &q.environment, &q.deployment, &q.replica])
         .filter_map(|(k, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| (*k, v)))
         .collect();
     let times: Vec<f64> = (0..bins)

@@ -18,6 +18,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 
 use infercol_pipelines::ReplicaDirectory;
 
+/// Replicas listed one by one (`model.replica.state_since`) at most, over all models.
+pub const REPLICA_TABLE_LIMIT: usize = 1000;
+
 use super::classify::Status;
 use super::config::{ModelMetricsConfig, Temporality};
 use super::window::QuantileWindow;
@@ -797,27 +800,7 @@ impl State {
                 queue_points,
             ));
         }
-        // Replicas by state, from the telemetry every receiver saw.
-        let mut replica_points = Vec::new();
-        for ((model, deployment, environment), counts) in replicas.counts(self.config.replica_ttl) {
-            for (state, n) in [("active", counts.active), ("starting", counts.starting)] {
-                let attributes = vec![
-                    kv("model", &model),
-                    kv("deployment", &deployment),
-                    kv("environment", &environment),
-                    kv("state", state),
-                ];
-                replica_points.push(gauge_point(attributes, now_ns, n as f64));
-            }
-        }
-        if !replica_points.is_empty() {
-            metrics.push(gauge(
-                "model.replicas",
-                "{replica}",
-                "Model replicas by state.",
-                replica_points,
-            ));
-        }
+        metrics.extend(replica_metrics(replicas, self.config.replica_ttl, now_ns));
 
         // Delta state starts over; idle series go.
         for s in self.requests.values_mut() {
@@ -849,6 +832,58 @@ impl State {
         let request = infercol_pipelines::data::metrics_request(Vec::new(), "infercol/model_metrics", metrics);
         (Some(request), expired.lost)
     }
+}
+
+/// Replicas by state (`model.replicas`) and one by one (`model.replica.state_since`), from the telemetry every
+/// receiver saw.
+fn replica_metrics(replicas: &ReplicaDirectory, ttl: Duration, now_ns: u64) -> Vec<Metric> {
+    let mut metrics = Vec::new();
+    // Replicas by state, from the telemetry every receiver saw.
+    let mut replica_points = Vec::new();
+    for ((model, deployment, environment), counts) in replicas.counts(ttl) {
+        for (state, n) in [("active", counts.active), ("starting", counts.starting)] {
+            let attributes = vec![
+                kv("model", &model),
+                kv("deployment", &deployment),
+                kv("environment", &environment),
+                kv("state", state),
+            ];
+            replica_points.push(gauge_point(attributes, now_ns, n as f64));
+        }
+    }
+    if !replica_points.is_empty() {
+        metrics.push(gauge(
+            "model.replicas",
+            "{replica}",
+            "Model replicas by state.",
+            replica_points,
+        ));
+    }
+    // Replicas one by one (the dashboard's replica table): when each entered its state, for at most
+    // REPLICA_TABLE_LIMIT of them, so that the `service.instance.id` dimension stays bounded.
+    let one_by_one: Vec<_> = replicas
+        .states(ttl, REPLICA_TABLE_LIMIT)
+        .into_iter()
+        .map(|r| {
+            let attributes = vec![
+                kv("model", &r.dims.0),
+                kv("deployment", &r.dims.1),
+                kv("environment", &r.dims.2),
+                kv("service.instance.id", &r.id),
+                kv("state", if r.active { "active" } else { "starting" }),
+            ];
+            gauge_point(attributes, now_ns, r.since)
+        })
+        .collect();
+    if !one_by_one.is_empty() {
+        metrics.push(gauge(
+            "model.replica.state_since",
+            "s",
+            "When each replica entered its state (active or starting), in Unix seconds.",
+            one_by_one,
+        ));
+    }
+    metrics
 }
 
 fn gauge_point(attributes: Vec<KeyValue>, now_ns: u64, value: f64) -> NumberDataPoint {

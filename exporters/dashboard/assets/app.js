@@ -12,6 +12,8 @@ const state = {
   model: params.get("model") || "",
   environment: params.get("environment") || "",
   deployment: params.get("deployment") || "",
+  // One replica picked in the replica table (`service.instance.id`).
+  replica: params.get("replica") || "",
   range: params.get("range") || "1h",
   // A span picked by dragging over a chart (seconds since the epoch), instead of the range.
   from: params.get("from") || "",
@@ -120,6 +122,39 @@ function sourceNotes(panel) {
   return notes;
 }
 
+// The replicas one by one; picking one filters the page to it (the panels of series that carry the replica).
+function drawReplicaTable(el, rows) {
+  let table = el.querySelector("table.replicas");
+  if (!table) {
+    table = document.createElement("table");
+    table.className = "replicas";
+    el.appendChild(table);
+  }
+  const head = "<tr><th>replica</th><th>state</th><th>since</th><th>CPU</th><th>memory</th><th>GPU memory</th></tr>";
+  table.innerHTML = head;
+  el.dataset.replicas = rows.map((r) => r.id).join("|");
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    tr.className = r.id === state.replica ? "picked" : "";
+    const cells = [r.id, r.state, new Date(r.since * 1000).toLocaleString(), fmt("%", r.cpu), fmt("By", r.memory),
+      fmt("By", r.gpu_memory)];
+    for (const c of cells) {
+      const td = document.createElement("td");
+      td.textContent = c;
+      tr.appendChild(td);
+    }
+    tr.dataset.replica = r.id;
+    tr.addEventListener("click", () => {
+      state.replica = state.replica === r.id ? "" : r.id;
+      saveUrl();
+      refresh();
+    });
+    table.appendChild(tr);
+  }
+  document.getElementById("replica-filter").classList.toggle("hidden", !state.replica);
+  document.getElementById("replica-picked").textContent = state.replica;
+}
+
 // The considerations for this panel, each with its evidence: the figure, the threshold and since when.
 function drawAdvice(el, panel) {
   const list = el.querySelector(".advice");
@@ -168,6 +203,7 @@ function draw(panel, data) {
   el.querySelector(".note").textContent = notes.join(" · ");
   el.dataset.sources = (panel.sources || []).join(",");
   drawAdvice(el, panel);
+  if (panel.table) drawReplicaTable(el, panel.table);
   el.dataset.relativeError = panel.relative_error == null ? "" : String(panel.relative_error);
   if (points === 0) {
     if (charts[panel.id]) { charts[panel.id].destroy(); delete charts[panel.id]; }
@@ -303,6 +339,11 @@ for (const b of document.querySelectorAll("#ranges button")) {
     refresh();
   });
 }
+document.getElementById("replica-clear").addEventListener("click", () => {
+  state.replica = "";
+  saveUrl();
+  refresh();
+});
 document.getElementById("zoom-out").addEventListener("click", () => {
   state.from = state.to = "";
   saveUrl();
