@@ -1164,10 +1164,11 @@ fn queue_size(model: &str, size: f64) -> ExportMetricsServiceRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn considerations_and_the_replica_table_follow_the_evidence() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
-    // One spinning core is 1/cores of the machine: the high mark is set below it.
+    // One spinning core is 1/cores of the machine: the high mark is well below it (a loaded CI machine may not
+    // give the child its whole core every second).
     let c = Collector::start(&format!(
         "receivers:\n  otlp:\n    protocols:\n      grpc: {{ endpoint: \"127.0.0.1:0\" }}\n      http: {{ endpoint: \"127.0.0.1:0\" }}\n  hostmetrics: {{ collection_interval: 1s, sample_interval: 250ms }}\nconnectors:\n  model_metrics: {{ flush_interval: 1s }}\nexporters:\n  dashboard:\n    endpoint: \"127.0.0.1:0\"\n    considerations: {{ cpu_high: {:.3}, high_for: 8s, low_for: 8s, queue_growth_for: 8s }}\nservice:\n  telemetry: {{ metrics: {{ level: none }} }}\n  pipelines:\n    traces: {{ receivers: [otlp], exporters: [model_metrics] }}\n    metrics: {{ receivers: [otlp, hostmetrics, model_metrics], exporters: [dashboard] }}\n",
-        0.6 / cores
+        0.3 / cores
     ));
     let _busy = common::replica::Replica::spawn("busy_replica_child", &c.address("OTLP/HTTP"), "busy-model");
     let _idle = common::replica::Replica::spawn("idle_replica_child", &c.address("OTLP/HTTP"), "idle-model");
