@@ -716,11 +716,9 @@ async fn a_scraped_vllm_model_shows_beside_a_span_derived_one() {
     browser.close().await;
 }
 
-/// Requests of `model` counted by an agent's model_metrics `ago_s` seconds ago (a delta, as a back-dated flush).
-fn counted_at(model: &str, ago_s: u64, requests: f64) -> ExportMetricsServiceRequest {
+/// One metric of `model`'s resource, from instrumentation scope `scope`.
+fn one_metric(model: &str, scope: &str, metric: Metric) -> ExportMetricsServiceRequest {
     use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-    use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Sum};
-    let at = now_ns() - ago_s * 1_000_000_000;
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {
@@ -729,29 +727,37 @@ fn counted_at(model: &str, ago_s: u64, requests: f64) -> ExportMetricsServiceReq
             }),
             scope_metrics: vec![ScopeMetrics {
                 scope: Some(InstrumentationScope {
-                    name: "infercol/model_metrics".into(),
+                    name: scope.into(),
                     ..Default::default()
                 }),
-                metrics: vec![Metric {
-                    name: "model.requests".into(),
-                    data: Some(Data::Sum(Sum {
-                        data_points: vec![NumberDataPoint {
-                            attributes: vec![kv("protocol", s("http")), kv("status_class", s("2xx"))],
-                            start_time_unix_nano: at - 10_000_000_000,
-                            time_unix_nano: at,
-                            value: Some(number_data_point::Value::AsDouble(requests)),
-                            ..Default::default()
-                        }],
-                        aggregation_temporality: AggregationTemporality::Delta as i32,
-                        is_monotonic: true,
-                    })),
-                    ..Default::default()
-                }],
+                metrics: vec![metric],
                 ..Default::default()
             }],
             ..Default::default()
         }],
     }
+}
+
+/// Requests of `model` counted by an agent's model_metrics `ago_s` seconds ago (a delta, as a back-dated flush).
+fn counted_at(model: &str, ago_s: u64, requests: f64) -> ExportMetricsServiceRequest {
+    use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Sum};
+    let at = now_ns() - ago_s * 1_000_000_000;
+    let metric = Metric {
+        name: "model.requests".into(),
+        data: Some(Data::Sum(Sum {
+            data_points: vec![NumberDataPoint {
+                attributes: vec![kv("protocol", s("http")), kv("status_class", s("2xx"))],
+                start_time_unix_nano: at - 10_000_000_000,
+                time_unix_nano: at,
+                value: Some(number_data_point::Value::AsDouble(requests)),
+                ..Default::default()
+            }],
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    };
+    one_metric(model, "infercol/model_metrics", metric)
 }
 
 /// The 24h and 7d ranges draw what was counted a day and three days ago; a model with a single point shows it;
@@ -1133,29 +1139,18 @@ fn idle_replica_child() {
 
 /// The size of `model`'s async queue as its service reports it (a gauge over OTLP).
 fn queue_size(model: &str, size: f64) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", s(model))],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "model.async_queue.size".into(),
-                    data: Some(Data::Gauge(Gauge {
-                        data_points: vec![NumberDataPoint {
-                            time_unix_nano: now_ns(),
-                            value: Some(number_data_point::Value::AsDouble(size)),
-                            ..Default::default()
-                        }],
-                    })),
-                    ..Default::default()
-                }],
+    let metric = Metric {
+        name: "model.async_queue.size".into(),
+        data: Some(Data::Gauge(Gauge {
+            data_points: vec![NumberDataPoint {
+                time_unix_nano: now_ns(),
+                value: Some(number_data_point::Value::AsDouble(size)),
                 ..Default::default()
             }],
-            ..Default::default()
-        }],
-    }
+        })),
+        ..Default::default()
+    };
+    one_metric(model, "queue-service", metric)
 }
 
 /// A busy replica (one core spinning) gets the larger-instance advice beside its CPU panel, an idle one the
