@@ -154,6 +154,33 @@ pub fn bucket_lower(index: i32, scale: i32) -> f64 {
 }
 
 impl ExpoHistogram<u64> {
+    /// This histogram as an OTLP point (positive buckets; an empty negative range), from `start` to `time` (ns).
+    pub fn to_otlp(
+        &self,
+        attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+        start: u64,
+        time: u64,
+    ) -> opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint {
+        use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+        opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint {
+            attributes,
+            start_time_unix_nano: start,
+            time_unix_nano: time,
+            count: self.count,
+            sum: Some(self.sum),
+            scale: self.scale,
+            zero_count: self.zero_count,
+            positive: Some(Buckets {
+                offset: self.offset,
+                bucket_counts: self.counts.clone(),
+            }),
+            negative: Some(Buckets::default()),
+            min: self.min(),
+            max: self.max(),
+            ..Default::default()
+        }
+    }
+
     /// The positive buckets of an OTLP exponential histogram point (negative values are not recorded here).
     pub fn from_otlp(p: &opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint) -> ExpoHistogram<u64> {
         let (offset, counts) = p

@@ -929,9 +929,7 @@ mod tests {
     #[test]
     fn percentiles_over_merged_series_and_rolled_up_steps_are_within_one_percent() {
         use infercol_pipelines::histogram::ExpoHistogram;
-        use opentelemetry_proto::tonic::metrics::v1::{
-            ExponentialHistogram, ExponentialHistogramDataPoint, exponential_histogram_data_point::Buckets,
-        };
+        use opentelemetry_proto::tonic::metrics::v1::ExponentialHistogram;
         let mut store = Store::new(Duration::from_secs(86_400), 1000);
         let mut cumulative: Vec<ExpoHistogram<u64>> = (0..3).map(|_| ExpoHistogram::new(160, 20)).collect();
         let mut seed = 7u64;
@@ -955,22 +953,7 @@ mod tests {
                     h.record(v, 1);
                     sent.push((t, v));
                 }
-                points.push(ExponentialHistogramDataPoint {
-                    attributes: vec![kv("model", ["a", "b", "c"][m])],
-                    start_time_unix_nano: start,
-                    time_unix_nano: t as u64 * 1_000_000,
-                    count: h.count(),
-                    sum: Some(h.sum()),
-                    scale: h.scale(),
-                    zero_count: h.zero_count(),
-                    positive: Some(Buckets {
-                        offset: h.offset(),
-                        bucket_counts: h.bucket_counts().to_vec(),
-                    }),
-                    min: h.min(),
-                    max: h.max(),
-                    ..Default::default()
-                });
+                points.push(h.to_otlp(vec![kv("model", ["a", "b", "c"][m])], start, t as u64 * 1_000_000));
             }
             store.ingest(&request(vec![Metric {
                 name: "model.request.duration".into(),
@@ -1132,31 +1115,18 @@ mod figures {
         cumulative: &mut [infercol_pipelines::histogram::ExpoHistogram<u64>],
         seed: &mut u64,
     ) -> Metric {
-        use opentelemetry_proto::tonic::metrics::v1::{
-            ExponentialHistogram, ExponentialHistogramDataPoint, exponential_histogram_data_point::Buckets,
-        };
+        use opentelemetry_proto::tonic::metrics::v1::ExponentialHistogram;
         let mut points = Vec::new();
         for (i, h) in cumulative.iter_mut().enumerate() {
             for _ in 0..20 {
                 *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 h.record(0.1 * 10f64.powf((*seed >> 11) as f64 / (1u64 << 53) as f64), 1);
             }
-            points.push(ExponentialHistogramDataPoint {
-                attributes: vec![kv("model", "m"), kv("h", &i.to_string())],
-                start_time_unix_nano: 1,
-                time_unix_nano: t_ms as u64 * 1_000_000,
-                count: h.count(),
-                sum: Some(h.sum()),
-                scale: h.scale(),
-                zero_count: h.zero_count(),
-                positive: Some(Buckets {
-                    offset: h.offset(),
-                    bucket_counts: h.bucket_counts().to_vec(),
-                }),
-                min: h.min(),
-                max: h.max(),
-                ..Default::default()
-            });
+            points.push(h.to_otlp(
+                vec![kv("model", "m"), kv("h", &i.to_string())],
+                1,
+                t_ms as u64 * 1_000_000,
+            ));
         }
         Metric {
             name: "model.request.duration".into(),

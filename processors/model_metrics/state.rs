@@ -12,8 +12,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Exemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, Sum, Summary, exemplar, exponential_histogram_data_point::Buckets,
-    metric::Data as MetricData, number_data_point,
+    HistogramDataPoint, Metric, NumberDataPoint, Sum, Summary, exemplar, metric::Data as MetricData, number_data_point,
 };
 
 use infercol_pipelines::ReplicaDirectory;
@@ -687,22 +686,8 @@ impl State {
                     let start = if delta { interval_start } else { series.start_ns };
                     match &series.buckets {
                         Buckets2::Exponential(h) => expo_points.push(ExponentialHistogramDataPoint {
-                            attributes: attributes.clone(),
-                            start_time_unix_nano: start,
-                            time_unix_nano: now_ns,
-                            count: h.count(),
-                            sum: Some(h.sum()),
-                            scale: h.scale(),
-                            zero_count: h.zero_count(),
-                            positive: Some(Buckets {
-                                offset: h.offset(),
-                                bucket_counts: h.bucket_counts().to_vec(),
-                            }),
-                            negative: Some(Buckets::default()),
-                            min: h.min(),
-                            max: h.max(),
                             exemplars,
-                            ..Default::default()
+                            ..h.to_otlp(attributes.clone(), start, now_ns)
                         }),
                         Buckets2::Explicit(h) => explicit_points.push(HistogramDataPoint {
                             attributes: attributes.clone(),
