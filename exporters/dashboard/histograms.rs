@@ -52,8 +52,8 @@ impl HistogramSeries {
         };
         let delta = match &self.last {
             Some((s, previous)) if *s == start => point.since(previous).or_else(|| all(&point)),
-            // First sight of a histogram that starts at this very point: a baseline, as for counters.
-            None if start / 1_000_000 >= t as u64 => None,
+            // First sight of a histogram that did not just start: a baseline, as for counters.
+            None if super::store::is_baseline(start, t) => None,
             // First sight, or a restart: all of it is new.
             _ => all(&point),
         };

@@ -203,6 +203,19 @@ fn roll_up(s: &mut Series, now_ms: i64, mut changes: Option<&mut Changes>) {
     }
 }
 
+/// How recent a cumulative series' start must be, at its first sight, for its value to count as new.
+pub const FRESH_START_MS: i64 = 120_000;
+
+/// Whether a cumulative point seen first at `t_ms` is a baseline rather than new counts: it starts at that very
+/// point (a scraped counter, as the Collector's prometheus receiver marks one), or long before it (an agent
+/// running for days, first seen by a gateway or by this dashboard after a restart without storage). Its past is
+/// not in this range; counting it would draw the whole history as one burst. A series that started within
+/// [`FRESH_START_MS`] (model_metrics' first flush of a new series) counts in full.
+pub fn is_baseline(start_ns: u64, t_ms: i64) -> bool {
+    let age = t_ms - (start_ns / 1_000_000) as i64;
+    age <= 0 || age > FRESH_START_MS
+}
+
 /// A series' attributes.
 type Labels = BTreeMap<String, String>;
 
@@ -345,10 +358,11 @@ impl Store {
             Some(start) => {
                 let increase = match series.last_cumulative {
                     Some((s, last)) if s == start && value >= last => value - last,
-                    // First sight of a series that starts at this very point (a scraped counter, as the
-                    // Collector's prometheus receiver marks one): a baseline, whose past is not in this range.
-                    None if start / 1_000_000 >= t as u64 => 0.0,
-                    // First sight, or a restart (new start time, or a value that went down): all of it is new.
+                    // First sight of a series that did not just start: a baseline, as `rate()` reads a first
+                    // sample (see `is_baseline`).
+                    None if is_baseline(start, t) => 0.0,
+                    // A series that just started, or a restart (new start time, or a value that went down): all
+                    // of it is new.
                     _ => value,
                 };
                 series.last_cumulative = Some((start, value));
@@ -648,8 +662,9 @@ pub(super) mod tests {
         assert_eq!(store.resolution_ms(), 10_000);
     }
 
-    /// A scraped counter seen for the first time starts at that point: its value is what the server counted before
-    /// this range, a baseline, not a burst. A restart after it counts in full.
+    /// A counter seen for the first time that starts at that point (scraped) or long before it (an agent running
+    /// for days) is a baseline: what was counted before this range, not a burst. A restart after it, or a series
+    /// that just started, counts in full.
     #[test]
     fn a_counter_that_starts_at_its_first_point_is_a_baseline() {
         let mut store = Store::new(Duration::from_secs(3600), 100);
@@ -663,6 +678,21 @@ pub(super) mod tests {
             )]));
         }
         assert_eq!(values(&store, "model.requests"), vec![0.0, 4.0, 3.0, 2.0]);
+        // An agent's counter that started a day ago, first seen now (a gateway, or this dashboard restarted
+        // without storage): a baseline too; one that started a few seconds ago (a new series) counts in full.
+        let mut store = Store::new(Duration::from_secs(3600), 100);
+        let day_ago = (100_000 - 86_400) * 1_000_000_000;
+        store.ingest(&request(vec![counter(5000.0, day_ago, 100_000, cumulative)]));
+        store.ingest(&request(vec![counter(5004.0, day_ago, 100_010, cumulative)]));
+        assert_eq!(values(&store, "model.requests"), vec![0.0, 4.0]);
+        let mut store = Store::new(Duration::from_secs(3600), 100);
+        store.ingest(&request(vec![counter(
+            7.0,
+            99_995 * 1_000_000_000,
+            100_000,
+            cumulative,
+        )]));
+        assert_eq!(values(&store, "model.requests"), vec![7.0]);
     }
 
     #[test]
