@@ -370,7 +370,10 @@ impl Scraper {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/openmetrics-text"));
         let limit = (self.config.body_size_limit_mib as usize).saturating_mul(1 << 20);
-        let mut body = Vec::new();
+        // Sized from the announced length (never past the limit), so that a large page is not copied through
+        // doubling buffers: a 17 MB page would otherwise hold up to 32 MB while it is read.
+        let announced = response.content_length().unwrap_or(0).min(limit as u64) as usize;
+        let mut body = Vec::with_capacity(announced);
         while let Some(chunk) = response.chunk().await.map_err(|e| {
             let reason = if e.is_timeout() { "timeout" } else { "connect" };
             fail(reason, format!("reading the page: {e}"))
