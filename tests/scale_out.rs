@@ -178,3 +178,274 @@ async fn two_agents_and_a_gateway_match_one_collector() {
     assert_eq!(total, (n + 300) as f64);
     drop(a);
 }
+
+/// A gateway: OTLP from agents, written to Prometheus with its own `gateway` label (the deltas it adds up are its
+/// share of each series), and a page that reads Prometheus.
+fn gateway(name: &str, prometheus: &str) -> Collector {
+    gateway_writing(name, prometheus, false)
+}
+
+/// A gateway that writes exponential histograms as native histograms with `native`.
+fn gateway_writing(name: &str, prometheus: &str, native: bool) -> Collector {
+    Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:0" }}
+exporters:
+  prometheusremotewrite:
+    endpoint: "{prometheus}/api/v1/write"
+    external_labels: {{ gateway: "{name}" }}
+    send_native_histograms: {native}
+  dashboard:
+    endpoint: "127.0.0.1:0"
+    source: prometheus
+    prometheus: {{ url: "{prometheus}", interval: 1s }}
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    metrics: {{ receivers: [otlp], exporters: [prometheusremotewrite, dashboard] }}
+"#
+    ))
+}
+
+/// An agent as a user runs one: model_metrics' defaults (its histograms' 160 buckets), deltas to a gateway.
+fn plain_agent(gateway_grpc: &str) -> Collector {
+    agent_sending(gateway_grpc, "delta")
+}
+
+/// An agent that sends `temporality` (delta or cumulative) to a gateway.
+fn agent_sending(gateway_grpc: &str, temporality: &str) -> Collector {
+    Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:0" }}
+connectors:
+  model_metrics:
+    flush_interval: 300ms
+    aggregation_temporality: {temporality}
+exporters:
+  otlp:
+    endpoint: "{gateway_grpc}"
+    tls: {{ insecure: true }}
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [model_metrics] }}
+    metrics: {{ receivers: [model_metrics], exporters: [otlp] }}
+"#
+    ))
+}
+
+const ONE_DASHBOARD: &str = r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: { endpoint: "127.0.0.1:0" }
+connectors:
+  model_metrics: { flush_interval: 300ms }
+exporters:
+  dashboard: { endpoint: "127.0.0.1:0" }
+service:
+  telemetry:
+    metrics: { level: none }
+  pipelines:
+    traces: { receivers: [otlp], exporters: [model_metrics] }
+    metrics: { receivers: [model_metrics], exporters: [dashboard] }
+"#;
+
+/// `/api/panels` of a page over the last `range` (3h: one-minute steps).
+async fn panels_over(c: &Collector, range: &str) -> serde_json::Value {
+    let url = format!("{}api/panels?range={range}", c.address("dashboard"));
+    let r = reqwest::get(&url).await.unwrap();
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+fn panel<'a>(body: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    body["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap()
+}
+
+/// Requests counted per status line over the whole span: each step's rate times the step.
+fn counts(body: &serde_json::Value) -> BTreeMap<String, f64> {
+    let step = body["step"].as_f64().unwrap();
+    panel(body, "volume")["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let total: f64 = s["values"].as_array().unwrap().iter().filter_map(|v| v.as_f64()).sum();
+            (s["name"].as_str().unwrap().to_string(), (total * step).round())
+        })
+        .collect()
+}
+
+/// Waits until a page counts `total` requests; returns its panels.
+async fn wait_counted(c: &Collector, total: f64) -> serde_json::Value {
+    wait_counted_over(c, "3h", total).await
+}
+
+async fn wait_counted_over(c: &Collector, range: &str, total: f64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = panels_over(c, range).await;
+        let sum: f64 = counts(&body).values().sum();
+        if sum == total {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counted {sum}, want {total}: {}",
+            body["panels"][0]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The last value of a percentile line (the step that holds the burst).
+fn latest(body: &serde_json::Value, id: &str, line: &str) -> f64 {
+    let p = panel(body, id);
+    let s = p["series"].as_array().unwrap().iter().find(|s| s["name"] == line);
+    let values = s.unwrap_or_else(|| panic!("{id} has no {line}: {p}"))["values"]
+        .as_array()
+        .unwrap();
+    values.iter().rev().find_map(|v| v.as_f64()).unwrap()
+}
+
+/// Two agents, each pinned to one of two gateways (as a layer-4 balancer pins a gRPC connection), both gateways
+/// remote-writing into one Prometheus: every gateway's page, reading Prometheus, counts what one collector that
+/// received everything counts, exactly, with percentiles within the buckets' bound; a gateway and an agent that
+/// restart are not counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_pages_over_prometheus_match_one_collector() {
+    common::install_crypto();
+    let prometheus =
+        common::prometheus::Prometheus::start("127.0.0.1:9", &["--web.enable-remote-write-receiver"]).await;
+    let one = Collector::start(ONE_DASHBOARD);
+    let gateway_a = gateway("a", &prometheus.url);
+    let mut gateway_b = gateway("b", &prometheus.url);
+    let agent_a = plain_agent(&gateway_a.address("OTLP/gRPC"));
+    let mut agent_b = plain_agent(&gateway_b.address("OTLP/gRPC"));
+    // The burst falls in one minute step, so that its percentiles are one step's.
+    let second = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() % 60;
+    if second > 35 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+    let n = 2000;
+    send(one.grpc(), 0..n).await;
+    send(agent_a.grpc(), 0..n / 2).await;
+    send(agent_b.grpc(), n / 2..n).await;
+
+    let reference = wait_counted(&one, n as f64).await;
+    let want = counts(&reference);
+    assert_eq!(want.len(), 3, "2xx, 4xx and 5xx: {want:?}");
+    for g in [&gateway_a, &gateway_b] {
+        let body = wait_counted(g, n as f64).await;
+        assert_eq!(counts(&body), want, "the same counts per status class, exactly");
+        let latency = panel(&body, "latency");
+        assert_eq!(latency["sources"], serde_json::json!(["prometheus"]));
+        let bound = latency["relative_error"]
+            .as_f64()
+            .expect("the buckets' bound is stated");
+        assert!(bound > 0.0 && bound < 0.2, "model_metrics' default layout: {bound}");
+        for (q, line) in [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")] {
+            let (got, exact) = (latest(&body, "latency", line), exact(0..n, q));
+            assert!(
+                ((got - exact) / exact).abs() <= bound,
+                "{line}: {got} vs exact {exact} (bound {bound})"
+            );
+            // The one collector's page merges the same histograms exactly: within the sketch's bound.
+            let (embedded, its_bound) = (
+                latest(&reference, "latency", line),
+                panel(&reference, "latency")["relative_error"].as_f64().unwrap(),
+            );
+            assert!(
+                ((embedded - exact) / exact).abs() <= its_bound,
+                "{line}: one collector {embedded} vs {exact} (bound {its_bound})"
+            );
+        }
+    }
+    let labels = reqwest::get(format!("{}api/labels", gateway_a.address("dashboard")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let labels: serde_json::Value = serde_json::from_slice(&labels).unwrap();
+    assert_eq!(labels["labels"]["model"], serde_json::json!(["clip"]), "{labels}");
+
+    // Gateway b and its agent restart: b's cumulative series start again from zero, which counts as a reset.
+    let (status, log) = agent_b.stop();
+    assert!(status.success(), "{log}");
+    let (status, log) = gateway_b.stop();
+    assert!(status.success(), "{log}");
+    let gateway_b2 = gateway("b", &prometheus.url);
+    let agent_b2 = plain_agent(&gateway_b2.address("OTLP/gRPC"));
+    send(one.grpc(), n..n + 300).await;
+    send(agent_b2.grpc(), n..n + 300).await;
+    let want = counts(&wait_counted(&one, (n + 300) as f64).await);
+    for g in [&gateway_a, &gateway_b2] {
+        assert_eq!(counts(&wait_counted(g, (n + 300) as f64).await), want);
+    }
+    drop(agent_a);
+}
+
+/// Native histograms in the store (Prometheus with `native-histograms`, written by `send_native_histograms`): the
+/// page's percentiles come from `rate()` over them, within their buckets' bound. The agent sends cumulative
+/// series, so that every window has the sample before the burst; the counts are exact as with classic buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_histogram_store_gives_percentiles_within_its_buckets() {
+    common::install_crypto();
+    let prometheus = common::prometheus::Prometheus::start(
+        "127.0.0.1:9",
+        &[
+            "--web.enable-remote-write-receiver",
+            "--enable-feature=native-histograms",
+        ],
+    )
+    .await;
+    let one = Collector::start(ONE_DASHBOARD);
+    let gateway = gateway_writing("a", &prometheus.url, true);
+    let agent = agent_sending(&gateway.address("OTLP/gRPC"), "cumulative");
+    // A first request, then a burst inside one 5-second step (a 15m range), seconds later.
+    send(one.grpc(), 5000..5100).await;
+    send(agent.grpc(), 5000..5100).await;
+    wait_counted_over(&gateway, "15m", 100.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 5000 > 300 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = 2000;
+    send(one.grpc(), 0..n).await;
+    send(agent.grpc(), 0..n).await;
+    let reference = wait_counted_over(&one, "15m", (n + 100) as f64).await;
+    let body = wait_counted_over(&gateway, "15m", (n + 100) as f64).await;
+    assert_eq!(counts(&body), counts(&reference));
+    let latency = panel(&body, "latency");
+    let bound = latency["relative_error"]
+        .as_f64()
+        .expect("the native buckets' bound is stated");
+    assert!(bound > 0.0 && bound < 0.2, "model_metrics' default layout: {bound}");
+    for (q, line) in [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")] {
+        let (got, exact) = (latest(&body, "latency", line), exact(0..n, q));
+        assert!(
+            ((got - exact) / exact).abs() <= bound,
+            "{line}: {got} vs exact {exact} (bound {bound})"
+        );
+    }
+    let stored = prometheus.query_vector("model_request_duration_seconds").await;
+    assert!(
+        stored.iter().all(|s| s.get("histogram").is_some()),
+        "native histograms are stored: {stored:?}"
+    );
+}

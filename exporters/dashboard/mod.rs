@@ -9,11 +9,15 @@
 //! - `/api/panels?range=1h|from=..&to=..&model=..&environment=..&deployment=..&latency=request&size=request` —
 //!   the panels' series and the considerations (see `panels`, `considerations`);
 //! - `/api/considerations` with the same parameters — the considerations alone.
+//!
+//! With `source: prometheus` the same API is answered with PromQL over a Prometheus-compatible store (see
+//! `promql`): every gateway's page is then the same merged view, and the pipelines' metrics are not kept here.
 
 pub mod considerations;
 pub mod disk;
 pub mod histograms;
 pub mod panels;
+pub mod promql;
 pub mod store;
 
 use std::sync::{Arc, RwLock};
@@ -51,6 +55,19 @@ pub struct DashboardConfig {
     /// A directory that keeps the history across restarts (see `disk`), or `none`: memory only.
     #[serde(deserialize_with = "storage")]
     pub storage: Option<std::path::PathBuf>,
+    /// Where the panels come from: `embedded` (the metrics of this exporter's pipelines, kept here) or
+    /// `prometheus` (PromQL over the store that the exporters write, see `promql`).
+    pub source: SourceKind,
+    /// The query API read with `source: prometheus`.
+    pub prometheus: promql::PrometheusSourceConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    #[default]
+    Embedded,
+    Prometheus,
 }
 
 fn storage<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::path::PathBuf>, D::Error> {
@@ -71,6 +88,8 @@ impl Default for DashboardConfig {
             max_series: 20_000,
             considerations: Default::default(),
             storage: None,
+            source: SourceKind::Embedded,
+            prometheus: Default::default(),
         }
     }
 }
@@ -84,6 +103,9 @@ impl ComponentConfig for DashboardConfig {
             return Err("max_series: must be more than 0".into());
         }
         self.considerations.validate()?;
+        if self.source == SourceKind::Prometheus {
+            self.prometheus.validate()?;
+        }
         self.auth.validate("auth.")?;
         if let Some(tls) = &self.tls {
             tls.rustls()?;
@@ -116,8 +138,13 @@ impl ExporterFactory for DashboardExporterFactory {
             )
             .get_or_create(&vec![("exporter".to_string(), ctx.id.to_string())])
             .clone();
+        let prometheus = match config.source {
+            SourceKind::Prometheus => Some(Arc::new(promql::Source::new(&config.prometheus)?)),
+            SourceKind::Embedded => None,
+        };
         Ok(Arc::new(DashboardExporter {
             id: ctx.id.to_string(),
+            prometheus,
             store: Arc::new(RwLock::new({
                 let mut store = Store::new(config.retention, config.max_series);
                 store.considerations = config.considerations.clone();
@@ -133,6 +160,8 @@ impl ExporterFactory for DashboardExporterFactory {
 
 pub struct DashboardExporter {
     id: String,
+    /// With `source: prometheus`: the store the panels are read from (the pipelines' metrics are then not kept).
+    prometheus: Option<Arc<promql::Source>>,
     config: DashboardConfig,
     store: Arc<RwLock<Store>>,
     server: crate::Server,
@@ -224,19 +253,45 @@ fn answer_panels(store: &RwLock<Store>, q: &panels::Query, considerations_only: 
         return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
     };
     match panels::panels(&s, q, now_ms()) {
-        Ok(body) if considerations_only => json(
-            StatusCode::OK,
-            serde_json::json!({ "from": body["from"], "to": body["to"], "considerations": body["considerations"] }),
-        ),
-        Ok(body) => json(StatusCode::OK, body),
+        Ok(body) => panels_answer(body, considerations_only),
         Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
     }
 }
 
-fn router(store: Arc<RwLock<Store>>) -> axum::Router {
+/// What the API reads: the embedded store, or a Prometheus-compatible one.
+#[derive(Clone)]
+struct Backend {
+    store: Arc<RwLock<Store>>,
+    prometheus: Option<Arc<promql::Source>>,
+    retention_ms: i64,
+    considerations: considerations::ConsiderationsConfig,
+}
+
+/// `/api/labels`.
+async fn labels(backend: Backend) -> Response {
+    if let Some(source) = &backend.prometheus {
+        return match source.labels(now_ms(), backend.retention_ms).await {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(e) => json(StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e })),
+        };
+    }
+    let Ok(s) = backend.store.read() else {
+        return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
+    };
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "empty": s.no_model_data(),
+            "series": s.series.len(),
+            "labels": s.label_values(),
+        }),
+    )
+}
+
+fn router(backend: Backend) -> axum::Router {
     use axum::routing::get;
-    let labels_store = store.clone();
     let queries = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES));
+    let labels_backend = backend.clone();
     axum::Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route(
@@ -251,35 +306,17 @@ fn router(store: Arc<RwLock<Store>>) -> axum::Router {
             "/assets/uPlot.min.css",
             get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
         )
-        .route(
-            "/api/labels",
-            get(move || {
-                let store = labels_store.clone();
-                async move {
-                    let Ok(s) = store.read() else {
-                        return json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"error": "store"}));
-                    };
-                    json(
-                        StatusCode::OK,
-                        serde_json::json!({
-                            "empty": s.no_model_data(),
-                            "series": s.series.len(),
-                            "labels": s.label_values(),
-                        }),
-                    )
-                }
-            }),
-        )
+        .route("/api/labels", get(move || labels(labels_backend.clone())))
         .route(
             "/api/panels",
             get({
-                let (store, queries) = (store.clone(), queries.clone());
-                move |q| query(store.clone(), queries.clone(), q, false)
+                let (backend, queries) = (backend.clone(), queries.clone());
+                move |q| query(backend.clone(), queries.clone(), q, false)
             }),
         )
         .route(
             "/api/considerations",
-            get(move |q| query(store.clone(), queries.clone(), q, true)),
+            get(move |q| query(backend.clone(), queries.clone(), q, true)),
         )
 }
 
@@ -287,7 +324,7 @@ type PanelsQuery = Result<QueryString<panels::Query>, axum::extract::rejection::
 
 /// `/api/panels`, or with `considerations_only` `/api/considerations` (the same query, only the advice).
 async fn query(
-    store: Arc<RwLock<Store>>,
+    backend: Backend,
     queries: Arc<tokio::sync::Semaphore>,
     q: PanelsQuery,
     considerations_only: bool,
@@ -296,15 +333,25 @@ async fn query(
         Ok(QueryString(q)) => q,
         Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e.body_text()})),
     };
-    // Two queries at a time, on the blocking pool: a 7d query over many series must not stall the runtime's
-    // receivers, nor many of them hold their answers in memory at once.
+    // Two queries at a time: a 7d query over many series must not stall the runtime's receivers, nor many of
+    // them hold their answers in memory at once (nor, from Prometheus, take every query slot of the store).
     let Ok(turn) = queries.acquire_owned().await else {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"error": "stopping"}),
         );
     };
-    // The turn goes with the query: a client that gives up does not free it early.
+    if let Some(source) = &backend.prometheus {
+        let answer = promql::panels(source, &q, now_ms(), backend.retention_ms, &backend.considerations).await;
+        drop(turn);
+        return match answer {
+            Ok(body) => panels_answer(body, considerations_only),
+            Err(promql::Failure::Query(e)) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+            Err(promql::Failure::Store(e)) => json(StatusCode::BAD_GATEWAY, serde_json::json!({ "error": e })),
+        };
+    }
+    // On the blocking pool; the turn goes with the query: a client that gives up does not free it early.
+    let store = backend.store.clone();
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
         answer_panels(&store, &q, considerations_only)
@@ -318,13 +365,31 @@ async fn query(
     })
 }
 
+/// The whole body, or with `considerations_only` the span and the considerations.
+fn panels_answer(body: serde_json::Value, considerations_only: bool) -> Response {
+    if considerations_only {
+        return json(
+            StatusCode::OK,
+            serde_json::json!({ "from": body["from"], "to": body["to"], "considerations": body["considerations"] }),
+        );
+    }
+    json(StatusCode::OK, body)
+}
+
 #[async_trait]
 impl Exporter for DashboardExporter {
     async fn start(&self) -> Result<(), ComponentError> {
-        if let Some(dir) = &self.config.storage {
+        if let Some(dir) = &self.config.storage
+            && self.prometheus.is_none()
+        {
             self.open_storage(dir)?;
         }
-        let app = router(self.store.clone());
+        let app = router(Backend {
+            store: self.store.clone(),
+            prometheus: self.prometheus.clone(),
+            retention_ms: self.config.retention.as_millis() as i64,
+            considerations: self.config.considerations.clone(),
+        });
         let tls = self.config.tls.as_ref();
         self.server
             .start(
@@ -343,6 +408,10 @@ impl Exporter for DashboardExporter {
         let Payload::Metrics(request) = data.payload() else {
             return Ok(());
         };
+        if self.prometheus.is_some() {
+            // The page reads the store the exporters write; nothing is kept here.
+            return Ok(());
+        }
         let changes = {
             let mut store = self
                 .store

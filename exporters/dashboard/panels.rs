@@ -95,7 +95,7 @@ impl Selection<'_> {
     }
 }
 
-type Values = Vec<Option<f64>>;
+pub(super) type Values = Vec<Option<f64>>;
 
 /// A series' attributes.
 type Labels = BTreeMap<String, String>;
@@ -112,7 +112,7 @@ fn last_per_bin(s: &Series, grid: &Grid) -> Values {
 }
 
 /// Adds `b` into `a`, where either has a value.
-fn add_into(a: &mut Values, b: &Values) {
+pub(super) fn add_into(a: &mut Values, b: &Values) {
     for (x, y) in a.iter_mut().zip(b) {
         if let Some(y) = y {
             *x = Some(x.unwrap_or(0.0) + y);
@@ -120,7 +120,7 @@ fn add_into(a: &mut Values, b: &Values) {
     }
 }
 
-fn round(v: f64) -> f64 {
+pub(super) fn round(v: f64) -> f64 {
     if v == 0.0 || !v.is_finite() {
         return v;
     }
@@ -129,7 +129,7 @@ fn round(v: f64) -> f64 {
     (v * f).round() / f
 }
 
-fn series(name: &str, values: &Values, extra: Json) -> Json {
+pub(super) fn series(name: &str, values: &Values, extra: Json) -> Json {
     let mut s = json!({
         "name": name,
         "values": values.iter().map(|v| v.map(round)).collect::<Vec<_>>(),
@@ -138,6 +138,87 @@ fn series(name: &str, values: &Values, extra: Json) -> Json {
         obj.extend(more);
     }
     s
+}
+
+/// The status group a request is counted in (class, line name): the class for HTTP, the code for gRPC and
+/// WebSocket.
+pub(super) fn status_group(protocol: Option<&str>, class: Option<&str>, code: Option<&str>) -> (String, String) {
+    let class = class.unwrap_or("2xx").to_string();
+    let code = code.unwrap_or_default();
+    let name = match protocol {
+        Some("grpc") => format!("gRPC {code}"),
+        Some("websocket") => format!("WebSocket {code}"),
+        _ => class.clone(),
+    };
+    (class, name)
+}
+
+/// The volume panel from each status group's requests per second.
+pub(super) fn volume_panel(groups: &BTreeMap<(String, String), Values>, bins: usize) -> Json {
+    // The step in progress is drawn, marked partial by the answer: its rate reads low until the step is over
+    // (a count is reported at the end of the interval it covers, so dividing by the part elapsed would
+    // overstate it).
+    // Steps between the first and last report are zero, not gaps: nothing was requested then.
+    let reported: Vec<bool> = (0..bins).map(|i| groups.values().any(|v| v[i].is_some())).collect();
+    let first = reported.iter().position(|r| *r);
+    let last = reported.iter().rposition(|r| *r);
+    let list: Vec<Json> = groups
+        .iter()
+        .map(|((class, name), values)| {
+            let filled: Values = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match (first, last) {
+                    (Some(f), Some(l)) if i >= f && i <= l => Some(v.unwrap_or(0.0)),
+                    _ => *v,
+                })
+                .collect();
+            series(name, &filled, json!({ "class": class }))
+        })
+        .collect();
+    json!({ "id": "volume", "title": "Inference volume", "unit": "req/s", "stacked": true, "series": list })
+}
+
+/// The latency and size a query picked: the histograms' names in OTLP with their unit suffix (as the window
+/// summaries and the Prometheus families begin), and the choices as the page draws them.
+pub(super) struct Choice {
+    pub latency: &'static str,
+    pub size: &'static str,
+    pub size_unit: &'static str,
+    pub latency_json: Json,
+    pub size_json: Json,
+}
+
+impl Choice {
+    pub(super) fn of(latency: &str, size: &str) -> Result<Choice, String> {
+        let latency_name = match latency {
+            "request" => "model.request.duration_seconds",
+            "inference" => "model.inference.duration_seconds",
+            "ttfb" => "model.time_to_first_byte_seconds",
+            other => return Err(format!("latency: `{other}` is not request, inference or ttfb")),
+        };
+        let (size_name, size_unit) = match size {
+            "request" => ("model.request.size_bytes", "By"),
+            "response" => ("model.response.size_bytes", "By"),
+            "input_tokens" => ("model.input_tokens", "tokens"),
+            "output_tokens" => ("model.output_tokens", "tokens"),
+            other => {
+                return Err(format!(
+                    "size: `{other}` is not request, response, input_tokens or output_tokens"
+                ));
+            }
+        };
+        Ok(Choice {
+            latency: latency_name,
+            size: size_name,
+            size_unit,
+            latency_json: json!({ "key": "latency", "selected": latency, "options": [
+                ["request", "End-to-end"], ["inference", "Inference"], ["ttfb", "Time to first byte"]] }),
+            size_json: json!({ "key": "size", "selected": size, "options": [
+                ["request", "Request size"], ["response", "Response size"],
+                ["input_tokens", "Input tokens"], ["output_tokens", "Output tokens"]] }),
+        })
+    }
 }
 
 struct Ctx<'a> {
@@ -164,13 +245,7 @@ impl Ctx<'_> {
             if s.kind != Kind::Increase {
                 continue;
             }
-            let class = labels.get("status_class").cloned().unwrap_or_else(|| "2xx".into());
-            let code = labels.get("status_code").cloned().unwrap_or_default();
-            let name = match labels.get("protocol").map(String::as_str) {
-                Some("grpc") => format!("gRPC {code}"),
-                Some("websocket") => format!("WebSocket {code}"),
-                _ => class.clone(),
-            };
+            let get = |k: &str| labels.get(k).map(String::as_str);
             let mut values = vec![None; self.grid.bins];
             for p in &s.points {
                 if let Some(i) = self.grid.bin(p.t) {
@@ -179,35 +254,12 @@ impl Ctx<'_> {
             }
             add_into(
                 groups
-                    .entry((class, name))
+                    .entry(status_group(get("protocol"), get("status_class"), get("status_code")))
                     .or_insert_with(|| vec![None; self.grid.bins]),
                 &values,
             );
         }
-        // The step in progress is drawn, marked partial by the answer: its rate reads low until the step is over
-        // (a count is reported at the end of the interval it covers, so dividing by the part elapsed would
-        // overstate it).
-        // Steps between the first and last report are zero, not gaps: nothing was requested then.
-        let reported: Vec<bool> = (0..self.grid.bins)
-            .map(|i| groups.values().any(|v| v[i].is_some()))
-            .collect();
-        let first = reported.iter().position(|r| *r);
-        let last = reported.iter().rposition(|r| *r);
-        let list: Vec<Json> = groups
-            .iter()
-            .map(|((class, name), values)| {
-                let filled: Values = values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| match (first, last) {
-                        (Some(f), Some(l)) if i >= f && i <= l => Some(v.unwrap_or(0.0)),
-                        _ => *v,
-                    })
-                    .collect();
-                series(name, &filled, json!({ "class": class }))
-            })
-            .collect();
-        json!({ "id": "volume", "title": "Inference volume", "unit": "req/s", "stacked": true, "series": list })
+        volume_panel(&groups, self.grid.bins)
     }
 
     /// What the matching histogram series recorded in each step, merged: exact across series and steps, within
@@ -513,28 +565,12 @@ impl Ctx<'_> {
 impl Ctx<'_> {
     /// Every panel, with the latency and size choices the query made.
     fn list(&self, latency: &str, size: &str) -> Result<Vec<Json>, String> {
-        let latency_metric = match latency {
-            "request" => "model.request.duration_seconds_window",
-            "inference" => "model.inference.duration_seconds_window",
-            "ttfb" => "model.time_to_first_byte_seconds_window",
-            other => return Err(format!("latency: `{other}` is not request, inference or ttfb")),
-        };
-        let (size_metric, size_unit) = match size {
-            "request" => ("model.request.size_bytes_window", "By"),
-            "response" => ("model.response.size_bytes_window", "By"),
-            "input_tokens" => ("model.input_tokens_window", "tokens"),
-            "output_tokens" => ("model.output_tokens_window", "tokens"),
-            other => {
-                return Err(format!(
-                    "size: `{other}` is not request, response, input_tokens or output_tokens"
-                ));
-            }
-        };
-        let latency_choice = json!({ "key": "latency", "selected": latency, "options": [
-            ["request", "End-to-end"], ["inference", "Inference"], ["ttfb", "Time to first byte"]] });
-        let size_choice = json!({ "key": "size", "selected": size, "options": [
-            ["request", "Request size"], ["response", "Response size"],
-            ["input_tokens", "Input tokens"], ["output_tokens", "Output tokens"]] });
+        let choice = Choice::of(latency, size)?;
+        let latency_metric = format!("{}_window", choice.latency);
+        let size_metric = format!("{}_window", choice.size);
+        let (latency_metric, size_metric, size_unit) =
+            (latency_metric.as_str(), size_metric.as_str(), choice.size_unit);
+        let (latency_choice, size_choice) = (choice.latency_json, choice.size_json);
         let queue_time = "model.async_queue.duration_seconds_window";
         let server_queue_time = "model.queue.duration_seconds_window";
         // Each panel, and the metric whose sources mark it (none for the host's and GPUs').
@@ -594,7 +630,7 @@ impl Ctx<'_> {
 }
 
 /// The span of a query in ms since the epoch: `from` and `to`, or the last `range` up to now.
-fn span(q: &Query, now_ms: i64, retention_ms: i64) -> Result<(i64, i64), String> {
+pub(super) fn span(q: &Query, now_ms: i64, retention_ms: i64) -> Result<(i64, i64), String> {
     match (q.from, q.to) {
         (None, None) => Ok((now_ms - parse_range(q.range.as_deref())? * 1000, now_ms)),
         (Some(from), Some(to)) => {
@@ -624,7 +660,7 @@ fn resolution_at(store: &Store, t: i64, now_ms: i64) -> i64 {
 }
 
 /// What the considerations read, from the panels as drawn: (step end, value) of one line of a panel.
-fn evidence(panels: &[Json], times: &[f64], step_ms: i64) -> considerations::Evidence {
+pub(super) fn evidence(panels: &[Json], times: &[f64], step_ms: i64) -> considerations::Evidence {
     let panel = |id: &str| panels.iter().find(|p| p["id"] == id);
     let line = |s: &Json, scale: f64| -> considerations::Line {
         let values = s["values"].as_array().cloned().unwrap_or_default();

@@ -283,6 +283,9 @@ pub struct RemoteWriteConfig {
     pub external_labels: BTreeMap<String, String>,
     pub resource_to_telemetry_conversion: ResourceToTelemetry,
     pub add_metric_suffixes: bool,
+    /// Exponential histograms as native histograms (the store must accept them: Prometheus with
+    /// `--enable-feature=native-histograms`, Mimir); else as classic `_bucket` series.
+    pub send_native_histograms: bool,
     pub sending_queue: SendingQueue,
     pub retry_on_failure: RetryOnFailure,
 }
@@ -298,6 +301,7 @@ impl Default for RemoteWriteConfig {
             external_labels: BTreeMap::new(),
             resource_to_telemetry_conversion: ResourceToTelemetry::default(),
             add_metric_suffixes: true,
+            send_native_histograms: false,
             // Remote write wants the samples of a series in order: one request at a time.
             sending_queue: SendingQueue {
                 num_consumers: 1,
@@ -341,7 +345,7 @@ infercol_pipelines::factory!(
 impl ExporterFactory for RemoteWriteExporterFactory {
     fn create(&self, config: &AnyConfig, ctx: ExporterContext) -> Result<Arc<dyn Exporter>, ComponentError> {
         let c = config_as::<RemoteWriteConfig>(config)?;
-        Ok(Arc::new(remote_write::RemoteWriteExporter::new(
+        let mut exporter = remote_write::RemoteWriteExporter::new(
             ctx.id,
             c.endpoint.clone(),
             &c.headers,
@@ -354,6 +358,8 @@ impl ExporterFactory for RemoteWriteExporterFactory {
                 const_labels: Vec::new(),
             },
             c.external_labels.clone().into_iter().collect(),
-        )?))
+        )?;
+        exporter.native_histograms = c.send_native_histograms;
+        Ok(Arc::new(exporter))
     }
 }

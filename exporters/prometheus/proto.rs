@@ -160,9 +160,13 @@ fn proto_exemplar(e: &Exemplar) -> ProtoExemplar {
     }
 }
 
-/// A native histogram from an OTLP exponential one: the schema is the scale (coarsened to at most 8), and a
-/// Prometheus bucket index is the OTLP index + 1 (Prometheus buckets are upper-inclusive at base^index).
-fn native(h: &infercol_pipelines::histogram::ExpoHistogram, exemplars: &[Exemplar]) -> Histogram {
+/// The sparse buckets of a native histogram from an OTLP exponential one: the schema is the scale (coarsened to
+/// at most 8), and a Prometheus bucket index is the OTLP index + 1 (Prometheus buckets are upper-inclusive at
+/// base^index). Returns the histogram as coarsened, its spans and the count deltas; the exposition and remote
+/// write carry the same fields.
+pub fn sparse(
+    h: &infercol_pipelines::histogram::ExpoHistogram,
+) -> (infercol_pipelines::histogram::ExpoHistogram, Vec<BucketSpan>, Vec<i64>) {
     let mut h = h.clone();
     if h.scale() > MAX_SCHEMA {
         h.downscale(h.scale() - MAX_SCHEMA);
@@ -191,14 +195,22 @@ fn native(h: &infercol_pipelines::histogram::ExpoHistogram, exemplars: &[Exempla
         deltas.push(*c as i64 - previous_count);
         previous_count = *c as i64;
     }
+    (h, spans, deltas)
+}
+
+/// client_golang's default zero threshold: only exact zeros fall in the zero bucket, and Prometheus sees a native
+/// histogram even when every value is zero.
+pub const ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39;
+
+/// A native histogram for the exposition, from an OTLP exponential one (see `sparse`).
+fn native(h: &infercol_pipelines::histogram::ExpoHistogram, exemplars: &[Exemplar]) -> Histogram {
+    let (h, spans, deltas) = sparse(h);
     Histogram {
         sample_count: h.count(),
         sample_sum: h.sum(),
         bucket: Vec::new(),
         schema: h.scale().max(-4),
-        // client_golang's default: only exact zeros fall in the zero bucket, and Prometheus sees a native
-        // histogram even when every value is zero.
-        zero_threshold: 2.938_735_877_055_719e-39,
+        zero_threshold: ZERO_THRESHOLD,
         zero_count: h.zero_count(),
         positive_span: spans,
         positive_delta: deltas,

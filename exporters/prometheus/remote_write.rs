@@ -29,6 +29,46 @@ pub struct TimeSeries {
     pub labels: Vec<LabelPair>,
     #[prost(message, repeated, tag = "2")]
     pub samples: Vec<Sample>,
+    #[prost(message, repeated, tag = "4")]
+    pub histograms: Vec<NativeHistogram>,
+}
+
+/// `prometheus.Histogram` of remote write 1.0 (Prometheus 2.40 and later): a native histogram with integer counts.
+/// The proto's `oneof` count fields are written as the integer variants.
+#[derive(Clone, PartialEq, Message)]
+pub struct NativeHistogram {
+    #[prost(uint64, optional, tag = "1")]
+    pub count_int: Option<u64>,
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    #[prost(sint32, tag = "4")]
+    pub schema: i32,
+    #[prost(double, tag = "5")]
+    pub zero_threshold: f64,
+    #[prost(uint64, optional, tag = "6")]
+    pub zero_count_int: Option<u64>,
+    #[prost(message, repeated, tag = "11")]
+    pub positive_spans: Vec<super::proto::BucketSpan>,
+    #[prost(sint64, repeated, tag = "12")]
+    pub positive_deltas: Vec<i64>,
+    #[prost(int64, tag = "15")]
+    pub timestamp: i64,
+}
+
+impl NativeHistogram {
+    fn of(h: &infercol_pipelines::histogram::ExpoHistogram, timestamp: i64) -> NativeHistogram {
+        let (h, spans, deltas) = super::proto::sparse(h);
+        NativeHistogram {
+            count_int: Some(h.count()),
+            sum: h.sum(),
+            schema: h.scale().max(-4),
+            zero_threshold: super::proto::ZERO_THRESHOLD,
+            zero_count_int: Some(h.zero_count()),
+            positive_spans: spans,
+            positive_deltas: deltas,
+            timestamp,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -38,7 +78,13 @@ pub struct WriteRequest {
 }
 
 /// The time series of a set of points, with `external` labels on each; delta points are left out (counted).
-pub fn timeseries(points: &[Point], external: &[(String, String)], now_ms: i64) -> (Vec<TimeSeries>, usize) {
+/// Exponential histograms go as native histograms with `native`, else as classic buckets.
+pub fn timeseries(
+    points: &[Point],
+    external: &[(String, String)],
+    native: bool,
+    now_ms: i64,
+) -> (Vec<TimeSeries>, usize) {
     let mut out = Vec::new();
     let mut dropped = 0;
     for p in points {
@@ -51,7 +97,7 @@ pub fn timeseries(points: &[Point], external: &[(String, String)], now_ms: i64) 
         } else {
             now_ms
         };
-        let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
+        let labels_of = |suffix: &str, extra: Option<(&str, String)>| {
             let mut labels: Vec<(String, String)> = p.labels.clone();
             for (k, v) in external {
                 if !labels.iter().any(|(n, _)| n == k) {
@@ -63,12 +109,16 @@ pub fn timeseries(points: &[Point], external: &[(String, String)], now_ms: i64) 
             }
             labels.push(("__name__".into(), format!("{}{suffix}", p.family)));
             labels.sort();
+            labels
+                .into_iter()
+                .map(|(name, value)| LabelPair { name, value })
+                .collect::<Vec<_>>()
+        };
+        let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
             out.push(TimeSeries {
-                labels: labels
-                    .into_iter()
-                    .map(|(name, value)| LabelPair { name, value })
-                    .collect(),
+                labels: labels_of(suffix, extra),
                 samples: vec![Sample { value, timestamp }],
+                histograms: Vec::new(),
             });
         };
         match &p.value {
@@ -88,6 +138,11 @@ pub fn timeseries(points: &[Point], external: &[(String, String)], now_ms: i64) 
                 push("_sum", None, *sum);
                 push("_count", None, *count as f64);
             }
+            Value::Native(h) if native => out.push(TimeSeries {
+                labels: labels_of("", None),
+                samples: Vec::new(),
+                histograms: vec![NativeHistogram::of(h, timestamp)],
+            }),
             Value::Native(h) => {
                 for (le, cumulative) in classic_buckets(h) {
                     push("_bucket", Some(("le", float(le))), cumulative as f64);
@@ -115,6 +170,8 @@ pub struct RemoteWriteExporter {
     pub endpoint: String,
     pub options: TranslateOptions,
     pub external_labels: Vec<(String, String)>,
+    /// Exponential histograms as native histograms (`send_native_histograms`).
+    pub native_histograms: bool,
 }
 
 impl RemoteWriteExporter {
@@ -134,6 +191,7 @@ impl RemoteWriteExporter {
             endpoint,
             options,
             external_labels,
+            native_histograms: false,
         })
     }
 }
@@ -167,7 +225,7 @@ impl Exporter for RemoteWriteExporter {
                 }
             }
         }
-        let (series, _) = timeseries(&points, &self.external_labels, now_ms);
+        let (series, _) = timeseries(&points, &self.external_labels, self.native_histograms, now_ms);
         if series.is_empty() {
             return Ok(());
         }

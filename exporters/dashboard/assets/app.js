@@ -113,11 +113,13 @@ function sourceNotes(panel) {
   const notes = [];
   if (from.length === 0) return notes;
   const scraped = from.includes("scraped");
-  notes.push(scraped ? (from.includes("spans") ? "from spans and scraped /metrics" : "scraped /metrics") : "from spans");
+  const prometheus = from.includes("prometheus");
+  if (prometheus) notes.push("from Prometheus");
+  else notes.push(scraped ? (from.includes("spans") ? "from spans and scraped /metrics" : "scraped /metrics") : "from spans");
   if (panel.relative_error != null) {
     const pct = panel.relative_error * 100;
     const bound = (pct >= 10 ? pct.toFixed(0) : pct.toFixed(1)) + "%";
-    notes.push(scraped ? `from the server's buckets: within ${bound}` : `within ${bound}`);
+    notes.push(scraped ? `from the server's buckets: within ${bound}` : prometheus ? `from the buckets: within ${bound}` : `within ${bound}`);
   }
   return notes;
 }
