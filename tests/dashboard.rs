@@ -1258,6 +1258,23 @@ async fn considerations_and_the_replica_table_follow_the_evidence() {
             &format!("return {replicas}.split('|').filter(x => x).length === 2"),
         )
         .await;
+    // Each replica served one request of 1 s: its rate over the range and its p95 (within 9%).
+    let table = "window.infercol.panels.find(p => p.id === 'replicas').table";
+    browser
+        .wait_until(
+            "each replica's requests",
+            &format!(
+                "return {table}.length === 2 && {table}.every(r => r.requests_per_s > 0 && Math.abs(r.p95 - 1) < 0.09)"
+            ),
+        )
+        .await;
+    let cells = browser
+        .run("return Array.from(document.querySelectorAll('#panel-replicas table.replicas tr[data-replica] td')).map(td => td.textContent)")
+        .await;
+    assert!(
+        cells[4].as_str().unwrap().ends_with(" s") || cells[4].as_str().unwrap().ends_with(" ms"),
+        "{cells}"
+    );
     const MEMORY: &str = "const p = window.infercol.panels.find(p => p.id === 'cpu_memory'); \
         const s = p.series.find(s => s.name === 'memory'); const v = s ? s.values.filter(x => x != null) : []; \
         return v.length ? v[v.length - 1] : null";
@@ -1291,6 +1308,80 @@ async fn considerations_and_the_replica_table_follow_the_evidence() {
         .await;
     assert_eq!(row[0], picked.as_str(), "{row}");
     assert!(row[1] == "active" || row[1] == "starting", "{row}");
+    assert_eq!(
+        row.as_array().unwrap().len(),
+        8,
+        "id, state, since, req/s, p95, CPU, memory, GPU memory: {row}"
+    );
     queue.abort();
+    browser.close().await;
+}
+
+/// With `source: prometheus` the page draws what a real Prometheus holds, remote-written by the collector: the
+/// filters list the models, the model panels say they come from Prometheus and how far the buckets let the
+/// percentiles be off, and the GPU panel shows the GPU samples that went the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reads_a_prometheus_store() {
+    common::install_crypto();
+    let prometheus = Prometheus::start("127.0.0.1:9", &["--web.enable-remote-write-receiver"]).await;
+    let c = Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:0" }}
+connectors:
+  model_metrics: {{ flush_interval: 300ms }}
+exporters:
+  prometheusremotewrite: {{ endpoint: "{url}/api/v1/write" }}
+  dashboard:
+    endpoint: "127.0.0.1:0"
+    source: prometheus
+    prometheus: {{ url: "{url}", interval: 1s }}
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    traces: {{ receivers: [otlp], exporters: [model_metrics] }}
+    metrics: {{ receivers: [otlp, model_metrics], exporters: [prometheusremotewrite, dashboard] }}
+"#,
+        url = prometheus.url
+    ));
+    let page = c.address("dashboard");
+    let browser = Browser::start().await;
+    let sender = tokio::spawn(traffic(c.grpc(), 8));
+    browser.goto(&format!("{page}?range=15m")).await;
+    browser
+        .wait_until(
+            "both models in the filter",
+            "const o = Array.from(document.getElementById('model').options).map(o => o.value); \
+             return o.includes('chat-llm') && o.includes('vision')",
+        )
+        .await;
+    pick(&browser, "model", "chat-llm").await;
+    let ds = |panel: &str, key: &str| {
+        format!("(document.getElementById('panel-{panel}') || {{dataset: {{}}}}).dataset.{key}")
+    };
+    browser
+        .wait_until(
+            "the model's panels from Prometheus",
+            &format!(
+                "return {} === 'prometheus' && ['2xx', '4xx'].every(c => ({} || '').split('|').includes(c)) && \
+                 ['latency', 'size', 'gpu'].every(p => Number({}) > 0)",
+                ds("volume", "sources"),
+                ds("volume", "names"),
+                ds("' + p + '", "points"),
+            ),
+        )
+        .await;
+    let note = browser
+        .run("return document.querySelector('#panel-latency .note').textContent")
+        .await;
+    let note = note.as_str().unwrap();
+    assert!(
+        note.contains("from Prometheus") && note.contains("from the buckets: within"),
+        "{note}"
+    );
+    sender.abort();
     browser.close().await;
 }

@@ -119,14 +119,24 @@ async fn the_history_survives_a_sigkill_up_to_the_last_flush() {
     let after = panels(&c, &window).await;
     assert_eq!(counted(&after), 300.0, "{after}");
     for panel in ["volume", "latency"] {
+        // A step of zero requests is the same history as a step without a point: a flush after the count was
+        // read, with nothing new, may land in the next step before the kill.
         let of = |body: &Json| {
-            body["panels"]
+            let mut series = body["panels"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|p| p["id"] == panel)
                 .unwrap()["series"]
-                .clone()
+                .clone();
+            for s in series.as_array_mut().unwrap() {
+                for v in s["values"].as_array_mut().unwrap() {
+                    if v.as_f64() == Some(0.0) {
+                        *v = Json::Null;
+                    }
+                }
+            }
+            series
         };
         assert_eq!(of(&after), of(&before), "{panel} after the restart");
     }

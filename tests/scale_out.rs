@@ -36,11 +36,22 @@ fn request(ids: std::ops::Range<u64>) -> ExportTraceServiceRequest {
 }
 
 async fn send(endpoint: String, ids: std::ops::Range<u64>) {
+    send_from(endpoint, ids, None).await
+}
+
+/// Sends the spans `ids`, from the replica `replica` (`service.instance.id`) when one is named.
+async fn send_from(endpoint: String, ids: std::ops::Range<u64>, replica: Option<&str>) {
     let mut client = TraceServiceClient::connect(endpoint).await.unwrap();
     let mut start = ids.start;
     while start < ids.end {
         let end = (start + 100).min(ids.end);
-        client.export(request(start..end)).await.unwrap();
+        let mut request = request(start..end);
+        if let (Some(id), Some(resource)) = (replica, request.resource_spans[0].resource.as_mut()) {
+            resource
+                .attributes
+                .push(kv("service.instance.id", any_value::Value::StringValue(id.into())));
+        }
+        client.export(request).await.unwrap();
         start = end;
     }
 }
@@ -211,6 +222,49 @@ service:
     ))
 }
 
+/// A collector whose only part is a page over Prometheus (`extra`: more keys of `prometheus:`).
+fn reader(prometheus: &str, extra: &str) -> Collector {
+    Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "127.0.0.1:0" }}
+exporters:
+  dashboard:
+    endpoint: "127.0.0.1:0"
+    source: prometheus
+    prometheus: {{ url: "{prometheus}", interval: 1s, {extra} }}
+service:
+  telemetry:
+    metrics: {{ level: none }}
+  pipelines:
+    metrics: {{ receivers: [otlp], exporters: [dashboard] }}
+"#
+    ))
+}
+
+/// A store that cannot be reached: the page's API answers 502 with the reason, and a bad parameter is still the
+/// client's 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_reached_is_a_bad_gateway() {
+    common::install_crypto();
+    let port = common::free_port();
+    let c = reader(&format!("http://127.0.0.1:{port}"), "timeout: 2s");
+    let page = c.address("dashboard");
+    let r = reqwest::get(format!("{page}api/panels?range=1h")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains(&format!("127.0.0.1:{port}")),
+        "{body}"
+    );
+    let r = reqwest::get(format!("{page}api/panels?range=9y")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = reqwest::get(format!("{page}api/labels")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+}
+
 /// An agent as a user runs one: model_metrics' defaults (its histograms' 160 buckets), deltas to a gateway.
 fn plain_agent(gateway_grpc: &str) -> Collector {
     agent_sending(gateway_grpc, "delta")
@@ -342,9 +396,10 @@ async fn two_gateways_pages_over_prometheus_match_one_collector() {
         tokio::time::sleep(Duration::from_secs(61 - second)).await;
     }
     let n = 2000;
-    send(one.grpc(), 0..n).await;
-    send(agent_a.grpc(), 0..n / 2).await;
-    send(agent_b.grpc(), n / 2..n).await;
+    send_from(one.grpc(), 0..n / 2, Some("clip-a")).await;
+    send_from(one.grpc(), n / 2..n, Some("clip-b")).await;
+    send_from(agent_a.grpc(), 0..n / 2, Some("clip-a")).await;
+    send_from(agent_b.grpc(), n / 2..n, Some("clip-b")).await;
 
     let reference = wait_counted(&one, n as f64).await;
     let want = counts(&reference);
@@ -375,6 +430,23 @@ async fn two_gateways_pages_over_prometheus_match_one_collector() {
             );
         }
     }
+    // The replica table: each replica's requests, exactly, and its p95 within its histogram's bound (9%).
+    for g in [&gateway_a, &gateway_b, &one] {
+        let body = panels_over(g, "3h").await;
+        let seconds = body["times"].as_array().unwrap().len() as f64 * body["step"].as_f64().unwrap();
+        let table = panel(&body, "replicas")["table"].as_array().unwrap().clone();
+        let ids: Vec<&str> = table.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["clip-a", "clip-b"], "{table:?}");
+        for (row, ids) in table.iter().zip([0..n / 2, n / 2..n]) {
+            let served = row["requests_per_s"].as_f64().unwrap_or_else(|| panic!("{row}")) * seconds;
+            assert!((served - (n / 2) as f64).abs() < 0.01, "{row}: {served}");
+            let (p95, exact) = (row["p95"].as_f64().unwrap_or_else(|| panic!("{row}")), exact(ids, 0.95));
+            assert!(
+                ((p95 - exact) / exact).abs() <= 0.19,
+                "{row}: p95 {p95} vs exact {exact}"
+            );
+        }
+    }
     let labels = reqwest::get(format!("{}api/labels", gateway_a.address("dashboard")))
         .await
         .unwrap()
@@ -383,6 +455,11 @@ async fn two_gateways_pages_over_prometheus_match_one_collector() {
         .unwrap();
     let labels: serde_json::Value = serde_json::from_slice(&labels).unwrap();
     assert_eq!(labels["labels"]["model"], serde_json::json!(["clip"]), "{labels}");
+
+    // A page given a matcher reads only what it selects: here gateway a's share.
+    let a_only = reader(&prometheus.url, r#"matchers: ['gateway="a"']"#);
+    let body = wait_counted(&a_only, (n / 2) as f64).await;
+    assert_eq!(counts(&body).values().sum::<f64>(), (n / 2) as f64);
 
     // Gateway b and its agent restart: b's cumulative series start again from zero, which counts as a reset.
     let (status, log) = agent_b.stop();

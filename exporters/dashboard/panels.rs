@@ -401,6 +401,47 @@ impl Ctx<'_> {
         out
     }
 
+    /// Per replica over the range: requests per second (`model.replica.requests`) and the p95 of end-to-end time
+    /// (`model.replica.request.duration`, merged over the range).
+    fn requests_by_replica(&self) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+        let seconds = (self.grid.bins as i64 * self.grid.step) as f64 / 1000.0;
+        let mut rates: BTreeMap<String, f64> = BTreeMap::new();
+        for (labels, s) in self.matching("model.replica.requests") {
+            let Some(id) = labels.get("service.instance.id") else {
+                continue;
+            };
+            if s.kind != Kind::Increase {
+                continue;
+            }
+            let counted: f64 = s
+                .points
+                .iter()
+                .filter(|p| self.grid.bin(p.t).is_some())
+                .map(|p| p.v)
+                .sum();
+            *rates.entry(id.clone()).or_default() += counted / seconds;
+        }
+        let mut merged: BTreeMap<String, ExpoHistogram<u64>> = BTreeMap::new();
+        for ((name, labels), h) in &self.store.histograms {
+            let Some(id) = labels.get("service.instance.id") else {
+                continue;
+            };
+            if name != "model.replica.request.duration" || !self.sel.matches(labels) {
+                continue;
+            }
+            for (t, step) in &h.deltas {
+                if self.grid.bin(*t).is_some() {
+                    merged.entry(id.clone()).or_insert_with(histograms::merged).merge(step);
+                }
+            }
+        }
+        let p95 = merged
+            .into_iter()
+            .filter_map(|(id, h)| Some((id, h.quantile(0.95)?)))
+            .collect();
+        (rates, p95)
+    }
+
     /// Each replica reported in the range: its state and since when (`model.replica.state_since`), and the
     /// latest CPU, memory and GPU memory of its processes.
     fn replica_table(&self) -> Vec<Json> {
@@ -421,6 +462,7 @@ impl Ctx<'_> {
         let cpu = self.latest_by_replica("process.cpu.utilization");
         let memory = self.latest_by_replica("process.memory.usage");
         let gpu_memory = self.latest_by_replica("process.gpu.memory.usage");
+        let (rates, p95) = self.requests_by_replica();
         states
             .into_iter()
             .map(|(id, (_, state, since))| {
@@ -428,6 +470,8 @@ impl Ctx<'_> {
                     "id": id,
                     "state": state,
                     "since": since,
+                    "requests_per_s": rates.get(&id).map(|v| round(*v)),
+                    "p95": p95.get(&id).map(|v| round(*v)),
                     "cpu": cpu.get(&id).map(|v| round(v * 100.0)),
                     "memory": memory.get(&id).copied(),
                     "gpu_memory": gpu_memory.get(&id).copied(),

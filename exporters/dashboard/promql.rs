@@ -419,6 +419,8 @@ fn latest(values: &Values) -> Option<(usize, f64)> {
 struct Plan {
     queries: Vec<String>,
     layouts: Vec<String>,
+    /// Each replica's p95 over the whole range (an instant query at its end).
+    replica_p95: String,
 }
 
 /// The selection's matchers: model, environment, deployment and replica, as the exporters name their labels.
@@ -497,7 +499,28 @@ fn plan(source: &Source, q: &Query, choice: &Choice, steps: Steps) -> Plan {
         format!("sum({})", s("model_queue_size")),
     ];
     queries.extend(families.iter().map(|(_, f)| quantile_query(source, f, &sel, steps)));
-    let range = steps.bins as i64 * steps.step;
+    queries.push(format!(
+        "sum by (service_instance_id) ({})",
+        increase(&s("model_replica_requests_total"), steps.step)
+    ));
+    let (layouts, replica_p95) = instants(source, &families, &sel, steps.bins as i64 * steps.step);
+    Plan {
+        queries,
+        layouts,
+        replica_p95,
+    }
+}
+
+/// The instant queries at the range's end: each percentile panel's bucket layouts, and each replica's p95.
+fn instants(source: &Source, families: &[(&str, String)], sel: &str, range: i64) -> (Vec<String>, String) {
+    let s = |family: &str| source.select(family, sel);
+    // Over the whole range: classic buckets as one step's increase (new series counted from zero); native ones
+    // by increase(), whose extrapolation scales every bucket alike and leaves the p95 as it is.
+    let replica_p95 = format!(
+        "histogram_quantile(0.95, sum by (service_instance_id) (increase({native}[{range}s]))) or histogram_quantile(0.95, sum by (service_instance_id, le) ({classic}))",
+        native = s("model_replica_request_duration_seconds"),
+        classic = increase(&s("model_replica_request_duration_seconds_bucket"), range),
+    );
     let layouts = families
         .iter()
         .map(|(_, f)| {
@@ -509,7 +532,7 @@ fn plan(source: &Source, q: &Query, choice: &Choice, steps: Steps) -> Plan {
             )
         })
         .collect();
-    Plan { queries, layouts }
+    (layouts, replica_p95)
 }
 
 /// The percentile panels' ids and Prometheus families, in the order of the page.
@@ -527,6 +550,7 @@ fn percentile_families(choice: &Choice) -> [(&'static str, String); 4] {
 struct Answers {
     lines: Vec<Lines>,
     bounds: Vec<Option<f64>>,
+    replica_p95: Result<BTreeMap<String, f64>, String>,
 }
 
 async fn run(source: &Source, plan: Plan, steps: Steps) -> Result<Answers, String> {
@@ -544,13 +568,34 @@ async fn run(source: &Source, plan: Plan, steps: Steps) -> Result<Answers, Strin
         .into_iter()
         .map(|r| r.map(|series| layout_bound(&series)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Answers { lines, bounds })
+    // A column of the table: a store that refuses it (too many samples over a long range) leaves it out, not
+    // the page.
+    let replica_p95 = match source.instant(plan.replica_p95, at).await {
+        Ok(results) => Ok(results
+            .iter()
+            .filter_map(|r| {
+                let id = r["metric"]["service_instance_id"].as_str()?.to_string();
+                let v: f64 = r["value"][1].as_str()?.parse().ok()?;
+                v.is_finite().then_some((id, v))
+            })
+            .collect()),
+        Err(e) => Err(e),
+    };
+    Ok(Answers {
+        lines,
+        bounds,
+        replica_p95,
+    })
 }
 
 /// The panels from the answers, in the shapes of the embedded store's (see `panels`).
 fn assemble(answers: Answers, choice: Choice, steps: Steps) -> Vec<Json> {
     let bins = steps.bins;
-    let Answers { lines, bounds } = answers;
+    let Answers {
+        lines,
+        bounds,
+        replica_p95,
+    } = answers;
     let one = |i: usize| by_label(&lines[i], "", bins).remove("");
     let step_s = steps.step as f64;
     // Volume: each step's increase, per second.
@@ -591,7 +636,7 @@ fn assemble(answers: Answers, choice: Choice, steps: Steps) -> Vec<Json> {
     let (latency, size, queue_time, server_queue_time) = (next(), next(), next(), next());
     list.push(latency);
     list.push(size);
-    list.push(replicas(&lines, bins));
+    list.push(replicas(&lines, steps, &replica_p95));
     list.push(cpu_memory([one(6), one(7), one(8), one(9), one(10)]));
     list.push(gpu(&lines[11], &lines[12], &lines[13], one(14)));
     list.push(queue_time);
@@ -627,7 +672,12 @@ fn percentile_panel(lines: &Lines, bound: Option<f64>, id: &str, title: &str, un
     panel
 }
 
-fn replicas(lines: &[Lines], bins: usize) -> Json {
+fn replicas(lines: &[Lines], steps: Steps, p95: &Result<BTreeMap<String, f64>, String>) -> Json {
+    let bins = steps.bins;
+    let (p95, p95_error) = match p95 {
+        Ok(p95) => (p95.clone(), None),
+        Err(e) => (BTreeMap::new(), Some(format!("p95 by replica: {e}"))),
+    };
     let by_state = by_label(&lines[1], "state", bins);
     let list: Vec<Json> = ["active", "starting"]
         .iter()
@@ -655,6 +705,11 @@ fn replicas(lines: &[Lines], bins: usize) -> Json {
             .collect()
     };
     let (cpu, memory, gpu_memory) = (per(3), per(4), per(5));
+    let seconds = (steps.bins as i64 * steps.step) as f64;
+    let rates: BTreeMap<String, f64> = by_label(&lines[21], "service_instance_id", bins)
+        .into_iter()
+        .map(|(id, v)| (id, v.iter().flatten().sum::<f64>()))
+        .collect();
     let table: Vec<Json> = states
         .into_iter()
         .map(|(id, (_, state, since))| {
@@ -662,13 +717,19 @@ fn replicas(lines: &[Lines], bins: usize) -> Json {
                 "id": id,
                 "state": state,
                 "since": since,
+                "requests_per_s": rates.get(&id).map(|v| round(v / seconds)),
+                "p95": p95.get(&id).map(|v| round(*v)),
                 "cpu": cpu.get(&id).map(|v| round(v * 100.0)),
                 "memory": memory.get(&id).copied(),
                 "gpu_memory": gpu_memory.get(&id).copied(),
             })
         })
         .collect();
-    json!({ "id": "replicas", "title": "Replicas", "unit": "", "series": list, "table": table })
+    let mut panel = json!({ "id": "replicas", "title": "Replicas", "unit": "", "series": list, "table": table });
+    if let Some(e) = p95_error {
+        panel["error"] = json!(e);
+    }
+    panel
 }
 
 /// The selection's replica processes when any report, else the host: `[replica CPU, replica memory, host CPU,
@@ -767,6 +828,8 @@ pub async fn panels(
         .collect();
     let plan = plan(source, q, &choice, steps);
     let answers = run(source, plan, steps).await.map_err(Failure::Store)?;
+    // The series the store answered with (the page draws once there are any).
+    let answered: usize = answers.lines.iter().map(Vec::len).sum();
     let list = assemble(answers, choice, steps);
     let empty = list[0]["series"].as_array().is_none_or(|s| s.is_empty());
     let advice = super::considerations::considerations(&panels::evidence(&list, &times, step), thresholds);
@@ -779,6 +842,7 @@ pub async fn panels(
         "partial": end > now_ms && end - step < now_ms,
         "times": times,
         "empty": empty,
+        "series": answered,
         "source": "prometheus",
         "panels": list,
     }))

@@ -136,6 +136,8 @@ pub struct Part {
 #[derive(Clone, Debug)]
 pub struct Complete {
     pub head: Head,
+    /// The identity of the request span's resource: its replica (see `per_replica`).
+    pub resource: u64,
     pub start: u64,
     pub end: u64,
     pub facts: Facts,
@@ -365,6 +367,7 @@ impl Assembly {
             if let Some(head) = request.head {
                 out.requests.push(Complete {
                     head: *head,
+                    resource: request.key.0,
                     start: request.start,
                     end: request.end,
                     facts,

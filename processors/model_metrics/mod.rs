@@ -10,6 +10,7 @@ mod assembly;
 pub mod classify;
 pub mod config;
 pub mod gateway;
+mod per_replica;
 pub mod profiles;
 mod queue;
 mod state;
@@ -212,11 +213,13 @@ impl Inner {
         overflowed: &mut Vec<&'static str>,
     ) {
         let dims = self.dims::<S::Attrs>(resource, None, rejected);
+        let key = resource_identity(resource);
         let cx = ResourceContext {
             resource,
+            replica: state.per_replica.replica_of(key, resource),
             interned: state.intern(dims.clone()),
             dims,
-            key: resource_identity(resource),
+            key,
             per_span_dims: self.config.dimensions.iter().any(|d| d.source == Source::Span),
             // A dimension the resource lacks may be on the span (`dimensions[].from` falls back to span attributes).
             missing: self
@@ -317,7 +320,7 @@ impl Inner {
                     overflowed,
                     ..
                 } = batch;
-                match self.observe_generic(state, cx.resource, dims, span, *now, rejected, overflowed) {
+                match self.observe_generic(state, (cx.resource, cx.replica), dims, span, *now, rejected, overflowed) {
                     GenericRequest::No => return false,
                     GenericRequest::Active => return true,
                     GenericRequest::Candidate => {
@@ -337,6 +340,7 @@ impl Inner {
         if let Some(head) = part.head {
             let complete = assembly::Complete {
                 head: *head,
+                resource: part.key.0,
                 start: part.start,
                 end: part.end,
                 facts: part.facts,
@@ -410,7 +414,7 @@ impl Inner {
     fn observe_generic<S: SpanLike>(
         &self,
         state: &mut State,
-        resource: &[KeyValue],
+        (resource, replica): (&[KeyValue], Option<u64>),
         dims: DimsId,
         span: &S,
         now: u64,
@@ -466,6 +470,9 @@ impl Inner {
             }
             let r = self.classifier.request(span, rejected);
             let counted_in_overflow = state.count_request(dims, &r.status, count, now);
+            if let Some(replica) = replica {
+                state.per_replica.record(replica, count, at.weight, r.duration, now);
+            }
             record(state, HistogramMetric::RequestDuration, r.duration);
             record(state, HistogramMetric::TimeToFirstByte, r.time_to_first_byte);
             record(state, HistogramMetric::RequestSize, r.request_size);
@@ -606,6 +613,9 @@ impl Inner {
             overflowed.push("model.requests");
         }
         let f = &c.facts;
+        state
+            .per_replica
+            .record(c.resource, c.head.count, weight_of(c.head.count), f.duration, now);
         let since_start = |t: u64| (t >= c.start).then(|| (t - c.start) as f64 / 1e9);
         let time_to_first_byte = f
             .time_to_first_byte
@@ -724,6 +734,8 @@ struct ResourceContext<'r> {
     interned: DimsId,
     /// The resource's identity (see `resource_identity`).
     key: u64,
+    /// The replica the resource is, when it names one (see `per_replica`): its key.
+    replica: Option<u64>,
     per_span_dims: bool,
     /// The `from` lists of the resource-sourced dimensions this resource lacks.
     missing: Vec<&'r [String]>,

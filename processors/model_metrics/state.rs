@@ -289,6 +289,8 @@ pub struct State {
     /// A full shard still takes those (see `admits`), so that a burst of new series cannot push the points of
     /// series already admitted into the overflow series.
     admitted: Option<Admitted>,
+    /// Requests and end-to-end time replica by replica (the dashboard's replica table).
+    pub per_replica: super::per_replica::PerReplica,
 }
 
 /// Dimension values with series in the state that emits, as of its last flush; shared with its shards.
@@ -327,6 +329,7 @@ impl State {
             last_flush_ns: now_ns,
             rng: now_ns | 1,
             admitted: None,
+            per_replica: Default::default(),
         }
     }
 
@@ -438,8 +441,10 @@ impl State {
                 interner,
                 requests: shard_requests,
                 histograms: shard_histograms,
+                per_replica,
                 ..
             } = shard;
+            self.per_replica.absorb(per_replica);
             let here = &mut self.interner;
             let mut translate = |id: DimsId| here.intern(interner.get(id).clone());
             for (key, series) in shard_requests {
@@ -786,6 +791,7 @@ impl State {
             ));
         }
         metrics.extend(replica_metrics(replicas, self.config.replica_ttl, now_ns));
+        metrics.extend(self.per_replica.metrics(delta, now_ns));
 
         // Delta state starts over; idle series go.
         for s in self.requests.values_mut() {
@@ -795,6 +801,7 @@ impl State {
             s.dirty = false;
         }
         let expiration = self.config.metrics_expiration.as_nanos() as u64;
+        self.per_replica.flushed(delta, now_ns, expiration);
         self.requests
             .retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) < expiration);
         for map in &mut self.histograms {

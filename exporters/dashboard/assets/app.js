@@ -132,14 +132,15 @@ function drawReplicaTable(el, rows) {
     table.className = "replicas";
     el.appendChild(table);
   }
-  const head = "<tr><th>replica</th><th>state</th><th>since</th><th>CPU</th><th>memory</th><th>GPU memory</th></tr>";
+  const head = "<tr><th>replica</th><th>state</th><th>since</th><th>req/s</th><th>p95 end-to-end</th><th>CPU</th>" +
+    "<th>memory</th><th>GPU memory</th></tr>";
   table.innerHTML = head;
   el.dataset.replicas = rows.map((r) => r.id).join("|");
   for (const r of rows) {
     const tr = document.createElement("tr");
     tr.className = r.id === state.replica ? "picked" : "";
-    const cells = [r.id, r.state, new Date(r.since * 1000).toLocaleString(), fmt("%", r.cpu), fmt("By", r.memory),
-      fmt("By", r.gpu_memory)];
+    const cells = [r.id, r.state, new Date(r.since * 1000).toLocaleString(), fmt("req/s", r.requests_per_s),
+      fmt("s", r.p95), fmt("%", r.cpu), fmt("By", r.memory), fmt("By", r.gpu_memory)];
     for (const c of cells) {
       const td = document.createElement("td");
       td.textContent = c;
