@@ -56,7 +56,18 @@ async fn send_from(endpoint: String, ids: std::ops::Range<u64>, replica: Option<
     }
 }
 
+/// An agent as the scale-out guide writes it: deltas, 4096 buckets, spans forwarded too.
 fn agent(gateway_grpc: &str) -> Collector {
+    agent_of(
+        gateway_grpc,
+        "delta",
+        "histogram: { exponential: { max_size: 4096 } }",
+        "model_metrics, otlp",
+    )
+}
+
+/// An agent to a gateway: `temporality`, more `model_metrics` keys, and the traces pipeline's exporters.
+fn agent_of(gateway_grpc: &str, temporality: &str, extra: &str, traces_to: &str) -> Collector {
     Collector::start(&format!(
         r#"
 receivers:
@@ -66,8 +77,8 @@ receivers:
 connectors:
   model_metrics:
     flush_interval: 300ms
-    aggregation_temporality: delta
-    histogram: {{ exponential: {{ max_size: 4096 }} }}
+    aggregation_temporality: {temporality}
+    {extra}
 exporters:
   otlp:
     endpoint: "{gateway_grpc}"
@@ -76,7 +87,7 @@ service:
   telemetry:
     metrics: {{ level: none }}
   pipelines:
-    traces: {{ receivers: [otlp], exporters: [model_metrics, otlp] }}
+    traces: {{ receivers: [otlp], exporters: [{traces_to}] }}
     metrics: {{ receivers: [model_metrics], exporters: [otlp] }}
 "#
     ))
@@ -270,30 +281,9 @@ fn plain_agent(gateway_grpc: &str) -> Collector {
     agent_sending(gateway_grpc, "delta")
 }
 
-/// An agent that sends `temporality` (delta or cumulative) to a gateway.
+/// An agent that sends `temporality` (delta or cumulative) to a gateway, with model_metrics' defaults.
 fn agent_sending(gateway_grpc: &str, temporality: &str) -> Collector {
-    Collector::start(&format!(
-        r#"
-receivers:
-  otlp:
-    protocols:
-      grpc: {{ endpoint: "127.0.0.1:0" }}
-connectors:
-  model_metrics:
-    flush_interval: 300ms
-    aggregation_temporality: {temporality}
-exporters:
-  otlp:
-    endpoint: "{gateway_grpc}"
-    tls: {{ insecure: true }}
-service:
-  telemetry:
-    metrics: {{ level: none }}
-  pipelines:
-    traces: {{ receivers: [otlp], exporters: [model_metrics] }}
-    metrics: {{ receivers: [model_metrics], exporters: [otlp] }}
-"#
-    ))
+    agent_of(gateway_grpc, temporality, "", "model_metrics")
 }
 
 const ONE_DASHBOARD: &str = r#"

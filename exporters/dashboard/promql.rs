@@ -139,14 +139,7 @@ fn check_matcher(m: &str) -> Result<(), &'static str> {
 fn quote(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 2);
     out.push('"');
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
+    crate::prometheus::text::escape_value(v, &mut out);
     out.push('"');
     out
 }

@@ -25,7 +25,8 @@ pub fn float(v: f64) -> String {
     }
 }
 
-fn escape_value(v: &str, out: &mut String) {
+/// A label value as the text format and PromQL's double-quoted strings escape it.
+pub(crate) fn escape_value(v: &str, out: &mut String) {
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
