@@ -108,17 +108,23 @@ def loadgen(args, port, duration, *extra):
     return load
 
 
-def throughput(args, system, work):
+def throughput(args, system, work, duration=None, batch=1000, concurrency=32, *extra):
+    """One load on a fresh start of `system`: as fast as acknowledged unless `extra` holds a `--rate`."""
     system.start(work)
     pid = system.proc.pid
     t0 = cpu_seconds(pid)
-    load = loadgen(args, system.otlp, args.duration, "--batch", 1000, "--concurrency", 32)
+    load = loadgen(args, system.otlp, duration or args.duration, "--batch", batch, "--concurrency", concurrency,
+                   *extra)
     t1 = cpu_seconds(pid)
     time.sleep(3)
+    acknowledged = load["acknowledged"]
     row = {
+        "batch": batch,
         "spans_per_sec": load["spans_per_sec"],
         "refused": load["refused"],
-        "cpu_per_million": (t1 - t0) / (load["acknowledged"] / 1e6) if load["acknowledged"] else float("nan"),
+        "cpu_per_million": (t1 - t0) / (acknowledged / 1e6) if acknowledged else float("nan"),
+        # CPU per export request: what an SDK's small batches pay for.
+        "cpu_us_per_request": (t1 - t0) / (acknowledged / batch) * 1e6 if acknowledged else float("nan"),
         "peak_mib": status_kib(pid, "VmHWM") / 1024,
         "loadgen_busy": load["loadgen_cpu"] / load["seconds"],
     }
@@ -131,6 +137,68 @@ def throughput(args, system, work):
         row["counts"] = "n/a (derives nothing)"
     system.stop()
     return row
+
+
+# Batch sizes as SDKs send them: the Python SDK's BatchSpanProcessor exports up to 512 spans, and far fewer at low
+# rates; 1000 is the main table's.
+SWEEP_BATCHES = [10, 50, 512, 1000]
+# Many clients: 500 connections (replicas each holding their own), 10-span requests at a modest rate.
+MANY_CLIENTS = {"connections": 500, "batch": 10, "rate": 50_000}
+
+
+def sweep(args, systems):
+    """Each system at each batch size (64 requests in flight), then with many clients; rows by system."""
+    out = {}
+    seconds = 3 if args.quick else 8
+    for s in systems:
+        out[s.name] = {}
+        for batch in SWEEP_BATCHES:
+            print(f"sweep: {s.name}, batch {batch}", file=sys.stderr)
+            out[s.name][batch] = throughput(args, s, args.work, seconds, batch, 64)
+        m = MANY_CLIENTS
+        print(f"many clients: {s.name}", file=sys.stderr)
+        out[s.name]["many"] = throughput(args, s, args.work, seconds * 2, m["batch"], m["connections"],
+                                         "--connections", m["connections"], "--rate", m["rate"])
+    return out
+
+
+def sweep_lines(out):
+    """The sweep's tables and its ratios against the targets (CPU per span within 2x of the floor, 3x less than
+    the Collector's)."""
+    names = list(out)
+    lines = ["## Batch sizes", "",
+             f"`infercol-loadgen --batch B --concurrency 64`, as fast as acknowledged, each system on a fresh start. "
+             "CPU per span and per request is the collector's own CPU time over what it acknowledged.", "",
+             "| batch | " + " | ".join(f"{n} spans/s | {n} CPU s/M spans | {n} CPU us/request | {n} peak RSS"
+                                       for n in names) + " |",
+             "|---|" + "---|---|---|---|" * len(names)]
+    for b in SWEEP_BATCHES:
+        cells = []
+        for n in names:
+            x = out[n][b]
+            refused = f" ({x['refused']:,} refused)" if x["refused"] else ""
+            cells.append(f"{x['spans_per_sec']:,.0f}{refused} | {x['cpu_per_million']:.2f} | "
+                         f"{x['cpu_us_per_request']:.1f} | {x['peak_mib']:.0f} MiB")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    lines += ["", "| batch | infercol CPU per span / floor's (target at most 2x) | Collector's / infercol's (target "
+              "at least 3x) | rotel's / infercol's | counts |", "|---|---|---|---|---|"]
+    for b in SWEEP_BATCHES:
+        i, f, o, r = (out[n][b]["cpu_per_million"] for n in ["infercol", "floor", "otelcol", "rotel"])
+        lines.append(f"| {b} | {i / f:.2f}x ({'met' if i <= 2 * f else 'not met'}) | {o / i:.2f}x "
+                     f"({'met' if o >= 3 * i else 'not met'}) | {r / i:.2f}x | infercol {out['infercol'][b]['counts']}"
+                     f", otelcol {out['otelcol'][b]['counts']} |")
+    m = MANY_CLIENTS
+    lines += ["", "## Many clients", "",
+              f"`--connections {m['connections']} --concurrency {m['connections']} --batch {m['batch']} --rate "
+              f"{m['rate']}`: each connection one request in flight, {m['batch']}-span requests, "
+              f"{m['rate']:,} spans/s in all.", "",
+              "| system | spans/s | refused | CPU s per million spans | CPU us per request | peak RSS | counts |",
+              "|---|---|---|---|---|---|---|"]
+    for n in names:
+        x = out[n]["many"]
+        lines.append(f"| {n} | {x['spans_per_sec']:,.0f} | {x['refused']:,} | {x['cpu_per_million']:.2f} | "
+                     f"{x['cpu_us_per_request']:.1f} | {x['peak_mib']:.0f} MiB | {x['counts']} |")
+    return lines
 
 
 def soak(args, system, work, rate, seconds):
@@ -391,6 +459,8 @@ service:
                    lambda work, otlp, prom: [args.sink, "--endpoint", f"127.0.0.1:{otlp}"], None)
     print("throughput: transport floor", file=sys.stderr)
     rows["floor"] = throughput(args, floor, work)
+    args.work = work
+    swept = sweep(args, systems + [floor])
     for s in systems[1:]:
         print(f"soak: {s.name}, {soak_peer} s", file=sys.stderr)
         soaks[s.name] = soak(args, s, work, rows[s.name]["spans_per_sec"] / 2, soak_peer)
@@ -454,6 +524,7 @@ service:
         x = rows[s.name]
         lines.append(f"| {s.name} | {x['spans_per_sec']:,.0f} | {x['refused']:,} | {x['cpu_per_million']:.2f} | "
                      f"{x['peak_mib']:.0f} MiB | {x['counts']} | {x['loadgen_busy'] * 100:.0f}% |")
+    lines += [""] + sweep_lines(swept)
     lines += ["", "## Soak at half the measured rate", "",
               f"infercol {soak_infercol} s, the peers {soak_peer} s each (a full run's budget holds one long soak). "
               "Resident memory sampled every 2 s, from the end of the first quarter (warm-up) to the end. Each end "

@@ -185,6 +185,38 @@ impl<'a> KeyValues<'a> {
         self.kvs.is_empty()
     }
 
+    /// A hash of the pairs as encoded: the same attributes, encoded alike, hash alike. For caches keyed by a
+    /// resource, so that a request from a resource seen a moment ago need not decode its attributes again.
+    pub fn identity(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for kv in self.kvs {
+            kv.message.of(self.bytes).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The pairs as encoded, one after the other (what `identity` hashes), to tell a hash's collision apart.
+    pub fn encoded(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.kvs.iter().map(|kv| kv.message.of(self.bytes).len()).sum());
+        for kv in self.kvs {
+            out.extend_from_slice(kv.message.of(self.bytes));
+        }
+        out
+    }
+
+    /// Whether these pairs, as encoded, are `encoded` (what `encoded` gave for a resource), without copying.
+    pub fn is_encoded(&self, mut encoded: &[u8]) -> bool {
+        for kv in self.kvs {
+            let m = kv.message.of(self.bytes);
+            match encoded.strip_prefix(m) {
+                Some(rest) => encoded = rest,
+                None => return false,
+            }
+        }
+        encoded.is_empty()
+    }
+
     /// The owned form (for code that takes the generated types: dimensions, the replica directory); each pair is
     /// decoded by prost from its own bytes.
     pub fn owned(&self) -> Vec<KeyValue> {
@@ -784,6 +816,44 @@ mod tests {
             value: Some(AnyValue { value: Some(v) }),
             ..Default::default()
         }
+    }
+
+    /// Resources alike in their encoded attributes share an identity and match each other's bytes; one attribute
+    /// more, or another value, does not.
+    #[test]
+    fn a_resource_is_known_by_its_encoded_attributes() {
+        let resource = |attributes: Vec<KeyValue>| ResourceSpans {
+            resource: Some(Resource {
+                attributes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = || {
+            vec![
+                kv("service.name", V::StringValue("chat".into())),
+                kv("pid", V::IntValue(7)),
+            ]
+        };
+        let mut longer = a();
+        longer.push(kv("x", V::BoolValue(true)));
+        let other = vec![
+            kv("service.name", V::StringValue("chas".into())),
+            kv("pid", V::IntValue(7)),
+        ];
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![resource(a()), resource(a()), resource(longer), resource(other)],
+        };
+        let view = TraceView::decode(request.encode_to_vec().into()).unwrap();
+        let attrs: Vec<KeyValues<'_>> = view.resources().map(|r| r.attributes()).collect();
+        assert_eq!(attrs[0].identity(), attrs[1].identity());
+        assert!(attrs[1].is_encoded(&attrs[0].encoded()));
+        for different in &attrs[2..] {
+            assert_ne!(different.identity(), attrs[0].identity());
+            assert!(!different.is_encoded(&attrs[0].encoded()));
+            assert!(!attrs[0].is_encoded(&different.encoded()));
+        }
+        assert_eq!(attrs[0].owned(), a());
     }
 
     fn sample() -> ExportTraceServiceRequest {

@@ -95,7 +95,16 @@ pub struct ReplicaCounts {
 pub struct ReplicaDirectory {
     inner: Arc<RwLock<Entries>>,
     fleet: Arc<RwLock<Fleet>>,
+    /// Resources of decoded requests observed within `RECENT`, by `KeyValues::identity`: a request from one of
+    /// them costs a lookup, not the owned form of its attributes (a decode and a few allocations per pair).
+    recent: Arc<RwLock<HashMap<u64, Instant>>>,
 }
+
+/// How long a resource observed stays observed: what `seen` would skip anyway (it refreshes a replica at most once
+/// a second).
+const RECENT: Duration = Duration::from_secs(1);
+/// Resources remembered as recent at most; past it the stale ones go, and if none is stale, all.
+const MAX_RECENT: usize = 100_000;
 
 /// The replica id of a resource (contract: `service.instance.id`, else `host.name` + `process.pid`).
 pub fn replica_id(resource: &[KeyValue]) -> Option<String> {
@@ -337,7 +346,26 @@ impl ReplicaDirectory {
     pub fn observe_data(&self, data: &Data) {
         if let Some(view) = data.view() {
             for resource in view.resources() {
-                self.observe(&resource.attributes().owned());
+                let attributes = resource.attributes();
+                let identity = attributes.identity();
+                let now = Instant::now();
+                let recent = self
+                    .recent
+                    .read()
+                    .is_ok_and(|r| r.get(&identity).is_some_and(|t| now.duration_since(*t) < RECENT));
+                if recent {
+                    continue;
+                }
+                self.observe(&attributes.owned());
+                if let Ok(mut r) = self.recent.write() {
+                    if r.len() >= MAX_RECENT {
+                        r.retain(|_, t| now.duration_since(*t) < RECENT);
+                        if r.len() >= MAX_RECENT {
+                            r.clear();
+                        }
+                    }
+                    r.insert(identity, now);
+                }
             }
             return;
         }

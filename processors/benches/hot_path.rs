@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the hot path, for regression tracking: decoding a 1,000-span request, classifying its spans,
-//! and recording them in model_metrics. `cargo bench -p infercol-processors` (numbers per request of 1,000 spans).
+//! and recording them in model_metrics (numbers per request of 1,000 spans); and the per-request path as SDKs'
+//! small batches take it: one request of 12 or 48 spans over four resources, decoded (the receiver's view, with the
+//! replica directory's look at its resources) and recorded. `cargo bench -p infercol-processors`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use infercol_pipelines::{Data, Signal};
@@ -54,5 +56,28 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_path);
+/// One small request, from its bytes to recorded: what the receiver and model_metrics do per request.
+fn per_request(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let processor = spans::processor();
+    let replicas = infercol_pipelines::ReplicaDirectory::default();
+    let mut group = c.benchmark_group("per_request");
+    for per_resource in [3u64, 12] {
+        let bytes = bytes::Bytes::from(spans::request(per_resource).encode_to_vec());
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{} spans", per_resource * 4), |b| {
+            b.iter(|| {
+                let data = Data::decode(Signal::Traces, bytes.clone()).unwrap();
+                replicas.observe_data(&data);
+                runtime.block_on(processor.consume(data)).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hot_path, per_request);
 criterion_main!(benches);
