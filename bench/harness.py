@@ -116,7 +116,8 @@ def throughput(args, system, work, duration=None, batch=1000, concurrency=32, *e
     load = loadgen(args, system.otlp, duration or args.duration, "--batch", batch, "--concurrency", concurrency,
                    *extra)
     t1 = cpu_seconds(pid)
-    time.sleep(3)
+    # Past the next flush (1 s), so that the counts include every request.
+    time.sleep(1.5 if args.quick else 3)
     acknowledged = load["acknowledged"]
     row = {
         "batch": batch,
@@ -149,7 +150,7 @@ MANY_CLIENTS = {"connections": 500, "batch": 10, "rate": 50_000}
 def sweep(args, systems):
     """Each system at each batch size (64 requests in flight), then with many clients; rows by system."""
     out = {}
-    seconds = 3 if args.quick else 8
+    seconds = 2 if args.quick else 8
     for s in systems:
         out[s.name] = {}
         for batch in SWEEP_BATCHES:
@@ -380,8 +381,8 @@ def main():
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     args.duration = 5 if args.quick else 20
-    soak_infercol = 20 if args.quick else 600
-    soak_peer = 15 if args.quick else 60
+    soak_infercol = 12 if args.quick else 600
+    soak_peer = 8 if args.quick else 60
     work = tempfile.mkdtemp()
     started = time.time()
 
@@ -475,7 +476,7 @@ service:
     for models in [13, 200]:
         print(f"scrape cost: infercol, {models} models", file=sys.stderr)
         scrapes.append(scrape_cost(args, systems[0], work, rows["infercol"]["spans_per_sec"] / 2,
-                                   10 if args.quick else 30, models))
+                                   6 if args.quick else 30, models))
     # A quick run does not overwrite the full run's figures.
     suffix = "-quick" if args.quick else ""
     plotted = plot(os.path.join(os.path.dirname(__file__), f"results{suffix}.png"), systems, rows, soaks)
