@@ -366,6 +366,22 @@ fn latest(body: &serde_json::Value, id: &str, line: &str) -> f64 {
     values.iter().rev().find_map(|v| v.as_f64()).unwrap()
 }
 
+/// The page's p50..p99 (at the step of the burst) are within the bound the latency panel states of the exact
+/// percentiles of the requests `ids`; the bound is model_metrics' default layout's (under 20%).
+fn within_the_stated_bound(body: &serde_json::Value, ids: std::ops::Range<u64>) {
+    let bound = panel(body, "latency")["relative_error"]
+        .as_f64()
+        .expect("the buckets' bound is stated");
+    assert!(bound > 0.0 && bound < 0.2, "model_metrics' default layout: {bound}");
+    for (q, line) in [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")] {
+        let (got, exact) = (latest(body, "latency", line), exact(ids.clone(), q));
+        assert!(
+            ((got - exact) / exact).abs() <= bound,
+            "{line}: {got} vs exact {exact} (bound {bound})"
+        );
+    }
+}
+
 /// Two agents, each pinned to one of two gateways (as a layer-4 balancer pins a gRPC connection), both gateways
 /// remote-writing into one Prometheus: every gateway's page, reading Prometheus, counts what one collector that
 /// received everything counts, exactly, with percentiles within the buckets' bound; a gateway and an agent that
@@ -397,29 +413,11 @@ async fn two_gateways_pages_over_prometheus_match_one_collector() {
     for g in [&gateway_a, &gateway_b] {
         let body = wait_counted(g, n as f64).await;
         assert_eq!(counts(&body), want, "the same counts per status class, exactly");
-        let latency = panel(&body, "latency");
-        assert_eq!(latency["sources"], serde_json::json!(["prometheus"]));
-        let bound = latency["relative_error"]
-            .as_f64()
-            .expect("the buckets' bound is stated");
-        assert!(bound > 0.0 && bound < 0.2, "model_metrics' default layout: {bound}");
-        for (q, line) in [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")] {
-            let (got, exact) = (latest(&body, "latency", line), exact(0..n, q));
-            assert!(
-                ((got - exact) / exact).abs() <= bound,
-                "{line}: {got} vs exact {exact} (bound {bound})"
-            );
-            // The one collector's page merges the same histograms exactly: within the sketch's bound.
-            let (embedded, its_bound) = (
-                latest(&reference, "latency", line),
-                panel(&reference, "latency")["relative_error"].as_f64().unwrap(),
-            );
-            assert!(
-                ((embedded - exact) / exact).abs() <= its_bound,
-                "{line}: one collector {embedded} vs {exact} (bound {its_bound})"
-            );
-        }
+        assert_eq!(panel(&body, "latency")["sources"], serde_json::json!(["prometheus"]));
+        within_the_stated_bound(&body, 0..n);
     }
+    // The one collector's page merges the same histograms exactly: within the sketch's bound.
+    within_the_stated_bound(&reference, 0..n);
     // The replica table: each replica's requests, exactly, and its p95 within its histogram's bound (9%).
     for g in [&gateway_a, &gateway_b, &one] {
         let body = panels_over(g, "3h").await;
@@ -498,18 +496,7 @@ async fn a_native_histogram_store_gives_percentiles_within_its_buckets() {
     let reference = wait_counted_over(&one, "15m", (n + 100) as f64).await;
     let body = wait_counted_over(&gateway, "15m", (n + 100) as f64).await;
     assert_eq!(counts(&body), counts(&reference));
-    let latency = panel(&body, "latency");
-    let bound = latency["relative_error"]
-        .as_f64()
-        .expect("the native buckets' bound is stated");
-    assert!(bound > 0.0 && bound < 0.2, "model_metrics' default layout: {bound}");
-    for (q, line) in [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")] {
-        let (got, exact) = (latest(&body, "latency", line), exact(0..n, q));
-        assert!(
-            ((got - exact) / exact).abs() <= bound,
-            "{line}: {got} vs exact {exact} (bound {bound})"
-        );
-    }
+    within_the_stated_bound(&body, 0..n);
     let stored = prometheus.query_vector("model_request_duration_seconds").await;
     assert!(
         stored.iter().all(|s| s.get("histogram").is_some()),
