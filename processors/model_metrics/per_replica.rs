@@ -91,6 +91,10 @@ impl PerReplica {
 
     /// One request of the replica `resource_key`: its adjusted count and end-to-end time, if it has one.
     pub fn record(&mut self, resource_key: u64, weight: f64, weight_int: u64, duration: Option<f64>, now_ns: u64) {
+        // A resource known to name no replica takes no slot (a request resolved later comes without its resource).
+        if self.unnamed.contains(&resource_key) {
+            return;
+        }
         let full = self.tallies.len() >= REPLICA_TABLE_LIMIT;
         let tally = match self.tallies.get_mut(&resource_key) {
             Some(t) => t,
@@ -105,14 +109,29 @@ impl PerReplica {
         tally.dirty = true;
     }
 
-    /// Moves a shard's tallies and names into this one (the state that emits), within the limit.
-    pub fn absorb(&mut self, shard: PerReplica) {
-        for (key, name) in shard.names {
-            if self.names.len() < REPLICA_TABLE_LIMIT || self.names.contains_key(&key) {
-                self.names.entry(key).or_insert(name);
+    /// Moves the shards' names, then their tallies, into this one (the state that emits), within the limit: a
+    /// request resolved in one shard may have had its resource named in another.
+    pub fn absorb_all(&mut self, shards: Vec<PerReplica>) {
+        let mut tallies = Vec::with_capacity(shards.len());
+        for shard in shards {
+            for (key, name) in shard.names {
+                if self.names.len() < REPLICA_TABLE_LIMIT || self.names.contains_key(&key) {
+                    self.names.entry(key).or_insert(name);
+                }
             }
+            tallies.push(shard.tallies);
         }
-        for (key, t) in shard.tallies {
+        for shard in tallies {
+            self.absorb_tallies(shard);
+        }
+    }
+
+    fn absorb_tallies(&mut self, tallies: HashMap<u64, Tally>) {
+        for (key, t) in tallies {
+            // Tallies of resources that name no replica are not kept: they would take the slots of replicas.
+            if !self.names.contains_key(&key) {
+                continue;
+            }
             let full = self.tallies.len() >= REPLICA_TABLE_LIMIT;
             let into = match self.tallies.get_mut(&key) {
                 Some(into) => into,
@@ -249,7 +268,7 @@ mod tests {
                     shard.record(key, 1.0, 1, Some(d), 10);
                 }
             }
-            emitting.absorb(shard);
+            emitting.absorb_all(vec![shard]);
         }
         let metrics = emitting.metrics(false, 20);
         let opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(sum) = metrics[0].data.clone().unwrap() else {
@@ -267,6 +286,23 @@ mod tests {
         // The 95th of 0.1, 0.2, 0.3, 0.4 by rank (floor(0.95 * 3) = 2): 0.3, within the buckets' bound.
         let p95 = emitting.tallies[&1].duration.quantile(0.95).unwrap();
         assert!((p95 - 0.3).abs() / 0.3 < 0.1, "{p95}");
+
+        // A resource that names no replica is not tallied, in the shard nor where it is absorbed.
+        let mut shard = PerReplica::default();
+        let nameless = vec![kv("service.name", "chat")];
+        assert_eq!(shard.replica_of(9, &nameless), None);
+        shard.record(9, 1.0, 1, Some(0.1), 10);
+        assert!(shard.tallies.is_empty());
+        let mut other = PerReplica::default();
+        other.record(8, 1.0, 1, Some(0.1), 10);
+        emitting.absorb_all(vec![other]);
+        assert!(!emitting.tallies.contains_key(&8));
+        // A request resolved in one shard, its resource named in another: kept.
+        let (mut resolved, mut named) = (PerReplica::default(), PerReplica::default());
+        resolved.record(7, 1.0, 1, Some(0.1), 10);
+        named.replica_of(7, &resource("c"));
+        emitting.absorb_all(vec![resolved, named]);
+        assert_eq!(emitting.tallies[&7].count, 1.0);
 
         let mut full = PerReplica::default();
         for key in 0..(REPLICA_TABLE_LIMIT as u64 + 5) {

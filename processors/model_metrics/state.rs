@@ -436,6 +436,7 @@ impl State {
         let mut requests = Vec::new();
         let mut histograms: Vec<Vec<(Option<DimsId>, HistogramSeries)>> =
             HistogramMetric::ALL.iter().map(|_| Vec::new()).collect();
+        let mut per_replicas = Vec::with_capacity(shards.len());
         for shard in shards {
             let State {
                 interner,
@@ -444,7 +445,7 @@ impl State {
                 per_replica,
                 ..
             } = shard;
-            self.per_replica.absorb(per_replica);
+            per_replicas.push(per_replica);
             let here = &mut self.interner;
             let mut translate = |id: DimsId| here.intern(interner.get(id).clone());
             for (key, series) in shard_requests {
@@ -454,6 +455,7 @@ impl State {
                 into.extend(map.into_iter().map(|(key, series)| (key.map(&mut translate), series)));
             }
         }
+        self.per_replica.absorb_all(per_replicas);
         let interner = &self.interner;
         let dims = |id: &Option<DimsId>| id.map(|id| interner.get(id));
         requests.sort_by(|(a, x), (b, y)| {
