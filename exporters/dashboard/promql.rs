@@ -408,9 +408,36 @@ fn latest(values: &Values) -> Option<(usize, f64)> {
     values.iter().enumerate().rev().find_map(|(i, v)| v.map(|v| (i, v)))
 }
 
-/// The panels' queries, in the order `assemble` reads their answers.
+/// What each range query of a page answers, besides the percentile panels; its answer is found by the line.
+#[derive(Clone, Copy)]
+enum Line {
+    Volume,
+    ReplicasByState,
+    ReplicaStates,
+    ReplicaCpu,
+    ReplicaMemory,
+    ReplicaGpuMemory,
+    ReplicaRequests,
+    ProcessCpu,
+    ProcessMemory,
+    HostCpu,
+    HostMemory,
+    MemoryLimit,
+    GpuBusy,
+    GpuMemory,
+    GpuMemoryLimit,
+    SelectionGpuMemory,
+    AsyncQueue,
+    ServerQueue,
+}
+
+/// How many lines a page's gauge and count queries answer.
+const LINES: usize = Line::ServerQueue as usize + 1;
+
+/// The panels' queries: one per `Line` (in its order), and one per percentile panel (in `percentile_families`').
 struct Plan {
     queries: Vec<String>,
+    percentiles: Vec<String>,
     layouts: Vec<String>,
     /// Each replica's p95 over the whole range (an instant query at its end).
     replica_p95: String,
@@ -431,8 +458,52 @@ fn selection(q: &Query) -> String {
     sel.join(",")
 }
 
-fn plan(source: &Source, q: &Query, choice: &Choice, steps: Steps) -> Plan {
-    let sel = selection(q);
+/// The queries of the model panels' counts and gauges, and of the replica table.
+fn model_queries(source: &Source, sel: &str, steps: Steps) -> Vec<(Line, String)> {
+    let s = |family: &str| source.select(family, sel);
+    vec![
+        (
+            Line::Volume,
+            format!(
+                "sum by (protocol, status_class, status_code) ({})",
+                increase(&s("model_requests_total"), steps.step)
+            ),
+        ),
+        (
+            Line::ReplicasByState,
+            format!("sum by (state) ({})", s("model_replicas")),
+        ),
+        (
+            Line::ReplicaStates,
+            format!(
+                "max by (service_instance_id, state) ({})",
+                s("model_replica_state_since_seconds")
+            ),
+        ),
+        (
+            Line::ReplicaCpu,
+            format!("sum by (service_instance_id) ({})", s("process_cpu_utilization_ratio")),
+        ),
+        (
+            Line::ReplicaMemory,
+            format!("sum by (service_instance_id) ({})", s("process_memory_usage_bytes")),
+        ),
+        (
+            Line::ReplicaGpuMemory,
+            format!("sum by (service_instance_id) ({})", s("process_gpu_memory_usage_bytes")),
+        ),
+        (
+            Line::ReplicaRequests,
+            format!(
+                "sum by (service_instance_id) ({})",
+                increase(&s("model_replica_requests_total"), steps.step)
+            ),
+        ),
+    ]
+}
+
+/// The queries of the CPU, memory and GPU panels (the selection's processes, else the host) and the queue sizes.
+fn resource_queries(source: &Source, sel: &str) -> Vec<(Line, String)> {
     let with = |extra: &str| {
         if sel.is_empty() {
             extra.to_string()
@@ -440,7 +511,7 @@ fn plan(source: &Source, q: &Query, choice: &Choice, steps: Steps) -> Plan {
             format!("{sel},{extra}")
         }
     };
-    let s = |family: &str| source.select(family, &sel);
+    let s = |family: &str| source.select(family, sel);
     let host = |family: &str| source.select(family, "");
     let held = if sel.is_empty() {
         String::new()
@@ -450,55 +521,73 @@ fn plan(source: &Source, q: &Query, choice: &Choice, steps: Steps) -> Plan {
             s("process_gpu_memory_usage_bytes")
         )
     };
+    vec![
+        (
+            Line::ProcessCpu,
+            format!(
+                "sum({})",
+                source.select("process_cpu_utilization_ratio", &with("model!=\"\""))
+            ),
+        ),
+        (
+            Line::ProcessMemory,
+            format!(
+                "sum({})",
+                source.select("process_memory_usage_bytes", &with("model!=\"\""))
+            ),
+        ),
+        (Line::HostCpu, format!("sum({})", host("system_cpu_utilization_ratio"))),
+        (
+            Line::HostMemory,
+            format!(
+                "sum({})",
+                source.select("system_memory_usage_bytes", "system_memory_state=~\"used|\"")
+            ),
+        ),
+        (Line::MemoryLimit, format!("sum({})", host("system_memory_limit_bytes"))),
+        (
+            Line::GpuBusy,
+            format!(
+                "sum by (hw_id, hw_gpu_index) ({}){held}",
+                host("hw_gpu_utilization_ratio")
+            ),
+        ),
+        (
+            Line::GpuMemory,
+            format!(
+                "sum by (hw_id, hw_gpu_index) ({}){held}",
+                host("hw_gpu_memory_usage_bytes")
+            ),
+        ),
+        (
+            Line::GpuMemoryLimit,
+            format!("sum by (hw_id) ({}){held}", host("hw_gpu_memory_limit_bytes")),
+        ),
+        (
+            Line::SelectionGpuMemory,
+            format!("sum({})", s("process_gpu_memory_usage_bytes")),
+        ),
+        (Line::AsyncQueue, format!("sum({})", s("model_async_queue_size"))),
+        (Line::ServerQueue, format!("sum({})", s("model_queue_size"))),
+    ]
+}
+
+fn plan(source: &Source, q: &Query, choice: &Choice, steps: Steps) -> Plan {
+    let sel = selection(q);
     let families = percentile_families(choice);
-    let mut queries = vec![
-        format!(
-            "sum by (protocol, status_class, status_code) ({})",
-            increase(&s("model_requests_total"), steps.step)
-        ),
-        format!("sum by (state) ({})", s("model_replicas")),
-        format!(
-            "max by (service_instance_id, state) ({})",
-            s("model_replica_state_since_seconds")
-        ),
-        format!("sum by (service_instance_id) ({})", s("process_cpu_utilization_ratio")),
-        format!("sum by (service_instance_id) ({})", s("process_memory_usage_bytes")),
-        format!("sum by (service_instance_id) ({})", s("process_gpu_memory_usage_bytes")),
-        format!(
-            "sum({})",
-            source.select("process_cpu_utilization_ratio", &with("model!=\"\""))
-        ),
-        format!(
-            "sum({})",
-            source.select("process_memory_usage_bytes", &with("model!=\"\""))
-        ),
-        format!("sum({})", host("system_cpu_utilization_ratio")),
-        format!(
-            "sum({})",
-            source.select("system_memory_usage_bytes", "system_memory_state=~\"used|\"")
-        ),
-        format!("sum({})", host("system_memory_limit_bytes")),
-        format!(
-            "sum by (hw_id, hw_gpu_index) ({}){held}",
-            host("hw_gpu_utilization_ratio")
-        ),
-        format!(
-            "sum by (hw_id, hw_gpu_index) ({}){held}",
-            host("hw_gpu_memory_usage_bytes")
-        ),
-        format!("sum by (hw_id) ({}){held}", host("hw_gpu_memory_limit_bytes")),
-        format!("sum({})", s("process_gpu_memory_usage_bytes")),
-        format!("sum({})", s("model_async_queue_size")),
-        format!("sum({})", s("model_queue_size")),
-    ];
-    queries.extend(families.iter().map(|(_, f)| quantile_query(source, f, &sel, steps)));
-    queries.push(format!(
-        "sum by (service_instance_id) ({})",
-        increase(&s("model_replica_requests_total"), steps.step)
-    ));
+    let mut queries = model_queries(source, &sel, steps);
+    queries.extend(resource_queries(source, &sel));
+    queries.sort_by_key(|(line, _)| *line as usize);
+    debug_assert!(queries.iter().enumerate().all(|(i, (line, _))| *line as usize == i) && queries.len() == LINES);
+    let queries = queries.into_iter().map(|(_, q)| q).collect();
+    let percentiles = families
+        .iter()
+        .map(|(_, f)| quantile_query(source, f, &sel, steps))
+        .collect();
     let (layouts, replica_p95) = instants(source, &families, &sel, steps.bins as i64 * steps.step);
     Plan {
         queries,
+        percentiles,
         layouts,
         replica_p95,
     }
@@ -541,18 +630,23 @@ fn percentile_families(choice: &Choice) -> [(&'static str, String); 4] {
 
 /// The lines of every query of a plan, and each percentile panel's layout bound.
 struct Answers {
+    /// By `Line`.
     lines: Vec<Lines>,
+    /// By percentile panel.
+    percentiles: Vec<Lines>,
     bounds: Vec<Option<f64>>,
     replica_p95: Result<BTreeMap<String, f64>, String>,
 }
 
 async fn run(source: &Source, plan: Plan, steps: Steps) -> Result<Answers, String> {
-    let lines = futures::stream::iter(plan.queries.into_iter().map(|q| source.range(q, steps)))
+    let all = plan.queries.into_iter().chain(plan.percentiles);
+    let mut lines = futures::stream::iter(all.map(|q| source.range(q, steps)))
         .buffered(PARALLEL_QUERIES)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
+    let percentiles = lines.split_off(LINES);
     let at = steps.first + (steps.bins as i64 - 1) * steps.step;
     let bounds = futures::stream::iter(plan.layouts.into_iter().map(|q| source.instant(q, at)))
         .buffered(PARALLEL_QUERIES)
@@ -576,6 +670,7 @@ async fn run(source: &Source, plan: Plan, steps: Steps) -> Result<Answers, Strin
     };
     Ok(Answers {
         lines,
+        percentiles,
         bounds,
         replica_p95,
     })
@@ -586,14 +681,15 @@ fn assemble(answers: Answers, choice: Choice, steps: Steps) -> Vec<Json> {
     let bins = steps.bins;
     let Answers {
         lines,
+        percentiles: percentile_lines,
         bounds,
         replica_p95,
     } = answers;
-    let one = |i: usize| by_label(&lines[i], "", bins).remove("");
+    let one = |line: Line| by_label(&lines[line as usize], "", bins).remove("");
     let step_s = steps.step as f64;
     // Volume: each step's increase, per second.
     let mut groups: BTreeMap<(String, String), Values> = BTreeMap::new();
-    for (labels, values) in &lines[0] {
+    for (labels, values) in &lines[Line::Volume as usize] {
         let get = |k: &str| labels.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let rates: Values = values.iter().map(|v| v.map(|v| v / step_s)).collect();
         panels::add_into(
@@ -622,7 +718,9 @@ fn assemble(answers: Answers, choice: Choice, steps: Steps) -> Vec<Json> {
         .iter()
         .zip(titles)
         .enumerate()
-        .map(|(k, ((id, _), (title, unit, pick)))| percentile_panel(&lines[17 + k], bounds[k], id, title, unit, pick))
+        .map(|(k, ((id, _), (title, unit, pick)))| {
+            percentile_panel(&percentile_lines[k], bounds[k], id, title, unit, pick)
+        })
         .collect();
     let mut percentiles = percentiles.into_iter();
     let mut next = || percentiles.next().unwrap_or_default();
@@ -630,12 +728,28 @@ fn assemble(answers: Answers, choice: Choice, steps: Steps) -> Vec<Json> {
     list.push(latency);
     list.push(size);
     list.push(replicas(&lines, steps, &replica_p95));
-    list.push(cpu_memory([one(6), one(7), one(8), one(9), one(10)]));
-    list.push(gpu(&lines[11], &lines[12], &lines[13], one(14)));
+    list.push(cpu_memory([
+        one(Line::ProcessCpu),
+        one(Line::ProcessMemory),
+        one(Line::HostCpu),
+        one(Line::HostMemory),
+        one(Line::MemoryLimit),
+    ]));
+    let at = |line: Line| &lines[line as usize];
+    list.push(gpu(
+        at(Line::GpuBusy),
+        at(Line::GpuMemory),
+        at(Line::GpuMemoryLimit),
+        one(Line::SelectionGpuMemory),
+    ));
     list.push(queue_time);
-    list.push(queue_size("queue_size", "Async queue size", one(15)));
+    list.push(queue_size("queue_size", "Async queue size", one(Line::AsyncQueue)));
     list.push(server_queue_time);
-    list.push(queue_size("server_queue_size", "Server queue size", one(16)));
+    list.push(queue_size(
+        "server_queue_size",
+        "Server queue size",
+        one(Line::ServerQueue),
+    ));
     for panel in &mut list {
         let model_panel = !matches!(panel["id"].as_str(), Some("cpu_memory") | Some("gpu"));
         if model_panel {
@@ -671,14 +785,14 @@ fn replicas(lines: &[Lines], steps: Steps, p95: &Result<BTreeMap<String, f64>, S
         Ok(p95) => (p95.clone(), None),
         Err(e) => (BTreeMap::new(), Some(format!("p95 by replica: {e}"))),
     };
-    let by_state = by_label(&lines[1], "state", bins);
+    let by_state = by_label(&lines[Line::ReplicasByState as usize], "state", bins);
     let list: Vec<Json> = ["active", "starting"]
         .iter()
         .filter_map(|state| by_state.get(*state).map(|v| series(state, v, json!({}))))
         .collect();
     // Per replica, the state whose series is the latest: a replica that became active has left starting.
     let mut states: BTreeMap<String, (usize, String, f64)> = BTreeMap::new();
-    for (labels, values) in &lines[2] {
+    for (labels, values) in &lines[Line::ReplicaStates as usize] {
         let (Some(id), Some(state), Some((i, since))) =
             (labels.get("service_instance_id"), labels.get("state"), latest(values))
         else {
@@ -691,15 +805,19 @@ fn replicas(lines: &[Lines], steps: Steps, p95: &Result<BTreeMap<String, f64>, S
             states.insert(id.clone(), (i, state.clone(), since));
         }
     }
-    let per = |k: usize| -> BTreeMap<String, f64> {
-        by_label(&lines[k], "service_instance_id", bins)
+    let per = |line: Line| -> BTreeMap<String, f64> {
+        by_label(&lines[line as usize], "service_instance_id", bins)
             .into_iter()
             .filter_map(|(id, v)| Some((id, latest(&v)?.1)))
             .collect()
     };
-    let (cpu, memory, gpu_memory) = (per(3), per(4), per(5));
+    let (cpu, memory, gpu_memory) = (
+        per(Line::ReplicaCpu),
+        per(Line::ReplicaMemory),
+        per(Line::ReplicaGpuMemory),
+    );
     let seconds = (steps.bins as i64 * steps.step) as f64;
-    let rates: BTreeMap<String, f64> = by_label(&lines[21], "service_instance_id", bins)
+    let rates: BTreeMap<String, f64> = by_label(&lines[Line::ReplicaRequests as usize], "service_instance_id", bins)
         .into_iter()
         .map(|(id, v)| (id, v.iter().flatten().sum::<f64>()))
         .collect();
