@@ -177,20 +177,26 @@ impl ReplicaDirectory {
 
     /// A replica's telemetry arrived (`active`: it served a request or finished loading its model).
     pub fn seen(&self, resource: &[KeyValue], active: bool) {
-        let Some(id) = replica_id(resource) else { return };
+        if let Some(id) = replica_id(resource) {
+            self.seen_replica(&id, resource, active);
+        }
+    }
+
+    /// `seen` for a resource whose replica id (`replica_id`) is known already.
+    pub fn seen_replica(&self, id: &str, resource: &[KeyValue], active: bool) {
         let now = Instant::now();
         if let Ok(fleet) = self.fleet.read()
-            && let Some(known) = fleet.replicas.get(&id)
+            && let Some(known) = fleet.replicas.get(id)
             && (known.active || !active)
             && now.duration_since(known.last_seen) < Duration::from_secs(1)
         {
             return;
         }
         let Ok(mut fleet) = self.fleet.write() else { return };
-        if fleet.replicas.len() >= MAX_REPLICAS && !fleet.replicas.contains_key(&id) {
+        if fleet.replicas.len() >= MAX_REPLICAS && !fleet.replicas.contains_key(id) {
             return;
         }
-        let entry = fleet.replicas.entry(id).or_insert_with(|| Lifecycle {
+        let entry = fleet.replicas.entry(id.to_string()).or_insert_with(|| Lifecycle {
             dims: model_dims(resource),
             last_seen: now,
             active: false,

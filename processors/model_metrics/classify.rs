@@ -7,6 +7,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Valu
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatus;
 
+use super::lookup::{Found, List, RequestKeys};
+
 /// An attribute's value as classification reads it, borrowed from either form of a span.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Val<'a> {
@@ -43,47 +45,21 @@ impl<'a> From<ViewValue<'a>> for Val<'a> {
 }
 
 /// A list of attributes: the first one with a key, and its value (`None` inside when it carries none).
+/// An attribute's value, read when called (a reader that wants few keys pays for no other value).
+pub type LazyVal<'a, 's> = &'a dyn Fn() -> Option<Val<'s>>;
+
 pub trait Attributes {
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>>;
-    /// Each attribute's key.
-    fn for_each_key(&self, f: &mut dyn FnMut(&[u8]));
+    /// Each attribute's key, with its value read only when asked for (`None`: the pair carries none).
+    fn for_each_pair<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], LazyVal<'_, 's>));
 }
 
-/// A span's attributes with a 64-bit sketch of their keys: the lookup of a key the span does not carry (most of
-/// the contract's alternatives: legacy names, gRPC keys on an HTTP span) is answered without a scan. A key the
-/// span carries always has its bit set, so every answer is the list's own.
-pub struct Sketched<'a, A: ?Sized> {
-    attributes: &'a A,
-    bits: u64,
-}
-
-fn key_bit(key: &[u8]) -> u64 {
+/// A key's bit in a 64-bit sketch (see `lookup`): cheap, from its length and two of its bytes.
+pub(super) fn key_bit(key: &[u8]) -> u64 {
     let n = key.len();
     let Some(&last) = key.last() else { return 1 };
     let h = (n as u64).wrapping_mul(0x9E37_79B9) ^ (u64::from(last) << 5) ^ u64::from(key[n / 2]).wrapping_mul(7);
     1 << (h.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 58)
-}
-
-impl<'a, A: Attributes + ?Sized> Sketched<'a, A> {
-    #[inline]
-    pub fn new(attributes: &'a A) -> Self {
-        let mut bits = 0;
-        attributes.for_each_key(&mut |k| bits |= key_bit(k));
-        Sketched { attributes, bits }
-    }
-}
-
-impl<A: Attributes + ?Sized> Attributes for Sketched<'_, A> {
-    #[inline]
-    fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
-        if self.bits & key_bit(key.as_bytes()) == 0 {
-            return None;
-        }
-        self.attributes.attribute(key)
-    }
-    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) {
-        self.attributes.for_each_key(f)
-    }
 }
 
 impl Attributes for [KeyValue] {
@@ -93,9 +69,9 @@ impl Attributes for [KeyValue] {
             .find(|kv| kv.key == key)
             .map(|kv| kv.value.as_ref().map(Val::from))
     }
-    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) {
+    fn for_each_pair<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], LazyVal<'_, 's>)) {
         for kv in self {
-            f(kv.key.as_bytes());
+            f(kv.key.as_bytes(), &|| kv.value.as_ref().map(Val::from));
         }
     }
 }
@@ -105,10 +81,8 @@ impl Attributes for KeyValues<'_> {
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
         self.get(key.as_bytes()).map(|v| v.map(Val::from))
     }
-    fn for_each_key(&self, f: &mut dyn FnMut(&[u8])) {
-        for k in self.keys() {
-            f(k);
-        }
+    fn for_each_pair<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], LazyVal<'_, 's>)) {
+        self.for_each_raw(|key, value| f(key, &|| value().map(Val::from)));
     }
 }
 
@@ -526,14 +500,8 @@ fn text(value: Val<'_>) -> Option<&str> {
 }
 
 /// A non-negative finite quantity (size, tokens, seconds), or the rejection.
-fn quantity<A: Attributes + ?Sized>(
-    attributes: &A,
-    keys: &[String],
-    why: Rejection,
-    rejected: &mut Vec<Rejection>,
-) -> Option<f64> {
-    let value = find(attributes, keys)?;
-    match number(value) {
+fn quantity(value: Option<Val<'_>>, why: Rejection, rejected: &mut Vec<Rejection>) -> Option<f64> {
+    match number(value?) {
         Some(v) if v.is_finite() && v >= 0.0 => Some(v),
         _ => {
             rejected.push(why);
@@ -545,12 +513,17 @@ fn quantity<A: Attributes + ?Sized>(
 pub struct Classifier {
     rules: SpanRules,
     request_kinds: Vec<i32>,
+    request_keys: RequestKeys,
 }
 
 impl Classifier {
     pub fn new(rules: SpanRules) -> Classifier {
         let request_kinds = rules.request_span_kinds.iter().map(|k| k.otlp()).collect();
-        Classifier { rules, request_kinds }
+        Classifier {
+            request_keys: RequestKeys::new(&rules),
+            rules,
+            request_kinds,
+        }
     }
 
     pub fn is_request(&self, span: &impl SpanLike) -> bool {
@@ -614,22 +587,17 @@ impl Classifier {
     }
 
     pub fn status<S: SpanLike>(&self, span: &S, rejected: &mut Vec<Rejection>) -> Status {
-        self.status_of(span, &Sketched::new(span.attributes()), rejected)
+        self.status_of(span, &self.request_keys.read(span.attributes()), rejected)
     }
 
-    fn status_of<S: SpanLike, A: Attributes + ?Sized>(
-        &self,
-        span: &S,
-        attrs: &A,
-        rejected: &mut Vec<Rejection>,
-    ) -> Status {
-        let rules = &self.rules;
-        let grpc_code = find(attrs, &rules.grpc_status_code_attributes);
+    fn status_of<S: SpanLike>(&self, span: &S, found: &Found<'_>, rejected: &mut Vec<Rejection>) -> Status {
+        let grpc_code = found.get(List::GrpcStatus);
         let is_grpc = grpc_code.is_some()
-            || find(attrs, &rules.rpc_system_attributes)
+            || found
+                .get(List::RpcSystem)
                 .and_then(text)
                 .is_some_and(|s| s.eq_ignore_ascii_case("grpc"));
-        let websocket = find(attrs, &rules.websocket_close_code_attributes);
+        let websocket = found.get(List::WebsocketClose);
         let (protocol, coded) = if is_grpc {
             let coded =
                 grpc_code.map(|v| grpc_status(v).map(|(name, http)| (Code::Name(name), StatusClass::of_http(http))));
@@ -638,7 +606,8 @@ impl Classifier {
             let coded = Some(integer(v).map(|c| (Code::Number(c), websocket_class(c))));
             (Protocol::Websocket, coded)
         } else {
-            let coded = find(attrs, &rules.http_status_code_attributes)
+            let coded = found
+                .get(List::HttpStatus)
                 .map(|v| integer(v).and_then(|c| StatusClass::of_http(c).map(|k| (Code::Number(c), Some(k)))));
             (Protocol::Http, coded)
         };
@@ -678,8 +647,8 @@ impl Classifier {
 
     pub fn request<S: SpanLike>(&self, span: &S, rejected: &mut Vec<Rejection>) -> Request {
         let rules = &self.rules;
-        let attrs = &Sketched::new(span.attributes());
-        let status = self.status_of(span, attrs, rejected);
+        let found = self.request_keys.read(span.attributes());
+        let status = self.status_of(span, &found, rejected);
         let duration = Self::duration(span, rejected);
         let from_event = span.first_event(&rules.first_byte_event_names);
         let mut first_byte_fell_back = false;
@@ -690,16 +659,10 @@ impl Classifier {
                 None
             }
             None => {
-                let from_attribute = quantity(
-                    attrs,
-                    &rules.time_to_first_token_attributes,
-                    Rejection::InvalidTimeToFirstByte,
-                    rejected,
-                );
-                let present = find(attrs, &rules.time_to_first_token_attributes).is_some();
-                match from_attribute {
+                let given = found.get(List::TimeToFirstToken);
+                match quantity(given, Rejection::InvalidTimeToFirstByte, rejected) {
                     Some(v) => Some(v),
-                    None if !present && rules.time_to_first_byte_falls_back_to_duration => {
+                    None if given.is_none() && rules.time_to_first_byte_falls_back_to_duration => {
                         first_byte_fell_back = true;
                         duration
                     }
@@ -711,16 +674,11 @@ impl Classifier {
             status,
             duration,
             time_to_first_byte,
-            request_size: quantity(attrs, &rules.request_size_attributes, Rejection::InvalidSize, rejected),
-            response_size: quantity(attrs, &rules.response_size_attributes, Rejection::InvalidSize, rejected),
-            input_tokens: quantity(attrs, &rules.input_token_attributes, Rejection::InvalidTokens, rejected),
-            output_tokens: quantity(
-                attrs,
-                &rules.output_token_attributes,
-                Rejection::InvalidTokens,
-                rejected,
-            ),
-            queue: find(attrs, &rules.queue_duration_attributes).and_then(|v| match seconds(v) {
+            request_size: quantity(found.get(List::RequestSize), Rejection::InvalidSize, rejected),
+            response_size: quantity(found.get(List::ResponseSize), Rejection::InvalidSize, rejected),
+            input_tokens: quantity(found.get(List::InputTokens), Rejection::InvalidTokens, rejected),
+            output_tokens: quantity(found.get(List::OutputTokens), Rejection::InvalidTokens, rejected),
+            queue: found.get(List::QueueDuration).and_then(|v| match seconds(v) {
                 Some(s) if s.is_finite() && s >= 0.0 => Some(s),
                 _ => {
                     rejected.push(Rejection::InvalidQueueTime);
@@ -1090,52 +1048,6 @@ mod duration_text_tests {
         assert_eq!(seconds(Val::Int(2)), Some(2.0));
         for bad in ["", "ms", "1.5 parsecs", "1.2.3s", "-"] {
             assert_eq!(seconds(Val::Str(bad)), None, "{bad}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod sketch_tests {
-    use super::{Attributes, Sketched};
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-
-    /// The sketch only skips scans: every lookup answers as the attributes themselves do.
-    #[test]
-    fn a_sketched_lookup_answers_as_the_list_does() {
-        let keys = [
-            "http.response.status_code",
-            "http.status_code",
-            "rpc.grpc.status_code",
-            "rpc.system",
-            "a",
-            "",
-            "gen_ai.usage.input_tokens",
-            "gen_ai.usage.prompt_tokens",
-            "gen_ai.latency.time_in_queue",
-            "x.y.z",
-            "websocket.close_code",
-            "http.request.body.size",
-            "http.response.body.size",
-            "ab",
-            "ba",
-        ];
-        for mask in 0u32..(1 << 10) {
-            let attrs: Vec<KeyValue> = keys
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << (i % 10)) != 0 && i % 3 != 2)
-                .map(|(i, k)| KeyValue {
-                    key: k.to_string(),
-                    value: Some(AnyValue {
-                        value: Some(Value::IntValue(i as i64)),
-                    }),
-                    ..Default::default()
-                })
-                .collect();
-            let sketched = Sketched::new(attrs.as_slice());
-            for k in keys {
-                assert_eq!(sketched.attribute(k), attrs.as_slice().attribute(k), "{k} in {mask:b}");
-            }
         }
     }
 }

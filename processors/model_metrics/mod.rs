@@ -10,9 +10,11 @@ mod assembly;
 pub mod classify;
 pub mod config;
 pub mod gateway;
+mod lookup;
 mod per_replica;
 pub mod profiles;
 mod queue;
+mod resource;
 mod state;
 pub mod window;
 
@@ -37,6 +39,7 @@ use assembly::{Assembly, Facts, Part, Role, fill};
 use classify::{Attributes, Classifier, Rejection, SpanLike, Val, adjusted_count};
 use config::{ModelMetricsConfig, Source};
 use profiles::{Profiles, Read};
+use resource::ResourceFacts;
 pub use state::HistogramMetric;
 use state::{Dims, DimsId, Observation, State};
 
@@ -126,15 +129,9 @@ pub(crate) fn now_ns() -> u64 {
 /// Span ids remembered for the parent rule: 2^18 slots of 8 bytes, 2 MiB.
 const SEEN_SPAN_BITS: u32 = 18;
 
-/// Resources whose owned attributes are kept (see `Inner::owned_resource`): past it, the cache starts over.
-const MAX_CACHED_RESOURCES: usize = 10_000;
-
-/// Owned resource attributes by `KeyValues::identity`, with the encoded bytes that the identity hashes.
-type ResourceCache = std::sync::RwLock<hashbrown::HashMap<u64, (Vec<u8>, Arc<[KeyValue]>)>>;
-
 struct Inner {
     config: Arc<ModelMetricsConfig>,
-    resources: ResourceCache,
+    resources: resource::ResourceCache,
     classifier: Classifier,
     profiles: Profiles,
     /// The parts of requests waiting for the rest of their spans.
@@ -213,29 +210,26 @@ impl Inner {
     fn observe_resource<'a, S: SpanLike, I: Iterator<Item = S>>(
         &self,
         state: &mut State,
-        resource: &[KeyValue],
+        (resource, facts): (&[KeyValue], &ResourceFacts),
         scopes: impl Iterator<Item = (&'a str, I)>,
         now: u64,
         gathered: &mut Gathered,
         rejected: &mut Vec<Rejection>,
         overflowed: &mut Vec<&'static str>,
     ) {
-        let dims = self.dims::<S::Attrs>(resource, None, rejected);
-        let key = resource_identity(resource);
+        rejected.extend((0..facts.truncated).map(|_| Rejection::LabelTruncated));
         let cx = ResourceContext {
             resource,
-            replica: state.per_replica.replica_of(key, resource),
-            interned: state.intern(dims.clone()),
-            dims,
-            key,
+            replica: state.per_replica.replica_of(facts.key, resource),
+            interned: state.intern(facts.dims.clone()),
+            dims: facts.dims.clone(),
+            key: facts.key,
             per_span_dims: self.config.dimensions.iter().any(|d| d.source == Source::Span),
             // A dimension the resource lacks may be on the span (`dimensions[].from` falls back to span attributes).
-            missing: self
-                .config
-                .dimensions
+            missing: facts
+                .missing
                 .iter()
-                .filter(|d| d.source == Source::Resource && classify::find(resource, &d.from).is_none())
-                .map(|d| d.from.as_slice())
+                .map(|&i| self.config.dimensions[i].from.as_slice())
                 .collect(),
         };
         let mut batch = Batch {
@@ -255,9 +249,18 @@ impl Inner {
                 replica_active |= self.observe_span(&cx, &mut batch, profile, &span);
             }
         }
-        if replica_active {
-            self.replicas.seen(resource, true);
+        if replica_active && let Some(id) = &facts.replica {
+            self.replicas.seen_replica(id, resource, true);
         }
+    }
+
+    /// A resource's facts, worked out anew (the owned form of a request, which the cache does not key).
+    fn resource_facts(&self, attributes: &[KeyValue]) -> ResourceFacts {
+        ResourceFacts::new(
+            attributes,
+            |resource, cut| self.dims::<[KeyValue]>(resource, None, cut),
+            &self.config.dimensions,
+        )
     }
 
     /// One span: by its profile, else by the generic rules. Whether it makes its replica active.
@@ -528,12 +531,14 @@ impl Inner {
         let mut state = self.shard();
         if let Some(view) = data.view() {
             for rs in view.resources() {
-                // The resource's attributes in the owned form, once per resource (dimensions, replicas, queues).
-                let resource = self.owned_resource(&rs.attributes());
+                // The resource's facts, worked out once per distinct resource (see `resource`).
+                let cached = self
+                    .resources
+                    .get_or_insert(&rs.attributes(), |owned| self.resource_facts(owned));
                 let scopes = rs.scopes().map(|scope| (scope.name(), scope.spans()));
                 self.observe_resource(
                     &mut state,
-                    &resource,
+                    (&cached.attributes, &cached.facts),
                     scopes,
                     now,
                     &mut gathered,
@@ -544,13 +549,14 @@ impl Inner {
         } else if let Payload::Traces(request) = data.payload() {
             for rs in &request.resource_spans {
                 let resource: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+                let facts = self.resource_facts(resource);
                 let scopes = rs.scope_spans.iter().map(|ss| {
                     let name = ss.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
                     (name, ss.spans.iter())
                 });
                 self.observe_resource(
                     &mut state,
-                    resource,
+                    (resource, &facts),
                     scopes,
                     now,
                     &mut gathered,
@@ -577,27 +583,6 @@ impl Inner {
         for metric in overflowed {
             self.count_overflow(metric, 1);
         }
-    }
-
-    /// A resource's attributes in the owned form: decoded the first time its encoded attributes are seen, then
-    /// shared. A replica sends the same resource with every request; decoding it each time (a prost decode and
-    /// allocations per pair) was a tenth of a 50-span request's cost.
-    fn owned_resource(&self, attributes: &infercol_pipelines::lite::KeyValues<'_>) -> Arc<[KeyValue]> {
-        let identity = attributes.identity();
-        if let Ok(cache) = self.resources.read()
-            && let Some((encoded, owned)) = cache.get(&identity)
-            && attributes.is_encoded(encoded)
-        {
-            return owned.clone();
-        }
-        let owned: Arc<[KeyValue]> = attributes.owned().into();
-        if let Ok(mut cache) = self.resources.write() {
-            if cache.len() >= MAX_CACHED_RESOURCES {
-                cache.clear();
-            }
-            cache.insert(identity, (attributes.encoded(), owned.clone()));
-        }
-        owned
     }
 
     fn publish_waiting(&self, assembly: &Assembly) {
@@ -891,24 +876,6 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     h.write(bytes);
-    h.finish()
-}
-
-/// Which process a resource is: a hash of its attributes, stable within this process.
-fn resource_identity(resource: &[KeyValue]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for kv in resource {
-        kv.key.hash(&mut h);
-        match kv.value.as_ref().map(Val::from) {
-            Some(Val::Str(s)) => s.hash(&mut h),
-            Some(Val::Int(i)) => i.hash(&mut h),
-            Some(Val::Double(d)) => d.to_bits().hash(&mut h),
-            Some(Val::Bool(b)) => b.hash(&mut h),
-            // Arrays, maps and bytes are rare on resources: their debug form is enough to tell them apart.
-            _ => format!("{:?}", kv.value).hash(&mut h),
-        }
-    }
     h.finish()
 }
 

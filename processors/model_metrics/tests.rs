@@ -1194,3 +1194,79 @@ async fn server_spans_under_a_local_parent_are_no_requests() {
         "root, remote child, orphan: {counts:?}"
     );
 }
+
+/// A resource met again is read from the cache of worked-out resources (the view's path): its requests go to the
+/// same series, a value cut at `max_label_value_length` is counted with every request, a dimension the resource
+/// lacks is still taken from the span, and a resource that differs in one attribute is a resource of its own.
+#[tokio::test]
+async fn a_resource_met_again_counts_as_it_did_the_first_time() {
+    use prost::Message;
+    let telemetry = Telemetry::new();
+    let config = ModelMetricsConfig {
+        max_label_value_length: 16,
+        ..Default::default()
+    };
+    let (p, out) = processor(config, telemetry.clone());
+    let now = now_ns();
+    let long = "a-model-name-longer-than-sixteen-bytes";
+    let viewed = |resource: Resource, span: Span| {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let data = Data::decode(infercol_pipelines::Signal::Traces, request.encode_to_vec().into()).unwrap();
+        assert!(data.view().is_some(), "the view's path");
+        data
+    };
+    for id in 1..=3 {
+        p.consume(viewed(resource(long, Some("prod")), request_span(id, now, 0.1, 200)))
+            .await
+            .unwrap();
+    }
+    let mut blue = request_span(4, now, 0.1, 200);
+    blue.attributes
+        .push(kv("deployment.name", Value::StringValue("blue".into())));
+    p.consume(viewed(resource(long, Some("prod")), blue)).await.unwrap();
+    p.consume(viewed(resource(long, Some("staging")), request_span(5, now, 0.1, 200)))
+        .await
+        .unwrap();
+    p.shutdown().await.unwrap();
+    assert!(
+        telemetry.render().contains("reason=\"label_truncated\"} 6"),
+        "one cut per request, and one more where the span's own dimensions are worked out: {}",
+        telemetry.render()
+    );
+    let emitted = out.0.lock().await;
+    let m = metrics_of(&emitted[0]);
+    let cut = infercol_pipelines::replicas::truncate_label(long, 16).0.into_owned();
+    let Some(MetricData::Sum(sum)) = metric(m, "model.requests").and_then(|x| x.data.as_ref()) else {
+        panic!("no request counts")
+    };
+    let mut series: Vec<(String, String, String, f64)> = sum
+        .data_points
+        .iter()
+        .map(|p| {
+            let Some(number_data_point::Value::AsDouble(v)) = p.value else {
+                panic!("double counts")
+            };
+            let l = |k| label(&p.attributes, k).unwrap_or("-").to_string();
+            (l("model"), l("deployment"), l("environment"), v)
+        })
+        .collect();
+    series.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let want = |d: &str, e: &str, v: f64| (cut.clone(), d.to_string(), e.to_string(), v);
+    assert_eq!(
+        series,
+        vec![
+            want("blue", "prod", 1.0),
+            want("unknown", "prod", 3.0),
+            want("unknown", "staging", 1.0)
+        ]
+    );
+}

@@ -1,0 +1,158 @@
+//! The attribute lists a request span is read by (status codes, sizes, tokens, times), as one table, so that a
+//! span's attributes are read in one pass: each key is looked up among the few listed keys that share its
+//! sketch bit, and only a listed key's value is read. Reading list by list scanned the span's attributes once per
+//! list (ten lists, a dozen keys), which cost more than recording the span's values.
+
+use super::classify::{Attributes, Val};
+use super::config::SpanRules;
+
+/// The lists, in the order `Found` keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum List {
+    GrpcStatus,
+    RpcSystem,
+    WebsocketClose,
+    HttpStatus,
+    TimeToFirstToken,
+    RequestSize,
+    ResponseSize,
+    InputTokens,
+    OutputTokens,
+    QueueDuration,
+}
+
+const LISTS: usize = 10;
+
+impl List {
+    const ALL: [List; LISTS] = [
+        List::GrpcStatus,
+        List::RpcSystem,
+        List::WebsocketClose,
+        List::HttpStatus,
+        List::TimeToFirstToken,
+        List::RequestSize,
+        List::ResponseSize,
+        List::InputTokens,
+        List::OutputTokens,
+        List::QueueDuration,
+    ];
+
+    fn keys(self, rules: &SpanRules) -> &[String] {
+        match self {
+            List::GrpcStatus => &rules.grpc_status_code_attributes,
+            List::RpcSystem => &rules.rpc_system_attributes,
+            List::WebsocketClose => &rules.websocket_close_code_attributes,
+            List::HttpStatus => &rules.http_status_code_attributes,
+            List::TimeToFirstToken => &rules.time_to_first_token_attributes,
+            List::RequestSize => &rules.request_size_attributes,
+            List::ResponseSize => &rules.response_size_attributes,
+            List::InputTokens => &rules.input_token_attributes,
+            List::OutputTokens => &rules.output_token_attributes,
+            List::QueueDuration => &rules.queue_duration_attributes,
+        }
+    }
+}
+
+/// A listed key: which list, and its rank there (the first listed key present wins).
+struct Listed {
+    key: Box<[u8]>,
+    list: usize,
+    rank: usize,
+}
+
+/// Every listed key, by its sketch bit (`key_bit`): most of a span's keys find an empty bucket, the rest one key to
+/// compare.
+pub struct RequestKeys {
+    by_bit: Vec<Vec<Listed>>,
+}
+
+/// What one pass found, list by list: the rank of the first-ranked key present, and that pair's value (`None` when
+/// the pair carries none, which then hides the lower-ranked keys, as a lookup list by list does).
+pub struct Found<'a> {
+    best: [Option<(usize, Option<Val<'a>>)>; LISTS],
+}
+
+impl<'a> Found<'a> {
+    /// The list's value: that of the first-ranked key present, as `classify::find` answers.
+    pub fn get(&self, list: List) -> Option<Val<'a>> {
+        self.best[list as usize].and_then(|(_, value)| value)
+    }
+}
+
+impl RequestKeys {
+    pub fn new(rules: &SpanRules) -> RequestKeys {
+        let mut by_bit: Vec<Vec<Listed>> = (0..64).map(|_| Vec::new()).collect();
+        for list in List::ALL {
+            for (rank, key) in list.keys(rules).iter().enumerate() {
+                by_bit[bit_of(key.as_bytes())].push(Listed {
+                    key: key.as_bytes().into(),
+                    list: list as usize,
+                    rank,
+                });
+            }
+        }
+        RequestKeys { by_bit }
+    }
+
+    /// One pass over `attributes`.
+    pub fn read<'a, A: Attributes + ?Sized>(&self, attributes: &'a A) -> Found<'a> {
+        let mut found = Found { best: [None; LISTS] };
+        attributes.for_each_pair(&mut |key, value| {
+            for listed in &self.by_bit[bit_of(key)] {
+                if *listed.key != *key {
+                    continue;
+                }
+                let best = &mut found.best[listed.list];
+                // Strictly better only: of a key given twice, the first pair counts (as a lookup finds it).
+                if best.is_none_or(|(rank, _)| listed.rank < rank) {
+                    *best = Some((listed.rank, value()));
+                }
+            }
+        });
+        found
+    }
+}
+
+fn bit_of(key: &[u8]) -> usize {
+    super::classify::key_bit(key).trailing_zeros() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_metrics::classify::find;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+
+    /// Whatever the span carries (keys of several lists, a key twice, a key without a value, keys that share a
+    /// sketch bit), the one pass answers every list as a lookup list by list does.
+    #[test]
+    fn one_pass_answers_as_each_list_does() {
+        let rules = SpanRules::default();
+        let table = RequestKeys::new(&rules);
+        let mut keys: Vec<String> = List::ALL.iter().flat_map(|l| l.keys(&rules).iter().cloned()).collect();
+        keys.extend(["a", "", "x.y.z", "http.request.body.size"].map(String::from));
+        for mask in 0u32..(1 << 12) {
+            let attrs: Vec<KeyValue> = keys
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << (i % 12)) != 0 && i % 5 != 4)
+                .map(|(i, k)| KeyValue {
+                    key: k.clone(),
+                    // Every seventh pair carries no value.
+                    value: (i % 7 != 6).then_some(AnyValue {
+                        value: Some(Value::IntValue(i as i64)),
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            let found = table.read(attrs.as_slice());
+            for list in List::ALL {
+                assert_eq!(
+                    found.get(list),
+                    find(attrs.as_slice(), list.keys(&rules)),
+                    "{list:?} in {mask:b}"
+                );
+            }
+        }
+    }
+}
