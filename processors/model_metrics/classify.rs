@@ -2,7 +2,7 @@
 //! tokens, and its sampling weight. Pure functions over a span, so every rule is tested on its own; a span is
 //! either the owned OTLP type or the borrowed view of `infercol_pipelines::lite` (see `SpanLike`).
 
-use infercol_pipelines::lite::{KeyValues, SpanView, Value as ViewValue};
+use infercol_pipelines::lite::{KeyValues, LazyValue, SpanView, Value as ViewValue};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatus;
@@ -44,14 +44,28 @@ impl<'a> From<ViewValue<'a>> for Val<'a> {
     }
 }
 
-/// A list of attributes: the first one with a key, and its value (`None` inside when it carries none).
-/// An attribute's value, read when called (a reader that wants few keys pays for no other value).
-pub type LazyVal<'a, 's> = &'a dyn Fn() -> Option<Val<'s>>;
+/// An attribute's value, not read yet: a reader that wants a few keys pays for no other value.
+#[derive(Clone, Copy)]
+pub enum PairValue<'a> {
+    Owned(Option<&'a AnyValue>),
+    View(LazyValue<'a>),
+}
 
+impl<'a> PairValue<'a> {
+    #[inline]
+    pub fn get(self) -> Option<Val<'a>> {
+        match self {
+            PairValue::Owned(v) => v.map(Val::from),
+            PairValue::View(v) => v.get().map(Val::from),
+        }
+    }
+}
+
+/// A list of attributes: the first one with a key, and its value (`None` inside when it carries none).
 pub trait Attributes {
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>>;
-    /// Each attribute's key, with its value read only when asked for (`None`: the pair carries none).
-    fn for_each_pair<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], LazyVal<'_, 's>));
+    /// Each attribute's key, and its value unread.
+    fn for_each_pair<'s>(&'s self, f: impl FnMut(&'s [u8], PairValue<'s>));
 }
 
 /// A key's bit in a 64-bit sketch (see `lookup`): cheap, from its length and two of its bytes.
@@ -69,9 +83,10 @@ impl Attributes for [KeyValue] {
             .find(|kv| kv.key == key)
             .map(|kv| kv.value.as_ref().map(Val::from))
     }
-    fn for_each_pair<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], LazyVal<'_, 's>)) {
+    #[inline]
+    fn for_each_pair<'s>(&'s self, mut f: impl FnMut(&'s [u8], PairValue<'s>)) {
         for kv in self {
-            f(kv.key.as_bytes(), &|| kv.value.as_ref().map(Val::from));
+            f(kv.key.as_bytes(), PairValue::Owned(kv.value.as_ref()));
         }
     }
 }
@@ -81,8 +96,11 @@ impl Attributes for KeyValues<'_> {
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>> {
         self.get(key.as_bytes()).map(|v| v.map(Val::from))
     }
-    fn for_each_pair<'s>(&'s self, f: &mut dyn FnMut(&'s [u8], LazyVal<'_, 's>)) {
-        self.for_each_raw(|key, value| f(key, &|| value().map(Val::from)));
+    #[inline]
+    fn for_each_pair<'s>(&'s self, mut f: impl FnMut(&'s [u8], PairValue<'s>)) {
+        for (key, value) in self.pairs() {
+            f(key, PairValue::View(value));
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! sketch bit, and only a listed key's value is read. Reading list by list scanned the span's attributes once per
 //! list (ten lists, a dozen keys), which cost more than recording the span's values.
 
-use super::classify::{Attributes, Val};
+use super::classify::{Attributes, PairValue, Val};
 use super::config::SpanRules;
 
 /// The lists, in the order `Found` keeps them.
@@ -60,52 +60,64 @@ struct Listed {
     rank: usize,
 }
 
-/// Every listed key, by its sketch bit (`key_bit`): most of a span's keys find an empty bucket, the rest one key to
-/// compare.
+/// Every listed key, by its sketch bit (`key_bit`): most of a span's keys find an empty run, the rest one key to
+/// compare. One flat table (`listed[at[bit]..at[bit + 1]]`), so that a lookup follows no pointer but the key's.
 pub struct RequestKeys {
-    by_bit: Vec<Vec<Listed>>,
+    at: [u32; 65],
+    listed: Vec<Listed>,
 }
 
 /// What one pass found, list by list: the rank of the first-ranked key present, and that pair's value (`None` when
 /// the pair carries none, which then hides the lower-ranked keys, as a lookup list by list does).
 pub struct Found<'a> {
-    best: [Option<(usize, Option<Val<'a>>)>; LISTS],
+    best: [Option<(usize, PairValue<'a>)>; LISTS],
 }
 
 impl<'a> Found<'a> {
     /// The list's value: that of the first-ranked key present, as `classify::find` answers.
     pub fn get(&self, list: List) -> Option<Val<'a>> {
-        self.best[list as usize].and_then(|(_, value)| value)
+        self.best[list as usize].and_then(|(_, value)| value.get())
     }
 }
 
 impl RequestKeys {
     pub fn new(rules: &SpanRules) -> RequestKeys {
-        let mut by_bit: Vec<Vec<Listed>> = (0..64).map(|_| Vec::new()).collect();
+        let mut listed: Vec<(usize, Listed)> = Vec::new();
         for list in List::ALL {
             for (rank, key) in list.keys(rules).iter().enumerate() {
-                by_bit[bit_of(key.as_bytes())].push(Listed {
+                let entry = Listed {
                     key: key.as_bytes().into(),
                     list: list as usize,
                     rank,
-                });
+                };
+                listed.push((bit_of(key.as_bytes()), entry));
             }
         }
-        RequestKeys { by_bit }
+        listed.sort_by_key(|(bit, _)| *bit);
+        let mut at = [0u32; 65];
+        for bit in 0..64 {
+            at[bit + 1] = at[bit] + listed.iter().filter(|(b, _)| *b == bit).count() as u32;
+        }
+        RequestKeys {
+            at,
+            listed: listed.into_iter().map(|(_, l)| l).collect(),
+        }
     }
 
     /// One pass over `attributes`.
+    #[inline]
     pub fn read<'a, A: Attributes + ?Sized>(&self, attributes: &'a A) -> Found<'a> {
         let mut found = Found { best: [None; LISTS] };
-        attributes.for_each_pair(&mut |key, value| {
-            for listed in &self.by_bit[bit_of(key)] {
+        attributes.for_each_pair(|key, value| {
+            let bit = bit_of(key);
+            for listed in &self.listed[self.at[bit] as usize..self.at[bit + 1] as usize] {
                 if *listed.key != *key {
                     continue;
                 }
                 let best = &mut found.best[listed.list];
                 // Strictly better only: of a key given twice, the first pair counts (as a lookup finds it).
                 if best.is_none_or(|(rank, _)| listed.rank < rank) {
-                    *best = Some((listed.rank, value()));
+                    *best = Some((listed.rank, value));
                 }
             }
         });
