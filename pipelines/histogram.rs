@@ -298,6 +298,12 @@ impl<C: Count> ExpoHistogram<C> {
             return;
         }
         let index = indexed.at(self.scale);
+        // The common case inline: the bucket is in the dense range already (no call to `make_room`).
+        let at = i64::from(index) - i64::from(self.offset);
+        if at >= 0 && (at as usize) < self.counts.len() {
+            self.counts[at as usize].add(weight);
+            return;
+        }
         let index = self.make_room(index, index);
         let at = (index - self.offset) as usize;
         self.counts[at].add(weight);
