@@ -175,13 +175,6 @@ impl<'a> KeyValues<'a> {
             .map(move |kv| (kv.key.of(bytes), value(bytes, kv.value)))
     }
 
-    /// Each key.
-    #[inline]
-    pub fn keys(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let bytes = self.bytes;
-        self.kvs.iter().map(move |kv| kv.key.of(bytes))
-    }
-
     /// Each key, with its value unread (`LazyValue::get` reads it): a reader that wants a few keys pays for no other
     /// value.
     #[inline]
