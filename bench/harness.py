@@ -391,11 +391,11 @@ def main():
         with open(path, "w") as f:
             f.write(f"""receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{otlp}" }} }} }} }}
 connectors: {{ model_metrics: {{ flush_interval: 1s }} }}
-exporters: {{ prometheus: {{ endpoint: "127.0.0.1:{prom}" }}, debug: {{ verbosity: basic }} }}
+exporters: {{ prometheus: {{ endpoint: "127.0.0.1:{prom}" }} }}
 service:
   telemetry: {{ metrics: {{ level: none }} }}
   pipelines:
-    traces: {{ receivers: [otlp], exporters: [model_metrics, debug] }}
+    traces: {{ receivers: [otlp], exporters: [model_metrics] }}
     metrics: {{ receivers: [model_metrics], exporters: [prometheus] }}
 """)
         return [args.infercol, "--config", path]
@@ -434,7 +434,7 @@ service:
         return {"Collector spanmetrics default buckets through histogram_quantile":
                 lambda q: histogram_quantile(float(q), buckets)}
 
-    infercol = System("infercol", "otlp -> model_metrics -> prometheus (traces -> debug)", infercol_cmd,
+    infercol = System("infercol", "otlp -> model_metrics -> prometheus", infercol_cmd,
                       "model_requests_total", "", infercol_latency)
     rows, soaks, errors = {}, {}, {}
     print("throughput: infercol", file=sys.stderr)

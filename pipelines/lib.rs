@@ -2,6 +2,7 @@
 //! validation, and the graph that wires, starts and stops pipelines. It depends on no component.
 
 pub mod auth;
+pub mod batched_writes;
 pub mod component;
 pub mod config;
 pub mod data;

@@ -9,6 +9,8 @@ pub mod http;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
+use infercol_pipelines::batched_writes::BatchedWrites;
 use infercol_pipelines::server::{HttpServing, incoming, serve_http, warn_if_exposed};
 use infercol_pipelines::{
     AnyConfig, ComponentError, ComponentId, Consumers, Endpoint, Receiver, ReceiverContext, ReceiverFactory, Signal,
@@ -183,7 +185,8 @@ impl OtlpReceiver {
         tracing::info!(receiver = %id, "OTLP/gRPC on {bound}");
         let what = format!("receivers.{id}: OTLP/gRPC");
         warn_if_exposed(&what, &bound, self.config.auth.bearer_token.is_some());
-        let incoming = Box::pin(incoming(listener, &config.connection_limits(), what));
+        // Responses of the streams that finish in one pass go out in one write (see `BatchedWrites`).
+        let incoming = Box::pin(incoming(listener, &config.connection_limits(), what).map_ok(BatchedWrites::new));
         let task = tokio::spawn(async move {
             let result = router
                 .serve_with_incoming_shutdown(incoming, async move {

@@ -1,5 +1,5 @@
 //! infercol-sink: an OTLP/gRPC trace endpoint that acknowledges every export without reading it: the same tonic
-//! server, HTTP/2 settings and pass-through codec as infercol's `otlp` receiver, and nothing after them. What it
+//! server, listener, HTTP/2 settings and pass-through codec as infercol's `otlp` receiver, and nothing after them. What it
 //! costs per span is the floor of any collector built on this transport on this machine (kernel receive, HTTP/2,
 //! gRPC framing); `bench/run` measures it beside the collectors.
 //!
@@ -10,7 +10,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use clap::Parser;
+use futures::TryStreamExt;
 use infercol_pipelines::RawCodec;
+use infercol_pipelines::batched_writes::BatchedWrites;
+use infercol_pipelines::server::ConnectionLimits;
 use tonic::server::NamedService;
 
 #[derive(Parser)]
@@ -70,7 +73,9 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("cannot listen on {}: {e}", args.endpoint));
     eprintln!("infercol-sink on {}", listener.local_addr().expect("a bound socket"));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The receiver's listener: its connection limits, and its responses gathered into one write per pass.
+    let incoming = infercol_pipelines::server::incoming(listener, &ConnectionLimits::default(), "infercol-sink".into())
+        .map_ok(BatchedWrites::new);
     tonic::transport::Server::builder()
         .add_service(Sink)
         .serve_with_incoming(incoming)
