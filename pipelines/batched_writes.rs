@@ -9,7 +9,9 @@
 //! `BatchedWrites` keeps what the connection writes, and on its first flush yields once instead of writing: the
 //! connection's task goes to the back of the run queue, the ready stream tasks finish meanwhile, and the next
 //! flush sends all their responses with one write. Nothing is acknowledged later than one pass of the scheduler,
-//! and the buffer is bounded: past `LIMIT` bytes a write waits for the socket as it would without the buffer.
+//! and the buffer is bounded: past `LIMIT` bytes a write waits for the socket as it would without the buffer. A
+//! yield that gathered nothing (a client with one request in flight) makes the next flushes write at once, more of
+//! them after each fruitless yield, so that such a connection pays for a yield rarely.
 //!
 //! Written here because neither hyper, h2 nor tokio offers write coalescing across the tasks of one connection
 //! (tokio's `BufWriter` writes on every flush, which h2 calls after each response).
@@ -31,7 +33,17 @@ pub struct BatchedWrites<T> {
     sent: usize,
     /// Whether the last flush yielded: the next one writes.
     yielded: bool,
+    /// What was held when the last flush yielded: if nothing came during the yield, it bought nothing.
+    held_at_yield: usize,
+    /// Flushes to write through before yielding again, after yields that gathered nothing: a connection with one
+    /// stream at a time (a client that waits for each response) pays a yield once in `MAX_SKIP` flushes.
+    skip: u32,
+    /// Flushes skipped after the last fruitless yield (doubles with each, up to `MAX_SKIP`).
+    backoff: u32,
 }
+
+/// Most flushes written through between two tries at yielding.
+const MAX_SKIP: u32 = 64;
 
 impl<T> BatchedWrites<T> {
     pub fn new(inner: T) -> BatchedWrites<T> {
@@ -40,6 +52,9 @@ impl<T> BatchedWrites<T> {
             held: Vec::new(),
             sent: 0,
             yielded: false,
+            held_at_yield: 0,
+            skip: 0,
+            backoff: 0,
         }
     }
 
@@ -117,10 +132,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for BatchedWrites<T> {
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
         if !this.yielded {
-            // Woken by itself, the task is run again after the tasks already ready (tokio's yield), not first.
-            this.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+            if this.skip > 0 {
+                this.skip -= 1;
+            } else {
+                // Woken by itself, the task runs again after the tasks already ready (tokio's yield), not first.
+                this.yielded = true;
+                this.held_at_yield = this.held.len();
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        } else if this.held.len() > this.held_at_yield {
+            this.backoff = 0;
+        } else {
+            this.backoff = (this.backoff * 2).clamp(1, MAX_SKIP);
+            this.skip = this.backoff;
         }
         ready!(this.poll_send_held(cx))?;
         this.yielded = false;
@@ -228,6 +253,41 @@ mod tests {
             (3, chunk.len(), big.len())
         );
         assert!(io.held.is_empty());
+    }
+
+    #[test]
+    fn a_connection_with_one_response_at_a_time_stops_yielding() {
+        let waker = Arc::new(CountingWaker::default());
+        let waker_handle = std::task::Waker::from(waker.clone());
+        let mut cx = Context::from_waker(&waker_handle);
+        let mut io = BatchedWrites::new(Socket::default());
+        let mut yields = Vec::new();
+        for _ in 0..40 {
+            write(&mut io, &mut cx, b"the only response");
+            let yielded = Pin::new(&mut io).poll_flush(&mut cx).is_pending();
+            if yielded {
+                // Nothing else comes during the yield.
+                assert!(matches!(Pin::new(&mut io).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+            }
+            yields.push(yielded);
+        }
+        assert_eq!(io.get_ref().writes.len(), 40, "every response is written");
+        // Yields at flushes 0, 2, 5, 10, 19, 36: after each fruitless one, twice as many flushes write at once.
+        let at: Vec<usize> = (0..40).filter(|&i| yields[i]).collect();
+        assert_eq!(at, vec![0, 2, 5, 10, 19, 36]);
+        assert_eq!(waker.0.load(Ordering::SeqCst), at.len());
+        // A yield that gathers another response resets the backoff: the next flush yields again.
+        write(&mut io, &mut cx, b"one");
+        let mut skipped = 0;
+        while Pin::new(&mut io).poll_flush(&mut cx).is_ready() {
+            skipped += 1;
+            write(&mut io, &mut cx, b"one");
+        }
+        assert!(skipped <= MAX_SKIP);
+        write(&mut io, &mut cx, b"two");
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        write(&mut io, &mut cx, b"three");
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
     }
 
     #[test]
