@@ -375,7 +375,9 @@ impl Store {
                 return; // Out of order: a series only moves forward.
             }
             let gap = t - last.t;
-            if gap > 0 {
+            // A gap longer than the recent hours is a series that was silent (or history sent late), not the
+            // spacing of the recent points: counted, it would bin a 1-hour range in steps of days.
+            if gap > 0 && gap < TIERS[0].0 {
                 self.gaps.push_back(gap);
                 if self.gaps.len() > 256 {
                     self.gaps.pop_front();
@@ -660,6 +662,22 @@ pub(super) mod tests {
         }
         assert_eq!(values(&store, "model.requests"), vec![5.0, 7.0, 0.0, 3.0]);
         assert_eq!(store.resolution_ms(), 10_000);
+    }
+
+    /// History sent late (points three days and 20 hours back) says nothing of the flush interval: the recent
+    /// hours are still binned at the spacing of recent points, 10 s before any is known.
+    #[test]
+    fn points_days_apart_leave_the_resolution_of_the_recent_hours() {
+        let mut store = Store::new(Duration::from_secs(7 * 86_400), 100);
+        let back = |hours: u64| 7 * 86_400 - hours * 3_600;
+        for at in [back(72), back(20)] {
+            store.ingest(&request(vec![counter(1.0, 1, at, AggregationTemporality::Delta)]));
+        }
+        assert_eq!(store.resolution_ms(), 10_000);
+        for at in [7 * 86_400, 7 * 86_400 + 30, 7 * 86_400 + 60] {
+            store.ingest(&request(vec![counter(1.0, 1, at, AggregationTemporality::Delta)]));
+        }
+        assert_eq!(store.resolution_ms(), 30_000, "the spacing of the recent points");
     }
 
     /// A counter seen for the first time that starts at that point (scraped) or long before it (an agent running
