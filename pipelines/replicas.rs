@@ -351,10 +351,11 @@ impl ReplicaDirectory {
     /// Learns from every resource of an export request.
     pub fn observe_data(&self, data: &Data) {
         if let Some(view) = data.view() {
+            // One clock read per request: the resources of one request arrive at the same moment.
+            let now = Instant::now();
             for resource in view.resources() {
                 let attributes = resource.attributes();
                 let identity = attributes.identity();
-                let now = Instant::now();
                 let recent = self
                     .recent
                     .read()
