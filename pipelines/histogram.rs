@@ -124,27 +124,104 @@ fn ceil(x: f64) -> i64 {
     if (t as f64) < x { t + 1 } else { t }
 }
 
-/// A value with its bucket index at `MAX_SCALE`, computed once for every exponential histogram the value goes to:
-/// a bucket at a coarser scale `s` is exactly the run of `2^(MAX_SCALE - s)` buckets at `MAX_SCALE` that an
-/// arithmetic shift selects, so one logarithm serves them all.
+/// A value with its bucket index, computed once for every exponential histogram the value goes to: a bucket at a
+/// coarser scale `s` is exactly the run of `2^(scale - s)` buckets at the computed scale that an arithmetic shift
+/// selects, so one index serves them all.
+///
+/// The index is computed at `TABLE_SCALE` from the value's bits and a table, without a logarithm: that is the
+/// window's scale, and exported histograms are at it or coarser once their values span more than two octaves.
+/// A histogram at a finer scale (a new series, or values in a narrow range) takes the logarithm at its own scale.
 #[derive(Clone, Copy, Debug)]
 pub struct Indexed {
     pub value: f64,
     index: i32,
+    scale: i32,
+}
+
+/// The scale `Indexed` reads from a value's bits (64 buckets per octave).
+pub const TABLE_SCALE: i32 = 6;
+
+/// Where the bucket boundaries of `TABLE_SCALE` fall inside an octave. A normal double is `m * 2^e`, `m` in
+/// [1, 2); the bucket within the octave is the count of boundaries `2^(j/64)` (j = 0..63) that `m` exceeds. The
+/// octave is cut into 128 equal cells by the top 7 bits of the mantissa; boundaries are at least 2^(1/64) - 1 =
+/// 0.0109 apart and a cell is 1/128 = 0.0078 wide, so a cell holds at most one: the count below the cell, plus
+/// one comparison with the boundary inside it.
+struct OctaveCells {
+    below: [u8; 128],
+    /// The boundary inside the cell, or infinity when there is none.
+    boundary: [f64; 128],
+}
+
+static OCTAVE_CELLS: std::sync::LazyLock<OctaveCells> = std::sync::LazyLock::new(|| {
+    let per_octave = 1u32 << TABLE_SCALE;
+    let boundaries: Vec<f64> = (0..per_octave)
+        .map(|j| (f64::from(j) / f64::from(per_octave)).exp2())
+        .collect();
+    let mut cells = OctaveCells {
+        below: [0; 128],
+        boundary: [f64::INFINITY; 128],
+    };
+    for cell in 0..128 {
+        let start = 1.0 + cell as f64 / 128.0;
+        let end = 1.0 + (cell + 1) as f64 / 128.0;
+        cells.below[cell] = boundaries.iter().filter(|b| **b < start).count() as u8;
+        if let Some(b) = boundaries.iter().find(|b| **b >= start && **b < end) {
+            cells.boundary[cell] = *b;
+        }
+    }
+    cells
+});
+
+/// `bucket_index(value, TABLE_SCALE)` for a positive normal double, from its bits; `None` for a subnormal one
+/// (or infinity), which the logarithm handles.
+#[inline]
+fn table_index(value: f64) -> Option<i32> {
+    let bits = value.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    if biased == 0 || biased == 0x7ff {
+        return None;
+    }
+    let mantissa = bits & ((1 << 52) - 1);
+    let m = f64::from_bits(mantissa | (1023 << 52));
+    let cell = (mantissa >> 45) as usize;
+    let cells = &*OCTAVE_CELLS;
+    let within = i32::from(cells.below[cell]) + i32::from(m > cells.boundary[cell]);
+    Some(((biased - 1023) << TABLE_SCALE) + within - 1)
 }
 
 impl Indexed {
     /// `value` must be finite and >= 0.
+    #[inline]
     pub fn new(value: f64) -> Indexed {
-        Indexed {
-            value,
-            index: if value > 0.0 { bucket_index(value, MAX_SCALE) } else { 0 },
+        if value <= 0.0 {
+            return Indexed {
+                value,
+                index: 0,
+                scale: MAX_SCALE,
+            };
+        }
+        match table_index(value) {
+            Some(index) => Indexed {
+                value,
+                index,
+                scale: TABLE_SCALE,
+            },
+            None => Indexed {
+                value,
+                index: bucket_index(value, MAX_SCALE),
+                scale: MAX_SCALE,
+            },
         }
     }
 
-    /// The bucket index at `scale` (<= `MAX_SCALE`).
+    /// The bucket index at `scale`.
+    #[inline]
     fn at(self, scale: i32) -> i32 {
-        self.index >> (MAX_SCALE - scale)
+        if scale <= self.scale {
+            self.index >> (self.scale - scale)
+        } else {
+            bucket_index(self.value, scale)
+        }
     }
 }
 
@@ -558,7 +635,8 @@ impl ExplicitHistogram {
 mod tests {
     use super::*;
 
-    /// The index computed once at `MAX_SCALE` and shifted is the index computed at each scale.
+    /// The index computed once (from the table, or at `MAX_SCALE` for a subnormal value) and shifted is the index
+    /// the logarithm gives at each scale.
     #[test]
     fn one_index_serves_every_scale() {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -579,6 +657,57 @@ mod tests {
                     "{v} at scale {scale}"
                 );
             }
+        }
+    }
+
+    /// The table's index is the logarithm's over the whole range of doubles (random bit patterns), and exact at
+    /// powers of two and the doubles on either side of them, where the logarithm rounds the one above down onto
+    /// the power (so it puts that value one bucket low; the table does not).
+    #[test]
+    fn the_table_index_is_exact() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x >> 1); // positive: any exponent, any mantissa
+            if !(v.is_finite() && v > 0.0) {
+                continue;
+            }
+            for scale in [MIN_SCALE, -1, 0, 1, 5, TABLE_SCALE, 7, MAX_SCALE] {
+                assert_eq!(
+                    Indexed::new(v).at(scale),
+                    bucket_index(v, scale),
+                    "{v:e} at scale {scale}"
+                );
+            }
+        }
+        // (-1022 up: normal doubles, which the table reads; below, subnormal ones take the logarithm, exact at
+        // powers of two.)
+        for e in -1022..1024 {
+            let p = 2f64.powi(e);
+            for scale in [MIN_SCALE, -1, 0, 1, 5, TABLE_SCALE] {
+                // 2^e closes the bucket below it; the double above it opens the next one.
+                let (at, above) = if scale >= 0 {
+                    ((e << scale) - 1, e << scale)
+                } else {
+                    ((e - 1) >> -scale, e >> -scale)
+                };
+                assert_eq!(Indexed::new(p).at(scale), at, "2^{e} at scale {scale}");
+                assert_eq!(
+                    Indexed::new(p.next_down()).at(scale),
+                    at,
+                    "below 2^{e} at scale {scale}"
+                );
+                assert_eq!(
+                    Indexed::new(p.next_up()).at(scale),
+                    above,
+                    "above 2^{e} at scale {scale}"
+                );
+            }
+        }
+        for v in [f64::MIN_POSITIVE / 3.0, 5e-324, f64::MAX] {
+            assert_eq!(Indexed::new(v).at(0), bucket_index(v, 0), "{v:e}");
         }
     }
 
