@@ -277,12 +277,99 @@ impl Interner {
 /// `None` is the overflow series.
 type RequestKey = Option<(DimsId, Status)>;
 
+/// The series of one histogram metric by dimension handle (`None`: the overflow series). Handles are dense
+/// indices (see `Interner`), so finding a span's series is an index, not a hash probe: the probe was about half
+/// of recording's own time. The table is as long as the largest handle in use, which the interner bounds.
+#[derive(Default)]
+struct SeriesTable {
+    by_dims: Vec<Option<Box<HistogramSeries>>>,
+    overflow: Option<Box<HistogramSeries>>,
+    /// Series of dimension values (the overflow series not counted), for the cardinality limit.
+    count: usize,
+}
+
+impl SeriesTable {
+    #[inline]
+    fn get_mut(&mut self, key: Option<DimsId>) -> Option<&mut HistogramSeries> {
+        match key {
+            None => self.overflow.as_deref_mut(),
+            Some(id) => self.by_dims.get_mut(id.0 as usize)?.as_deref_mut(),
+        }
+    }
+
+    fn contains_key(&self, key: Option<DimsId>) -> bool {
+        match key {
+            None => self.overflow.is_some(),
+            Some(id) => self.by_dims.get(id.0 as usize).is_some_and(Option::is_some),
+        }
+    }
+
+    fn get_or_insert_with(
+        &mut self,
+        key: Option<DimsId>,
+        new: impl FnOnce() -> HistogramSeries,
+    ) -> &mut HistogramSeries {
+        let slot = match key {
+            None => &mut self.overflow,
+            Some(id) => {
+                let at = id.0 as usize;
+                if at >= self.by_dims.len() {
+                    self.by_dims.resize_with(at + 1, || None);
+                }
+                if self.by_dims[at].is_none() {
+                    self.count += 1;
+                }
+                &mut self.by_dims[at]
+            }
+        };
+        slot.get_or_insert_with(|| Box::new(new()))
+    }
+
+    fn series_count(&self) -> usize {
+        self.count
+    }
+
+    fn keys(&self) -> impl Iterator<Item = Option<DimsId>> + '_ {
+        let dims = self.by_dims.iter().enumerate();
+        dims.filter(|(_, s)| s.is_some())
+            .map(|(at, _)| Some(DimsId(at as u32)))
+            .chain(self.overflow.is_some().then_some(None))
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> impl Iterator<Item = &HistogramSeries> {
+        self.by_dims.iter().flatten().chain(&self.overflow).map(|s| &**s)
+    }
+
+    fn retain(&mut self, keep: impl Fn(&HistogramSeries) -> bool) {
+        for slot in &mut self.by_dims {
+            if slot.as_deref().is_some_and(|s| !keep(s)) {
+                *slot = None;
+                self.count -= 1;
+            }
+        }
+        if self.overflow.as_deref().is_some_and(|s| !keep(s)) {
+            self.overflow = None;
+        }
+        // The handles past the last series are free: the table need not reach them.
+        while self.by_dims.last().is_some_and(Option::is_none) {
+            self.by_dims.pop();
+        }
+    }
+
+    fn into_entries(self) -> impl Iterator<Item = (Option<DimsId>, HistogramSeries)> {
+        let dims = self.by_dims.into_iter().enumerate();
+        dims.filter_map(|(at, s)| s.map(|s| (Some(DimsId(at as u32)), *s)))
+            .chain(self.overflow.map(|s| (None, *s)))
+    }
+}
+
 pub struct State {
     config: Arc<ModelMetricsConfig>,
     explicit_bounds: Option<[Arc<[f64]>; 3]>,
     interner: Interner,
     requests: HashMap<RequestKey, CounterSeries>,
-    histograms: Vec<HashMap<Option<DimsId>, HistogramSeries>>,
+    histograms: Vec<SeriesTable>,
     last_flush_ns: u64,
     rng: u64,
     /// In a recording shard: the dimension values that have series in the state the shard is absorbed into.
@@ -325,7 +412,7 @@ impl State {
             explicit_bounds,
             interner: Interner::default(),
             requests: HashMap::new(),
-            histograms: HistogramMetric::ALL.iter().map(|_| HashMap::new()).collect(),
+            histograms: HistogramMetric::ALL.iter().map(|_| SeriesTable::default()).collect(),
             last_flush_ns: now_ns,
             rng: now_ns | 1,
             admitted: None,
@@ -367,7 +454,7 @@ impl State {
             .keys()
             .flatten()
             .map(|(id, _)| *id)
-            .chain(self.histograms.iter().flat_map(|m| m.keys()).flatten().copied())
+            .chain(self.histograms.iter().flat_map(|m| m.keys()).flatten())
             .map(|id| self.interner.get(id).clone())
             .collect();
         *to.write().unwrap_or_else(std::sync::PoisonError::into_inner) = dims;
@@ -452,7 +539,10 @@ impl State {
                 requests.push((key.map(|(id, status)| (translate(id), status)), series));
             }
             for (into, map) in histograms.iter_mut().zip(shard_histograms) {
-                into.extend(map.into_iter().map(|(key, series)| (key.map(&mut translate), series)));
+                into.extend(
+                    map.into_entries()
+                        .map(|(key, series)| (key.map(&mut translate), series)),
+                );
             }
         }
         self.per_replica.absorb_all(per_replicas);
@@ -491,10 +581,11 @@ impl State {
             for (key, s) in list {
                 let random = self.next_random();
                 let here = &mut self.histograms[*metric as usize];
-                let overflow = key.is_some() && !here.contains_key(&key) && series_count(here) >= limit;
-                here.entry(if overflow { None } else { key })
-                    .or_insert_with(|| HistogramSeries::new(bounds.clone(), max_size, window, s.start_ns))
-                    .absorb(&s, now_ns, random);
+                let overflow = key.is_some() && !here.contains_key(key) && here.series_count() >= limit;
+                here.get_or_insert_with(if overflow { None } else { key }, || {
+                    HistogramSeries::new(bounds.clone(), max_size, window, s.start_ns)
+                })
+                .absorb(&s, now_ns, random);
                 if overflow {
                     overflowed.push((metric.name(), s.points));
                 }
@@ -515,12 +606,13 @@ impl State {
         let (config, admitted, interner) = (&self.config, self.admitted.as_ref(), &self.interner);
         let map = &mut self.histograms[index];
         // One lookup on the common path: the series exists.
-        let series = match map.get_mut(&key) {
+        let series = match map.get_mut(key) {
             Some(series) => series,
             None => {
-                overflow = !State::admits(config, admitted, interner, series_count(map), dims);
-                map.entry(if overflow { None } else { key })
-                    .or_insert_with(|| HistogramSeries::new(bounds, max_size, window, now_ns))
+                overflow = !State::admits(config, admitted, interner, map.series_count(), dims);
+                map.get_or_insert_with(if overflow { None } else { key }, || {
+                    HistogramSeries::new(bounds, max_size, window, now_ns)
+                })
             }
         };
         // One logarithm for both exponential histograms (the series' and the window's).
@@ -570,7 +662,8 @@ impl State {
                     }
             })
             .sum();
-        h + self.requests.len() * (std::mem::size_of::<CounterSeries>() + std::mem::size_of::<RequestKey>())
+        let slots: usize = self.histograms.iter().map(|t| t.by_dims.capacity() * 8).sum();
+        h + slots + self.requests.len() * (std::mem::size_of::<CounterSeries>() + std::mem::size_of::<RequestKey>())
     }
 
     fn attributes(&self, dims: Option<DimsId>, extra: &[(&str, &str)]) -> Vec<KeyValue> {
@@ -683,10 +776,10 @@ impl State {
             // The coarsest scale among the windows: the summary states the bound of its least precise point.
             let mut coarsest = MAX_SCALE;
             let mut map = std::mem::take(&mut self.histograms[metric as usize]);
-            let mut ordered: Vec<Option<DimsId>> = map.keys().copied().collect();
+            let mut ordered: Vec<Option<DimsId>> = map.keys().collect();
             ordered.sort_by_key(|k| k.map(|id| self.interner.get(id)));
             for key in ordered {
-                let Some(series) = map.get_mut(&key) else { continue };
+                let Some(series) = map.get_mut(key) else { continue };
                 let attributes = self.attributes(key, &[]);
                 if !delta || series.dirty {
                     let exemplars = take_exemplars(&mut series.exemplars);
@@ -807,7 +900,7 @@ impl State {
         self.requests
             .retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) < expiration);
         for map in &mut self.histograms {
-            map.retain(|_, s| now_ns.saturating_sub(s.last_seen_ns) < expiration);
+            map.retain(|s| now_ns.saturating_sub(s.last_seen_ns) < expiration);
         }
         // Handles of expired series go; the ones left stay as they are.
         let mut used = vec![false; self.interner.values.len()];
