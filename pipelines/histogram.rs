@@ -635,15 +635,21 @@ impl ExplicitHistogram {
 mod tests {
     use super::*;
 
+    /// xorshift64: the tests' random values.
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
     /// The index computed once (from the table, or at `MAX_SCALE` for a subnormal value) and shifted is the index
     /// the logarithm gives at each scale.
     #[test]
     fn one_index_serves_every_scale() {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = xorshift(&mut x);
             // Values from 1e-9 to 1e9, and exact powers of two (bucket boundaries).
             let v = if x.is_multiple_of(10) {
                 2f64.powi((x % 61) as i32 - 30)
@@ -667,9 +673,7 @@ mod tests {
     fn the_table_index_is_exact() {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = xorshift(&mut x);
             let v = f64::from_bits(x >> 1); // positive: any exponent, any mantissa
             if !(v.is_finite() && v > 0.0) {
                 continue;

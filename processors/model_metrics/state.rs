@@ -615,7 +615,7 @@ impl State {
                 })
             }
         };
-        // One logarithm for both exponential histograms (the series' and the window's).
+        // One bucket index for both exponential histograms (the series' and the window's).
         let indexed = Indexed::new(obs.value);
         match &mut series.buckets {
             Buckets2::Exponential(h) => h.record_indexed(indexed, obs.weight),
