@@ -2,7 +2,7 @@
 //! tokens, and its sampling weight. Pure functions over a span, so every rule is tested on its own; a span is
 //! either the owned OTLP type or the borrowed view of `infercol_pipelines::lite` (see `SpanLike`).
 
-use infercol_pipelines::lite::{KeyValues, LazyValue, SpanView, Value as ViewValue};
+use infercol_pipelines::lite::{KeyValues, SpanView, Value as ViewValue, same_bytes};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatus;
@@ -44,28 +44,14 @@ impl<'a> From<ViewValue<'a>> for Val<'a> {
     }
 }
 
-/// An attribute's value, not read yet: a reader that wants a few keys pays for no other value.
-#[derive(Clone, Copy)]
-pub enum PairValue<'a> {
-    Owned(Option<&'a AnyValue>),
-    View(LazyValue<'a>),
-}
-
-impl<'a> PairValue<'a> {
-    #[inline]
-    pub fn get(self) -> Option<Val<'a>> {
-        match self {
-            PairValue::Owned(v) => v.map(Val::from),
-            PairValue::View(v) => v.get().map(Val::from),
-        }
-    }
-}
-
 /// A list of attributes: the first one with a key, and its value (`None` inside when it carries none).
 pub trait Attributes {
     fn attribute(&self, key: &str) -> Option<Option<Val<'_>>>;
-    /// Each attribute's key, and its value unread.
-    fn for_each_pair<'s>(&'s self, f: impl FnMut(&'s [u8], PairValue<'s>));
+    /// Each attribute's position and key, its value unread: a reader that wants a few keys pays for no other
+    /// value (it reads those with `value_at`).
+    fn for_each_key<'s>(&'s self, f: impl FnMut(usize, &'s [u8]));
+    /// The value of the attribute at `at` (a position `for_each_key` gave); `None` when it carries none.
+    fn value_at(&self, at: usize) -> Option<Val<'_>>;
 }
 
 /// A key's bit in a 64-bit sketch (see `lookup`): cheap, from its length and two of its bytes.
@@ -84,10 +70,14 @@ impl Attributes for [KeyValue] {
             .map(|kv| kv.value.as_ref().map(Val::from))
     }
     #[inline]
-    fn for_each_pair<'s>(&'s self, mut f: impl FnMut(&'s [u8], PairValue<'s>)) {
-        for kv in self {
-            f(kv.key.as_bytes(), PairValue::Owned(kv.value.as_ref()));
+    fn for_each_key<'s>(&'s self, mut f: impl FnMut(usize, &'s [u8])) {
+        for (at, kv) in self.iter().enumerate() {
+            f(at, kv.key.as_bytes());
         }
+    }
+    #[inline]
+    fn value_at(&self, at: usize) -> Option<Val<'_>> {
+        self.get(at)?.value.as_ref().map(Val::from)
     }
 }
 
@@ -97,10 +87,14 @@ impl Attributes for KeyValues<'_> {
         self.get(key.as_bytes()).map(|v| v.map(Val::from))
     }
     #[inline]
-    fn for_each_pair<'s>(&'s self, mut f: impl FnMut(&'s [u8], PairValue<'s>)) {
-        for (key, value) in self.pairs() {
-            f(key, PairValue::View(value));
+    fn for_each_key<'s>(&'s self, mut f: impl FnMut(usize, &'s [u8])) {
+        for (at, key) in self.keys().enumerate() {
+            f(at, key);
         }
+    }
+    #[inline]
+    fn value_at(&self, at: usize) -> Option<Val<'_>> {
+        KeyValues::value_at(self, at).map(Val::from)
     }
 }
 
@@ -195,7 +189,7 @@ impl<'a> SpanLike for SpanView<'a> {
     }
     fn first_event(&self, names: &[String]) -> Option<u64> {
         self.events()
-            .filter(|(name, _)| names.iter().any(|n| n.as_bytes() == *name))
+            .filter(|(name, _)| names.iter().any(|n| same_bytes(n.as_bytes(), name)))
             .map(|(_, time)| time)
             .min()
     }
@@ -553,7 +547,7 @@ impl Classifier {
         self.rules
             .inference_span_names
             .iter()
-            .any(|n| n.as_bytes() == span.name())
+            .any(|n| same_bytes(n.as_bytes(), span.name()))
             || find(span.attributes(), &self.rules.inference_span_attributes).is_some()
     }
 
@@ -561,14 +555,14 @@ impl Classifier {
         self.rules
             .async_queue_span_names
             .iter()
-            .any(|n| n.as_bytes() == span.name())
+            .any(|n| same_bytes(n.as_bytes(), span.name()))
     }
 
     pub fn is_async_enqueue(&self, span: &impl SpanLike) -> bool {
         self.rules
             .async_enqueue_span_names
             .iter()
-            .any(|n| n.as_bytes() == span.name())
+            .any(|n| same_bytes(n.as_bytes(), span.name()))
     }
 
     pub fn is_model_load(&self, span: &impl SpanLike) -> bool {
@@ -577,7 +571,7 @@ impl Classifier {
                 .rules
                 .model_load_span_names
                 .iter()
-                .any(|n| n.as_bytes() == span.name())
+                .any(|n| same_bytes(n.as_bytes(), span.name()))
     }
 
     /// The message id tying an enqueue to its queue span.
@@ -608,7 +602,7 @@ impl Classifier {
         self.status_of(span, &self.request_keys.read(span.attributes()), rejected)
     }
 
-    fn status_of<S: SpanLike>(&self, span: &S, found: &Found<'_>, rejected: &mut Vec<Rejection>) -> Status {
+    fn status_of<S: SpanLike>(&self, span: &S, found: &Found<'_, S::Attrs>, rejected: &mut Vec<Rejection>) -> Status {
         let grpc_code = found.get(List::GrpcStatus);
         let is_grpc = grpc_code.is_some()
             || found

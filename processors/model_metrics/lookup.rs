@@ -3,8 +3,9 @@
 //! sketch bit, and only a listed key's value is read. Reading list by list scanned the span's attributes once per
 //! list (ten lists, a dozen keys), which cost more than recording the span's values.
 
-use super::classify::{Attributes, PairValue, Val};
+use super::classify::{Attributes, Val};
 use super::config::SpanRules;
+use infercol_pipelines::lite::same_bytes;
 
 /// The lists, in the order `Found` keeps them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +58,7 @@ impl List {
 struct Listed {
     key: Box<[u8]>,
     list: usize,
-    rank: usize,
+    rank: u32,
 }
 
 /// Every listed key, by its sketch bit (`key_bit`): most of a span's keys find an empty run, the rest one key to
@@ -67,18 +68,27 @@ pub struct RequestKeys {
     listed: Vec<Listed>,
 }
 
-/// What one pass found, list by list: the rank of the first-ranked key present, and that pair's value (`None` when
-/// the pair carries none, which then hides the lower-ranked keys, as a lookup list by list does).
-pub struct Found<'a> {
-    best: [Option<(usize, PairValue<'a>)>; LISTS],
+/// What one pass found, list by list: the rank of the first-ranked key present and that pair's position (its value
+/// `None` when the pair carries none, which then hides the lower-ranked keys, as a lookup list by list does).
+/// Positions rather than values, so that it stays small: holding the values made it 400 bytes, copied on return.
+pub struct Found<'a, A: ?Sized> {
+    attributes: &'a A,
+    rank: [u32; LISTS],
+    at: [u32; LISTS],
 }
 
-impl<'a> Found<'a> {
+impl<'a, A: Attributes + ?Sized> Found<'a, A> {
     /// The list's value: that of the first-ranked key present, as `classify::find` answers.
     pub fn get(&self, list: List) -> Option<Val<'a>> {
-        self.best[list as usize].and_then(|(_, value)| value.get())
+        let i = list as usize;
+        if self.rank[i] == NOT_FOUND {
+            return None;
+        }
+        self.attributes.value_at(self.at[i] as usize)
     }
 }
+
+const NOT_FOUND: u32 = u32::MAX;
 
 impl RequestKeys {
     pub fn new(rules: &SpanRules) -> RequestKeys {
@@ -88,7 +98,7 @@ impl RequestKeys {
                 let entry = Listed {
                     key: key.as_bytes().into(),
                     list: list as usize,
-                    rank,
+                    rank: rank as u32,
                 };
                 listed.push((bit_of(key.as_bytes()), entry));
             }
@@ -106,18 +116,22 @@ impl RequestKeys {
 
     /// One pass over `attributes`.
     #[inline]
-    pub fn read<'a, A: Attributes + ?Sized>(&self, attributes: &'a A) -> Found<'a> {
-        let mut found = Found { best: [None; LISTS] };
-        attributes.for_each_pair(|key, value| {
+    pub fn read<'a, A: Attributes + ?Sized>(&self, attributes: &'a A) -> Found<'a, A> {
+        let mut found = Found {
+            attributes,
+            rank: [NOT_FOUND; LISTS],
+            at: [0; LISTS],
+        };
+        attributes.for_each_key(|at, key| {
             let bit = bit_of(key);
             for listed in &self.listed[self.at[bit] as usize..self.at[bit + 1] as usize] {
-                if *listed.key != *key {
+                if !same_bytes(&listed.key, key) {
                     continue;
                 }
-                let best = &mut found.best[listed.list];
                 // Strictly better only: of a key given twice, the first pair counts (as a lookup finds it).
-                if best.is_none_or(|(rank, _)| listed.rank < rank) {
-                    *best = Some((listed.rank, value));
+                if listed.rank < found.rank[listed.list] {
+                    found.rank[listed.list] = listed.rank;
+                    found.at[listed.list] = at as u32;
                 }
             }
         });

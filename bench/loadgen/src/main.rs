@@ -13,8 +13,8 @@
 //! 100 times longer), and `--once` sends each pre-encoded request exactly once; the JSON line then also holds the
 //! exact quantiles of the request spans' durations (`duration_quantiles`, seconds), to compare collectors' answers with.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -229,6 +229,37 @@ fn request(variant: u64, shape: &Shape, now: u64) -> Variant {
     }
 }
 
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The requests being sent now.
+type Live = Arc<RwLock<Arc<Vec<Variant>>>>;
+
+fn current(live: &Live) -> Arc<Vec<Variant>> {
+    live.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+}
+
+/// How often the requests are made anew.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// Makes the requests anew every `REFRESH`, on a thread of its own, with the clock's time: their spans then end a
+/// few seconds before they are sent, as an SDK's do. Made once, their end times would age with the run, and a
+/// collector that keeps its quantile windows by end time would see ever older traffic (none of it in a 60 s window
+/// after a minute), which is neither what it meets nor what it costs. The request spans' durations stay the same.
+fn refresh(live: Live, shape: Shape, make: impl Fn(&Shape) -> Arc<Vec<Variant>> + Send + 'static) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(REFRESH);
+            let fresh = make(&shape);
+            *live.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        }
+    });
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -237,15 +268,14 @@ async fn main() {
         models: args.models.max(1),
         heavy_tail: args.heavy_tail,
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let variants: Arc<Vec<Variant>> = Arc::new(
-        (0..args.variants.max(1) as u64)
-            .map(|v| request(v, &shape, now))
-            .collect(),
-    );
+    let count = args.variants.max(1) as u64;
+    let make = move |shape: &Shape| -> Arc<Vec<Variant>> {
+        Arc::new((0..count).map(|v| request(v, shape, now_ns())).collect())
+    };
+    let variants = Arc::new(RwLock::new(make(&shape)));
+    if !args.once {
+        refresh(variants.clone(), shape, make);
+    }
     let endpoint = if args.endpoint.contains("://") {
         args.endpoint.clone()
     } else {
@@ -273,7 +303,7 @@ async fn main() {
     let mut tasks = Vec::new();
     let (once, workers) = (args.once, args.concurrency.max(1));
     for w in 0..workers {
-        let (variants, channel) = (variants.clone(), channels[w % channels.len()].clone());
+        let (live, channel) = (variants.clone(), channels[w % channels.len()].clone());
         let (sent, acked, refused, requests) = (sent.clone(), acked.clone(), refused.clone(), requests.clone());
         tasks.push(tokio::spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
@@ -281,7 +311,11 @@ async fn main() {
                 http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
             let mut ticks = per_worker_interval.map(tokio::time::interval);
             let mut i = w;
-            while Instant::now() < deadline && !(once && i >= variants.len()) {
+            loop {
+                let variants = current(&live);
+                if Instant::now() >= deadline || (once && i >= variants.len()) {
+                    break;
+                }
                 if let Some(t) = &mut ticks {
                     t.tick().await;
                 }
@@ -334,7 +368,10 @@ async fn main() {
             "seconds": (elapsed * 1000.0).round() / 1000.0,
     });
     if args.once {
-        let mut all: Vec<f64> = variants.iter().flat_map(|v| v.durations.iter().copied()).collect();
+        let mut all: Vec<f64> = current(&variants)
+            .iter()
+            .flat_map(|v| v.durations.iter().copied())
+            .collect();
         all.sort_by(f64::total_cmp);
         // The nearest-rank quantile, as a collector that kept every value would report it.
         let rank = |q: f64| all[((q * all.len() as f64).ceil() as usize).clamp(1, all.len()) - 1];
